@@ -1,10 +1,39 @@
-//! ringmx-loadgen: placeholder until the load generator lands.
+//! ringmx-loadgen: drives persistent SMTP sessions against any server and reports throughput and
+//! latency percentiles (HdrHistogram), with wrk2's coordinated-omission correction in open loop.
+//! This file wires the parts together: parse the command line, probe the targets, run one event
+//! loop per thread with its share of the connections, then print the summary and write the JSON.
 use mimalloc::MiMalloc;
 
 #[global_allocator]
 static GLOBAL: MiMalloc = MiMalloc;
 
+mod cli;
+mod client;
+mod message;
+mod probe;
+mod report;
+mod reply;
+mod run;
+mod stats;
+
+use clap::Parser;
+
+/// Parses the command line, runs the load and maps failures to exit statuses.
 fn main() {
-    eprintln!("ringmx-loadgen: not built yet");
-    std::process::exit(1);
+    let argv: Vec<String> = std::env::args().collect();
+    let args = cli::Args::parse();
+    let settings = match cli::Settings::from_args(args) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("ringmx-loadgen: {e}");
+            std::process::exit(2);
+        }
+    };
+    match run::run(settings, argv) {
+        Ok(()) => {}
+        Err(e) => {
+            eprintln!("ringmx-loadgen: {e}");
+            std::process::exit(1);
+        }
+    }
 }
