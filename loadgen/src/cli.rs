@@ -86,7 +86,11 @@ pub struct Args {
     pub rate: Option<String>,
 
     /// Envelope sender; {n} becomes a counter 0..1023, so the set of senders is precomputed.
-    #[arg(long, default_value = "loadgen{n}@loadgen.example", value_name = "TEMPLATE")]
+    #[arg(
+        long,
+        default_value = "loadgen{n}@loadgen.example",
+        value_name = "TEMPLATE"
+    )]
     pub from: String,
 
     /// Envelope recipient; {n} becomes a counter 0..1023 (each recipient of a message differs).
@@ -210,7 +214,10 @@ impl Settings {
             check_address_template(t).map_err(|e| format!("{name} {t}: {e}"))?;
         }
         if a.ehlo.is_empty() || a.ehlo.bytes().any(|b| b <= b' ' || b >= 0x7f) {
-            return Err(format!("--ehlo {:?}: must be a non-empty name without spaces", a.ehlo));
+            return Err(format!(
+                "--ehlo {:?}: must be a non-empty name without spaces",
+                a.ehlo
+            ));
         }
         let mut target_addrs = Vec::with_capacity(a.targets.len());
         for t in &a.targets {
@@ -331,7 +338,9 @@ fn check_address_template(t: &str) -> Result<(), String> {
     if t.is_empty() {
         return Ok(()); // null reverse-path `<>` is allowed for MAIL FROM
     }
-    if t.bytes().any(|b| b <= b' ' || b == b'<' || b == b'>' || b == 0x7f) {
+    if t.bytes()
+        .any(|b| b <= b' ' || b == b'<' || b == b'>' || b == 0x7f)
+    {
         return Err("no spaces, control characters or angle brackets allowed".into());
     }
     if t.len() > 200 {

@@ -11,8 +11,8 @@ mod cli;
 mod client;
 mod message;
 mod probe;
-mod report;
 mod reply;
+mod report;
 mod run;
 mod stats;
 

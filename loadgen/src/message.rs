@@ -63,9 +63,30 @@ pub fn write_id(dst: &mut [u8], mut n: u64) {
 }
 
 const WORDS: &[&str] = &[
-    "ringmx", "load", "test", "message", "throughput", "latency", "percentile", "mailbox",
-    "spool", "durable", "pipelining", "chunking", "session", "envelope", "recipient", "sender",
-    "histogram", "capacity", "planning", "kernel", "uring", "shard", "queue", "delivery",
+    "ringmx",
+    "load",
+    "test",
+    "message",
+    "throughput",
+    "latency",
+    "percentile",
+    "mailbox",
+    "spool",
+    "durable",
+    "pipelining",
+    "chunking",
+    "session",
+    "envelope",
+    "recipient",
+    "sender",
+    "histogram",
+    "capacity",
+    "planning",
+    "kernel",
+    "uring",
+    "shard",
+    "queue",
+    "delivery",
 ];
 
 /// Builds the set: one variant for a fixed size, SIZE_VARIANTS drawn uniformly for a range.
@@ -113,13 +134,17 @@ fn build_variant(
     let id_prefix = format!("Message-ID: <{run_tag:016x}.");
     let mut raw = Vec::with_capacity(size + 512);
     raw.extend_from_slice(format!("From: <{from}>\r\nTo: <{to}>\r\n").as_bytes());
-    raw.extend_from_slice(format!("Subject: ringmx-loadgen test message ({size} bytes)\r\n").as_bytes());
+    raw.extend_from_slice(
+        format!("Subject: ringmx-loadgen test message ({size} bytes)\r\n").as_bytes(),
+    );
     raw.extend_from_slice(format!("Date: {date}\r\n").as_bytes());
     raw.extend_from_slice(id_prefix.as_bytes());
     let id_raw_offset = raw.len();
     raw.extend_from_slice(&[b'0'; ID_DIGITS]);
     raw.extend_from_slice(b"@loadgen.ringmx.invalid>\r\n");
-    raw.extend_from_slice(b"MIME-Version: 1.0\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\n");
+    raw.extend_from_slice(
+        b"MIME-Version: 1.0\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\n",
+    );
     let mut line_no = 0usize;
     while raw.len() < size {
         let remaining = size - raw.len();
@@ -132,6 +157,9 @@ fn build_variant(
             break;
         }
         line_no += 1;
+        if line_no % 9 == 3 && remaining >= 3 && remaining != 4 {
+            text_len = 1; // a line holding a lone dot, the terminator's look-alike
+        }
         let start = raw.len();
         match line_no % 9 {
             // Dot-lines: a lone dot, a double dot and a dot-led sentence exercise stuffing.
@@ -153,7 +181,9 @@ fn build_variant(
     }
     let message_bytes = raw.len();
     if bdat {
-        let bdat_cmd = format!("BDAT {message_bytes} LAST\r\n").into_bytes().into_boxed_slice();
+        let bdat_cmd = format!("BDAT {message_bytes} LAST\r\n")
+            .into_bytes()
+            .into_boxed_slice();
         return Variant {
             wire: raw.into_boxed_slice(),
             id_offset: id_raw_offset,
@@ -201,7 +231,11 @@ impl AddressPool {
     /// Expands both templates into up to ADDRESS_POOL command lines each.
     pub fn new(from: &str, to: &str) -> AddressPool {
         let lines = |template: &str, verb: &str| -> Vec<Box<[u8]>> {
-            let n = if template.contains("{n}") { ADDRESS_POOL } else { 1 };
+            let n = if template.contains("{n}") {
+                ADDRESS_POOL
+            } else {
+                1
+            };
             (0..n)
                 .map(|i| {
                     format!("{verb}:<{}>\r\n", expand(template, i))
@@ -245,7 +279,14 @@ mod tests {
                 assert_eq!(raw.len(), size, "size {size}");
             }
             let text = String::from_utf8(raw).unwrap();
-            for h in ["From: ", "To: ", "Subject: ", "Date: ", "Message-ID: <", "MIME-Version: 1.0"] {
+            for h in [
+                "From: ",
+                "To: ",
+                "Subject: ",
+                "Date: ",
+                "Message-ID: <",
+                "MIME-Version: 1.0",
+            ] {
                 assert!(text.contains(h), "{h} missing");
             }
             for line in text.split("\r\n") {
@@ -254,7 +295,10 @@ mod tests {
             if size > 1000 {
                 assert!(text.contains("\r\n.") && v.wire.windows(3).any(|w| w == b"\n.."));
             }
-            assert_eq!(&v.wire[v.id_offset..v.id_offset + ID_DIGITS], &[b'0'; ID_DIGITS]);
+            assert_eq!(
+                &v.wire[v.id_offset..v.id_offset + ID_DIGITS],
+                &[b'0'; ID_DIGITS]
+            );
         }
     }
 

@@ -79,7 +79,13 @@ const CR: &[u8] = b"\r";
 impl DataScanner {
     /// A scanner positioned at the start of message data (a line start).
     pub fn new(mode: BareLf) -> DataScanner {
-        DataScanner { state: State::LineStart, mode, cr_count: 0, crlf_count: 0, bare_lf: false }
+        DataScanner {
+            state: State::LineStart,
+            mode,
+            cr_count: 0,
+            crlf_count: 0,
+            bare_lf: false,
+        }
     }
 
     /// Starts a new message with the same mode.
@@ -102,8 +108,8 @@ impl DataScanner {
         let len = input.len();
         let mut i = 0; // next byte to examine
         let mut seg = 0; // start of the range of data not yet pushed
-        // A bare CR never ends anything, so CRs need no per-byte look; in reject mode they are
-        // counted once per call over the bytes consumed and compared with the CRLFs found.
+                         // A bare CR never ends anything, so CRs need no per-byte look; in reject mode they are
+                         // counted once per call over the bytes consumed and compared with the CRLFs found.
         let result = loop {
             match self.state {
                 State::LineStart => {
@@ -169,7 +175,6 @@ impl DataScanner {
                         } else {
                             State::Mid
                         };
-                        i = len;
                         break Scan::More;
                     }
                     Some(off) => {
@@ -231,7 +236,11 @@ pub const COMMAND_LINE_MAX: usize = 512;
 pub enum Line {
     /// A complete line: the range of its text (line ending excluded), the bytes consumed, and
     /// whether it ended with a bare LF.
-    Complete { text: Range<usize>, consumed: usize, bare_lf: bool },
+    Complete {
+        text: Range<usize>,
+        consumed: usize,
+        bare_lf: bool,
+    },
     /// The line is over `COMMAND_LINE_MAX`: `consumed` bytes were dropped; the caller drains
     /// until the next LF (with `drain_line`), then answers `500 5.5.2`.
     TooLong { consumed: usize },
@@ -246,9 +255,15 @@ pub fn split_line(input: &[u8]) -> Line {
         Some(lf) => {
             let crlf = lf > 0 && input[lf - 1] == b'\r';
             let text_end = if crlf { lf - 1 } else { lf };
-            Line::Complete { text: 0..text_end, consumed: lf + 1, bare_lf: !crlf }
+            Line::Complete {
+                text: 0..text_end,
+                consumed: lf + 1,
+                bare_lf: !crlf,
+            }
         }
-        None if input.len() >= COMMAND_LINE_MAX => Line::TooLong { consumed: input.len() },
+        None if input.len() >= COMMAND_LINE_MAX => Line::TooLong {
+            consumed: input.len(),
+        },
         None => Line::Partial,
     }
 }

@@ -48,7 +48,11 @@ pub fn unstuff(stream: &[u8], mode: BareLf) -> Unstuffed {
         }
         p += 1;
     }
-    Unstuffed { end, data, bare: bare && mode == BareLf::Reject }
+    Unstuffed {
+        end,
+        data,
+        bare: bare && mode == BareLf::Reject,
+    }
 }
 
 /// The oracle's view of a command line at the front of `input`: `Some((text, consumed,

@@ -55,7 +55,10 @@ fn plain_message_and_terminator() {
 
 #[test]
 fn empty_message() {
-    assert_eq!(run_split(b".\r\n", &[], BareLf::Reject), (Some(3), vec![], false));
+    assert_eq!(
+        run_split(b".\r\n", &[], BareLf::Reject),
+        (Some(3), vec![], false)
+    );
 }
 
 #[test]
@@ -66,8 +69,9 @@ fn dot_stuffing_is_removed() {
 
 /// The SMTP smuggling vectors: none of these ends the data, whatever the mode; the smuggled
 /// commands after them stay message bytes.
-const SMUGGLING_VECTORS: &[&[u8]] =
-    &[b"\n.\n", b"\r.\r", b"\r\n.\n", b"\n.\r\n", b"\r\n.\r", b"\r.\r\n", b"\n.\r", b"\r.\n"];
+const SMUGGLING_VECTORS: &[&[u8]] = &[
+    b"\n.\n", b"\r.\r", b"\r\n.\n", b"\n.\r\n", b"\r\n.\r", b"\r.\r\n", b"\n.\r", b"\r.\n",
+];
 
 #[test]
 fn smuggling_vectors_never_end_data() {
@@ -82,7 +86,10 @@ fn smuggling_vectors_never_end_data() {
             for cut in 0..stream.len() {
                 let (end, data, bare) = run_split(&stream, &[cut], mode);
                 assert_eq!(end, Some(real_end), "{vector:?} {mode:?} cut {cut}");
-                assert!(data.windows(4).any(|w| w == b"MAIL"), "smuggled bytes are data");
+                assert!(
+                    data.windows(4).any(|w| w == b"MAIL"),
+                    "smuggled bytes are data"
+                );
                 assert_eq!(bare, mode == BareLf::Reject, "{vector:?} {mode:?}");
             }
         }
@@ -158,15 +165,37 @@ fn every_length_and_alignment_of_seeds() {
 fn split_line_limits() {
     assert_eq!(
         split_line(b"NOOP\r\nrest"),
-        Line::Complete { text: 0..4, consumed: 6, bare_lf: false }
+        Line::Complete {
+            text: 0..4,
+            consumed: 6,
+            bare_lf: false
+        }
     );
-    assert_eq!(split_line(b"NOOP\n"), Line::Complete { text: 0..4, consumed: 5, bare_lf: true });
+    assert_eq!(
+        split_line(b"NOOP\n"),
+        Line::Complete {
+            text: 0..4,
+            consumed: 5,
+            bare_lf: true
+        }
+    );
     assert_eq!(split_line(b"NOOP"), Line::Partial);
     let mut exact = vec![b'a'; COMMAND_LINE_MAX - 2];
     exact.extend_from_slice(b"\r\n");
-    assert!(matches!(split_line(&exact), Line::Complete { consumed: COMMAND_LINE_MAX, .. }));
+    assert!(matches!(
+        split_line(&exact),
+        Line::Complete {
+            consumed: COMMAND_LINE_MAX,
+            ..
+        }
+    ));
     let long = vec![b'a'; COMMAND_LINE_MAX];
-    assert_eq!(split_line(&long), Line::TooLong { consumed: COMMAND_LINE_MAX });
+    assert_eq!(
+        split_line(&long),
+        Line::TooLong {
+            consumed: COMMAND_LINE_MAX
+        }
+    );
     assert_eq!(drain_line(b"aaa\nNOOP"), (4, true));
     assert_eq!(drain_line(b"aaa"), (3, false));
 }

@@ -1,0 +1,759 @@
+//! The SMTP session: a deterministic state machine with no I/O, no clock and no io_uring.
+//!
+//! Inputs are `handle_*` calls (bytes received, the spool's verdict, a timeout, shutdown) with
+//! the current time passed in; outputs go to an `Output` the driver owns and reuses: reply
+//! bytes to send, and the message data as `Part`s — ranges of the very input slice the driver
+//! passed in, so message bytes reach the spool file without being copied. A `Step` tells the
+//! driver what to do next. Every reply of RFC 5321 with its RFC 3463 enhanced code, the EHLO
+//! extensions of SPEC §4.1, BDAT, both bare-LF modes and every client-controlled limit live
+//! here, so all of it is testable byte by byte (see `tests.rs`).
+//!
+//! In steady state a session allocates nothing per message: the envelope's strings, the
+//! recipient list and the caller's output buffers keep their capacity between transactions.
+
+pub mod command;
+mod reply;
+#[doc(hidden)]
+pub mod sim;
+
+use std::io::Write as _;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::scan::{self, DataScanner, Line, Scan};
+pub use crate::scan::{BareLf, Part};
+use command::{Bad, Command};
+
+/// The settings a session obeys; built once by the server's configuration and shared.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Name in the greeting, the EHLO reply and 421 replies.
+    pub hostname: String,
+    /// Largest message accepted, in bytes of unstuffed data (advertised as SIZE).
+    pub max_message_size: u64,
+    /// Recipients per transaction.
+    pub max_recipients: usize,
+    /// Client errors tolerated in a session; the next one gets 421 4.7.0.
+    pub max_errors: u32,
+    /// NOOP/RSET/VRFY/HELP tolerated between two delivered messages; the next gets 421 4.7.0.
+    pub max_junk_commands: u32,
+    /// Recipient domains accepted (lowercase); empty accepts all.
+    pub domains: Vec<String>,
+    /// What a bare LF or bare CR in data (and a bare LF ending a command) means.
+    pub bare_lf: BareLf,
+    /// Idle time allowed while waiting for a command.
+    pub command_timeout: Duration,
+    /// Idle time allowed between reads of message data; also the base of the data deadline.
+    pub data_timeout: Duration,
+    /// Bytes per second of extra data deadline (Postfix smtpd_min_data_rate); 0 disables.
+    pub min_data_rate: u64,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            hostname: "localhost".to_string(),
+            max_message_size: 26_214_400,
+            max_recipients: 100,
+            max_errors: 10,
+            max_junk_commands: 100,
+            domains: Vec::new(),
+            bare_lf: BareLf::Reject,
+            command_timeout: Duration::from_secs(300),
+            data_timeout: Duration::from_secs(600),
+            min_data_rate: 500,
+        }
+    }
+}
+
+/// The buffers a session writes into; owned by the driver and reused for the whole session.
+#[derive(Debug, Default)]
+pub struct Output {
+    /// Reply bytes to send, in order.
+    pub replies: Vec<u8>,
+    /// Message data produced by the last `handle_input` call, as parts of its input.
+    pub body: Vec<Part>,
+}
+
+impl Output {
+    /// Empty output buffers with room for typical replies and data.
+    pub fn new() -> Output {
+        Output {
+            replies: Vec::with_capacity(1024),
+            body: Vec::with_capacity(64),
+        }
+    }
+}
+
+/// What the driver must do after a call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Write `out.body` to the open message (if any), send the replies, read more input.
+    Read,
+    /// The message is complete: write `out.body`, make the message durable, then call
+    /// `handle_stored` before feeding the rest of the input.
+    Store,
+    /// The message in progress is refused (its reply is already written): remove any spool
+    /// file begun for it, then feed the rest of the input.
+    Discard,
+    /// Send the replies, then close the connection (remove any unfinished spool file).
+    Close,
+}
+
+/// Where the session is in the protocol.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    /// Waiting for a command line.
+    Command,
+    /// Dropping the rest of a command line over the length limit.
+    DrainLine,
+    /// Receiving DATA bytes up to CRLF `.` CRLF.
+    Data,
+    /// Receiving a BDAT chunk of `remaining` bytes; `fail` is the reply when the chunk is being
+    /// skipped (RFC 3030 says a refused chunk is still read).
+    Bdat {
+        size: u64,
+        remaining: u64,
+        last: bool,
+        fail: Option<Refusal>,
+    },
+    /// The message is complete and the driver is storing it.
+    Storing,
+    /// The session is over.
+    Closed,
+}
+
+/// Why a BDAT chunk is skipped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Refusal {
+    NeedMail,
+    NeedRcpt,
+    TooBig,
+}
+
+/// The current mail transaction's envelope, with buffers kept across transactions.
+#[derive(Debug, Default)]
+struct Transaction {
+    /// MAIL was accepted.
+    active: bool,
+    sender: String,
+    /// All recipients back to back; `rcpt_ends[i]` is where recipient `i` ends.
+    rcpt_text: String,
+    rcpt_ends: Vec<usize>,
+    smtputf8: bool,
+    body_8bit: bool,
+    /// Unstuffed data bytes accepted so far.
+    data_bytes: u64,
+    /// The data went over the size limit; the rest is read and dropped.
+    too_big: bool,
+    /// A BDAT chunk was taken (DATA is now out of sequence).
+    bdat: bool,
+}
+
+impl Transaction {
+    /// Forgets the transaction, keeping the buffers' capacity.
+    fn reset(&mut self) {
+        self.active = false;
+        self.sender.clear();
+        self.rcpt_text.clear();
+        self.rcpt_ends.clear();
+        self.smtputf8 = false;
+        self.body_8bit = false;
+        self.data_bytes = 0;
+        self.too_big = false;
+        self.bdat = false;
+    }
+}
+
+/// A read-only view of the envelope of the message being stored.
+#[derive(Clone, Copy, Debug)]
+pub struct Envelope<'a> {
+    /// The HELO/EHLO name ("" if the client sent none).
+    pub helo: &'a str,
+    /// The reverse-path as written ("" for the null sender).
+    pub sender: &'a str,
+    /// RFC 3848 / RFC 6531 protocol name for the Received header.
+    pub protocol: &'static str,
+    rcpt_text: &'a str,
+    rcpt_ends: &'a [usize],
+}
+
+impl<'a> Envelope<'a> {
+    /// Recipients in RCPT order, each exactly as the client wrote it.
+    pub fn recipients(&self) -> impl Iterator<Item = &'a str> + 'a {
+        let text = self.rcpt_text;
+        let ends = self.rcpt_ends;
+        (0..ends.len()).map(move |i| &text[if i == 0 { 0 } else { ends[i - 1] }..ends[i]])
+    }
+
+    /// Number of recipients.
+    pub fn recipient_count(&self) -> usize {
+        self.rcpt_ends.len()
+    }
+}
+
+/// One SMTP server session.
+#[derive(Debug)]
+pub struct Session {
+    config: Arc<Config>,
+    state: State,
+    helo: String,
+    esmtp: bool,
+    txn: Transaction,
+    scanner: DataScanner,
+    errors: u32,
+    junk: u32,
+    /// Time of the last input (or of the session's start).
+    last_input: Instant,
+    /// Start of the current DATA/BDAT transfer and the bytes received in it (for the minimum
+    /// data rate deadline).
+    transfer_start: Instant,
+    transfer_bytes: u64,
+    shutting_down: bool,
+    messages_stored: u64,
+}
+
+impl Session {
+    /// A new session for a connection accepted at `now`.
+    pub fn new(config: Arc<Config>, now: Instant) -> Session {
+        let scanner = DataScanner::new(config.bare_lf);
+        Session {
+            config,
+            state: State::Command,
+            helo: String::new(),
+            esmtp: false,
+            txn: Transaction::default(),
+            scanner,
+            errors: 0,
+            junk: 0,
+            last_input: now,
+            transfer_start: now,
+            transfer_bytes: 0,
+            shutting_down: false,
+            messages_stored: 0,
+        }
+    }
+
+    /// Writes the `220` greeting.
+    pub fn greeting(&self, out: &mut Output) {
+        let _ = write!(out.replies, "220 {} ESMTP ringmx\r\n", self.config.hostname);
+    }
+
+    /// Refuses a client that talked before the greeting (`554 5.5.1`); the session is over.
+    pub fn reject_early_talker(&mut self, out: &mut Output) -> Step {
+        out.replies.extend_from_slice(reply::EARLY_TALKER);
+        self.state = State::Closed;
+        Step::Close
+    }
+
+    /// Messages stored in this session so far.
+    pub fn messages_stored(&self) -> u64 {
+        self.messages_stored
+    }
+
+    /// The envelope of the current transaction.
+    pub fn envelope(&self) -> Envelope<'_> {
+        let protocol = match (self.txn.smtputf8, self.esmtp) {
+            (true, _) => "UTF8SMTP",
+            (false, true) => "ESMTP",
+            (false, false) => "SMTP",
+        };
+        Envelope {
+            helo: &self.helo,
+            sender: &self.txn.sender,
+            protocol,
+            rcpt_text: &self.txn.rcpt_text,
+            rcpt_ends: &self.txn.rcpt_ends,
+        }
+    }
+
+    /// When the session times out if no input arrives; `None` while the driver is storing.
+    pub fn deadline(&self) -> Option<Instant> {
+        let config = &self.config;
+        match self.state {
+            State::Command | State::DrainLine => Some(self.last_input + config.command_timeout),
+            State::Data | State::Bdat { .. } => {
+                let idle = self.last_input + config.data_timeout;
+                if config.min_data_rate == 0 {
+                    return Some(idle);
+                }
+                let earned = Duration::from_secs(self.transfer_bytes / config.min_data_rate);
+                Some(idle.min(self.transfer_start + config.data_timeout + earned))
+            }
+            State::Storing | State::Closed => None,
+        }
+    }
+
+    /// Reports that the deadline passed: `421 4.4.2` and close. Returns `Step::Read` if the
+    /// deadline has not in fact passed (a spurious wake-up).
+    pub fn handle_timeout(&mut self, now: Instant, out: &mut Output) -> Step {
+        match self.deadline() {
+            Some(deadline) if now >= deadline => {
+                let _ = write!(
+                    out.replies,
+                    "{}{}{}",
+                    reply::TIMEOUT.0,
+                    self.config.hostname,
+                    reply::TIMEOUT.1
+                );
+                self.state = State::Closed;
+                Step::Close
+            }
+            _ => Step::Read,
+        }
+    }
+
+    /// Begins a graceful shutdown: a session idle between transactions is answered
+    /// `421 4.3.2` at once (`Step::Close`); one in a transaction may finish it and gets the 421
+    /// at its next command boundary after that.
+    pub fn handle_shutdown(&mut self, out: &mut Output) -> Step {
+        self.shutting_down = true;
+        if self.state == State::Command && !self.txn.active {
+            self.close_shutting_down(out)
+        } else {
+            Step::Read
+        }
+    }
+
+    /// Reports the spool's verdict on the message after `Step::Store`: `Ok(queue_id)` once it
+    /// is durable (`250`), `Err(())` if it could not be stored (`451 4.3.0`).
+    pub fn handle_stored(&mut self, result: Result<&str, ()>, out: &mut Output) -> Step {
+        debug_assert_eq!(
+            self.state,
+            State::Storing,
+            "handle_stored without Step::Store"
+        );
+        match result {
+            Ok(id) => {
+                out.replies.extend_from_slice(reply::QUEUED);
+                out.replies.extend_from_slice(id.as_bytes());
+                out.replies.extend_from_slice(b"\r\n");
+                self.messages_stored += 1;
+                self.errors = 0;
+                self.junk = 0;
+            }
+            Err(()) => out.replies.extend_from_slice(reply::SPOOL_FAILED),
+        }
+        self.txn.reset();
+        self.state = State::Command;
+        if self.shutting_down {
+            return self.close_shutting_down(out);
+        }
+        Step::Read
+    }
+
+    /// Feeds received bytes. Returns how many bytes of `input` were consumed (the driver keeps
+    /// the rest, a partial command line, for the next call) and what to do next. `out.body`
+    /// receives the message data found in `input`; the caller clears it after use.
+    pub fn handle_input(&mut self, input: &[u8], now: Instant, out: &mut Output) -> (usize, Step) {
+        if !input.is_empty() {
+            self.last_input = now;
+        }
+        let mut pos = 0;
+        loop {
+            match self.state {
+                State::Closed => return (pos, Step::Close),
+                State::Storing => {
+                    debug_assert!(false, "handle_input while the message is being stored");
+                    return (pos, Step::Store);
+                }
+                State::DrainLine => {
+                    let (n, found) = scan::drain_line(&input[pos..]);
+                    pos += n;
+                    if !found {
+                        return (pos, Step::Read);
+                    }
+                    self.state = State::Command;
+                    if let Some(step) = self.client_error(reply::LINE_TOO_LONG, out) {
+                        return (pos, step);
+                    }
+                }
+                State::Command => match scan::split_line(&input[pos..]) {
+                    Line::Partial => return (pos, Step::Read),
+                    Line::TooLong { consumed } => {
+                        pos += consumed;
+                        self.state = State::DrainLine;
+                    }
+                    Line::Complete {
+                        text,
+                        consumed,
+                        bare_lf,
+                    } => {
+                        let line = &input[pos + text.start..pos + text.end];
+                        pos += consumed;
+                        let step = if bare_lf && self.config.bare_lf == BareLf::Reject {
+                            self.client_error(reply::BARE_LF_COMMAND, out)
+                        } else {
+                            self.command(line, now, out)
+                        };
+                        if let Some(step) = step {
+                            return (pos, step);
+                        }
+                    }
+                },
+                State::Data => {
+                    let before = out.body.len();
+                    let scan = self.scanner.scan(&input[pos..], pos, &mut out.body);
+                    let end = match scan {
+                        Scan::More => input.len(),
+                        Scan::End(n) => pos + n,
+                    };
+                    self.transfer_bytes += (end - pos) as u64;
+                    self.account_data(before, out);
+                    pos = end;
+                    if let Scan::End(_) = scan {
+                        return (pos, self.end_of_data(out));
+                    }
+                    return (pos, Step::Read);
+                }
+                State::Bdat {
+                    size,
+                    remaining,
+                    last,
+                    fail,
+                } => {
+                    let take = remaining.min((input.len() - pos) as u64) as usize;
+                    if take == 0 && remaining > 0 {
+                        return (pos, Step::Read);
+                    }
+                    if fail.is_none() && take > 0 {
+                        out.body.push(Part::Input(pos..pos + take));
+                        self.txn.data_bytes += take as u64;
+                    }
+                    self.transfer_bytes += take as u64;
+                    pos += take;
+                    let remaining = remaining - take as u64;
+                    if remaining > 0 {
+                        self.state = State::Bdat {
+                            size,
+                            remaining,
+                            last,
+                            fail,
+                        };
+                        return (pos, Step::Read);
+                    }
+                    self.state = State::Command;
+                    if let Some(step) = self.end_of_chunk(size, last, fail, out) {
+                        return (pos, step);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Checks the data parts just added against the size limit; past it, drops them and marks
+    /// the message too big (the rest is still read up to its end).
+    fn account_data(&mut self, from: usize, out: &mut Output) {
+        if self.txn.too_big {
+            out.body.truncate(from);
+            return;
+        }
+        let added: usize = out.body[from..]
+            .iter()
+            .map(|part| match part {
+                Part::Input(r) => r.len(),
+                Part::Static(s) => s.len(),
+            })
+            .sum();
+        self.txn.data_bytes += added as u64;
+        if self.txn.data_bytes > self.config.max_message_size {
+            self.txn.too_big = true;
+            out.body.truncate(from);
+        }
+    }
+
+    /// Answers the end of DATA: refuse (too big, bare line endings) or hand over for storage.
+    fn end_of_data(&mut self, out: &mut Output) -> Step {
+        let refusal = if self.txn.too_big {
+            Some(reply::TOO_BIG)
+        } else if self.scanner.saw_bare_line_ending() {
+            Some(reply::BARE_LF_DATA)
+        } else {
+            None
+        };
+        match refusal {
+            Some(text) => {
+                self.txn.reset();
+                self.state = State::Command;
+                self.client_error(text, out).unwrap_or(Step::Discard)
+            }
+            None => {
+                self.state = State::Storing;
+                Step::Store
+            }
+        }
+    }
+
+    /// Answers the end of a BDAT chunk.
+    fn end_of_chunk(
+        &mut self,
+        size: u64,
+        last: bool,
+        fail: Option<Refusal>,
+        out: &mut Output,
+    ) -> Option<Step> {
+        if let Some(why) = fail {
+            let text = match why {
+                Refusal::NeedMail => reply::NEED_MAIL,
+                Refusal::NeedRcpt => reply::NEED_RCPT,
+                Refusal::TooBig => reply::TOO_BIG,
+            };
+            let had_data = self.txn.bdat;
+            if why == Refusal::TooBig {
+                self.txn.reset();
+            }
+            if let Some(step) = self.client_error(text, out) {
+                return Some(step);
+            }
+            return had_data.then_some(Step::Discard);
+        }
+        if last {
+            self.state = State::Storing;
+            return Some(Step::Store);
+        }
+        let _ = write!(out.replies, "250 2.0.0 Ok: {size} octets received\r\n");
+        None
+    }
+
+    /// Runs one command line. Returns a step when the driver must act before going on.
+    fn command(&mut self, line: &[u8], now: Instant, out: &mut Output) -> Option<Step> {
+        let command = match command::parse(line) {
+            Ok(command) => command,
+            Err(bad) => {
+                if self.shutting_down && !self.txn.active {
+                    return Some(self.close_shutting_down(out));
+                }
+                return self.bad_command(bad, out);
+            }
+        };
+        if self.shutting_down && !self.txn.active && !matches!(command, Command::Quit) {
+            return Some(self.close_shutting_down(out));
+        }
+        match command {
+            Command::Helo(name) | Command::Ehlo(name) => {
+                self.esmtp = matches!(command, Command::Ehlo(_));
+                self.helo.clear();
+                self.helo.push_str(name);
+                let had_data = self.txn.bdat;
+                self.txn.reset();
+                let host = &self.config.hostname;
+                if self.esmtp {
+                    let _ = write!(
+                        out.replies,
+                        "250-{host}\r\n250-PIPELINING\r\n250-SIZE {}\r\n250-8BITMIME\r\n\
+                         250-ENHANCEDSTATUSCODES\r\n250-SMTPUTF8\r\n250 CHUNKING\r\n",
+                        self.config.max_message_size
+                    );
+                } else {
+                    let _ = write!(out.replies, "250 {host}\r\n");
+                }
+                had_data.then_some(Step::Discard)
+            }
+            Command::Mail { from, params } => {
+                if self.txn.active {
+                    return self.client_error(reply::NESTED_MAIL, out);
+                }
+                if params
+                    .size
+                    .is_some_and(|size| size > self.config.max_message_size)
+                {
+                    return self.client_error(reply::TOO_BIG, out);
+                }
+                self.txn.reset();
+                self.txn.active = true;
+                self.txn.sender.push_str(from);
+                self.txn.smtputf8 = params.smtputf8;
+                self.txn.body_8bit = params.body_8bit;
+                out.replies.extend_from_slice(reply::MAIL_OK);
+                None
+            }
+            Command::Rcpt { to } => {
+                if !self.txn.active {
+                    return self.client_error(reply::NEED_MAIL, out);
+                }
+                if command::is_non_ascii(to) && !self.txn.smtputf8 {
+                    return self.client_error(reply::BAD_RECIPIENT, out);
+                }
+                if self.txn.rcpt_ends.len() >= self.config.max_recipients {
+                    out.replies.extend_from_slice(reply::TOO_MANY_RECIPIENTS);
+                    return None;
+                }
+                if !self.domain_accepted(to) {
+                    return self.client_error(reply::RELAY_DENIED, out);
+                }
+                self.txn.rcpt_text.push_str(to);
+                self.txn.rcpt_ends.push(self.txn.rcpt_text.len());
+                out.replies.extend_from_slice(reply::RCPT_OK);
+                None
+            }
+            Command::Data => {
+                if let Some(text) = self.data_sequence_error() {
+                    return self.client_error(text, out);
+                }
+                if self.txn.bdat {
+                    return self.client_error(reply::DATA_AFTER_BDAT, out);
+                }
+                out.replies.extend_from_slice(reply::DATA_GO_AHEAD);
+                self.scanner.reset();
+                self.state = State::Data;
+                self.transfer_start = now;
+                self.transfer_bytes = 0;
+                None
+            }
+            Command::Bdat { size, last } => {
+                let limit = self.config.max_message_size;
+                let fail = if !self.txn.active {
+                    Some(Refusal::NeedMail)
+                } else if self.txn.rcpt_ends.is_empty() {
+                    Some(Refusal::NeedRcpt)
+                } else if self.txn.data_bytes.saturating_add(size) > limit {
+                    Some(Refusal::TooBig)
+                } else {
+                    None
+                };
+                if !self.txn.bdat {
+                    // The first chunk of a message starts its data deadline.
+                    self.transfer_start = now;
+                    self.transfer_bytes = 0;
+                }
+                self.txn.bdat |= fail.is_none();
+                self.state = State::Bdat {
+                    size,
+                    remaining: size,
+                    last,
+                    fail,
+                };
+                None
+            }
+            Command::Rset => {
+                if let Some(step) = self.junk_command(out) {
+                    return Some(step);
+                }
+                let had_data = self.txn.bdat;
+                self.txn.reset();
+                out.replies.extend_from_slice(reply::OK);
+                had_data.then_some(Step::Discard)
+            }
+            Command::Noop => self.junk_command(out).or_else(|| {
+                out.replies.extend_from_slice(reply::OK);
+                None
+            }),
+            Command::Vrfy => self.junk_command(out).or_else(|| {
+                out.replies.extend_from_slice(reply::VRFY);
+                None
+            }),
+            Command::Help => self.junk_command(out).or_else(|| {
+                out.replies.extend_from_slice(reply::HELP);
+                None
+            }),
+            Command::Quit => {
+                out.replies.extend_from_slice(reply::BYE);
+                self.state = State::Closed;
+                Some(Step::Close)
+            }
+        }
+    }
+
+    /// The reply for DATA/BDAT out of sequence, if it is.
+    fn data_sequence_error(&self) -> Option<&'static [u8]> {
+        if !self.txn.active {
+            Some(reply::NEED_MAIL)
+        } else if self.txn.rcpt_ends.is_empty() {
+            Some(reply::NEED_RCPT)
+        } else {
+            None
+        }
+    }
+
+    /// True when the recipient's domain is one we accept.
+    fn domain_accepted(&self, rcpt: &str) -> bool {
+        if self.config.domains.is_empty() || rcpt.eq_ignore_ascii_case("postmaster") {
+            return true;
+        }
+        let domain = command::domain_of(rcpt);
+        self.config
+            .domains
+            .iter()
+            .any(|d| d.eq_ignore_ascii_case(domain))
+    }
+
+    /// Answers a command line that did not parse.
+    fn bad_command(&mut self, bad: Bad, out: &mut Output) -> Option<Step> {
+        match bad {
+            Bad::Unknown => self.client_error(reply::UNKNOWN, out),
+            Bad::Sender => self.client_error(reply::BAD_SENDER, out),
+            Bad::Recipient => self.client_error(reply::BAD_RECIPIENT, out),
+            Bad::Parameter => self.client_error(reply::BAD_PARAMETER, out),
+            Bad::Syntax(usage) => self.count_error(out).or_else(|| {
+                let _ = write!(out.replies, "501 5.5.4 {usage}\r\n");
+                None
+            }),
+        }
+    }
+
+    /// Writes a client-error reply and counts it (see `count_error`).
+    fn client_error(&mut self, text: &[u8], out: &mut Output) -> Option<Step> {
+        self.count_error(out).or_else(|| {
+            out.replies.extend_from_slice(text);
+            None
+        })
+    }
+
+    /// Counts a client error; past the error limit, writes `421 4.7.0` in place of the error's
+    /// own reply and closes the session.
+    fn count_error(&mut self, out: &mut Output) -> Option<Step> {
+        self.errors += 1;
+        if self.errors > self.config.max_errors {
+            self.close_with(reply::TOO_MANY_ERRORS, out);
+            return Some(Step::Close);
+        }
+        None
+    }
+
+    /// Counts a NOOP/RSET/VRFY/HELP; past the limit, `421 4.7.0` and close.
+    fn junk_command(&mut self, out: &mut Output) -> Option<Step> {
+        self.junk += 1;
+        if self.junk > self.config.max_junk_commands {
+            self.close_with(reply::TOO_MANY_JUNK, out);
+            return Some(Step::Close);
+        }
+        None
+    }
+
+    /// Writes a `421` reply (prefix, host name, suffix) and ends the session.
+    fn close_with(&mut self, text: (&str, &str), out: &mut Output) {
+        let _ = write!(out.replies, "{}{}{}", text.0, self.config.hostname, text.1);
+        self.state = State::Closed;
+    }
+
+    /// `421 4.3.2` for a server shutting down, and close.
+    fn close_shutting_down(&mut self, out: &mut Output) -> Step {
+        self.close_with(reply::SHUTTING_DOWN, out);
+        Step::Close
+    }
+}
+
+/// The `421 4.3.2` reply for a connection over the server's connection limit.
+pub fn write_too_many_connections(hostname: &str, out: &mut Vec<u8>) {
+    let _ = write!(
+        out,
+        "{}{}{}",
+        reply::TOO_MANY_CONNECTIONS.0,
+        hostname,
+        reply::TOO_MANY_CONNECTIONS.1
+    );
+}
+
+/// The `421 4.7.0` reply for a client address over its connection limit.
+pub fn write_too_many_from_address(hostname: &str, out: &mut Vec<u8>) {
+    let _ = write!(
+        out,
+        "{}{}{}",
+        reply::TOO_MANY_FROM_ADDRESS.0,
+        hostname,
+        reply::TOO_MANY_FROM_ADDRESS.1
+    );
+}
+
+#[cfg(test)]
+mod tests;
