@@ -91,6 +91,7 @@ impl ReplyReader {
     }
 
     /// True when bytes that are not yet a whole reply are buffered.
+    #[cfg(test)]
     pub fn has_partial(&self) -> bool {
         self.end > self.start
     }
