@@ -1,1 +1,1041 @@
+//! Session tests: transcripts (client bytes in, exact reply bytes and stored message bytes out)
+//! for every row of SPEC §4.2, the EHLO extensions, MAIL parameters, BDAT, both bare-LF modes
+//! and the SMTP smuggling vectors; then property tests: a valid multi-message transcript split
+//! at random points gives the same replies and stored bytes as the unsplit run, and random
+//! input never panics and only ever produces well-formed reply lines.
+//!
+//! The expected replies are written out here byte for byte, not taken from `reply.rs`, so a
+//! changed reply text fails a test.
 
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use proptest::prelude::*;
+
+use super::sim::Sim;
+use super::*;
+
+const GREETING: &str = "220 localhost ESMTP ringmx\r\n";
+const MAIL_OK: &str = "250 2.1.0 Ok\r\n";
+const RCPT_OK: &str = "250 2.1.5 Ok\r\n";
+const GO_AHEAD: &str = "354 End data with <CR><LF>.<CR><LF>\r\n";
+const OK: &str = "250 2.0.0 Ok\r\n";
+const BYE: &str = "221 2.0.0 Bye\r\n";
+const UNKNOWN: &str = "500 5.5.1 Error: command not recognized\r\n";
+const LINE_TOO_LONG: &str = "500 5.5.2 Error: line too long\r\n";
+const BARE_LF_COMMAND: &str = "500 5.5.2 Error: bare <LF> received\r\n";
+const BAD_SENDER: &str = "501 5.1.7 Bad sender address syntax\r\n";
+const BAD_RECIPIENT: &str = "501 5.1.3 Bad recipient address syntax\r\n";
+const BAD_PARAMETER: &str = "555 5.5.4 Unsupported option\r\n";
+const NEED_MAIL: &str = "503 5.5.1 Error: need MAIL command\r\n";
+const NEED_RCPT: &str = "503 5.5.1 Error: need RCPT command\r\n";
+const NESTED_MAIL: &str = "503 5.5.1 Error: nested MAIL command\r\n";
+const DATA_AFTER_BDAT: &str = "503 5.5.1 Error: DATA after BDAT\r\n";
+const TOO_BIG: &str = "552 5.3.4 Error: message file too big\r\n";
+const TOO_MANY_RECIPIENTS: &str = "452 4.5.3 Error: too many recipients\r\n";
+const RELAY_DENIED: &str = "550 5.7.1 Error: recipient domain not accepted here\r\n";
+const BARE_LF_DATA: &str =
+    "550 5.6.0 Error: bare <LF> or <CR> in message data (see RFC 5321 2.3.8)\r\n";
+const SPOOL_FAILED: &str = "451 4.3.0 Error: queue file write error\r\n";
+const TIMEOUT: &str = "421 4.4.2 localhost Error: timeout exceeded\r\n";
+const TOO_MANY_ERRORS: &str = "421 4.7.0 localhost Error: too many errors\r\n";
+const TOO_MANY_JUNK: &str = "421 4.7.0 localhost Error: too many junk commands\r\n";
+const SHUTTING_DOWN: &str =
+    "421 4.3.2 localhost Service shutting down, closing transmission channel\r\n";
+
+/// The EHLO reply of SPEC §4.1 for host `localhost` and this size limit.
+fn ehlo_reply(max_message_size: u64) -> String {
+    format!(
+        "250-localhost\r\n250-PIPELINING\r\n250-SIZE {max_message_size}\r\n250-8BITMIME\r\n\
+         250-ENHANCEDSTATUSCODES\r\n250-SMTPUTF8\r\n250 CHUNKING\r\n"
+    )
+}
+
+/// The reply to the `n`th stored message of a `Sim` (its queue IDs count up from 00000001).
+fn queued(n: u32) -> String {
+    format!("250 2.0.0 Ok: queued as {n:08}\r\n")
+}
+
+/// A greeted `Sim` with the default configuration changed by `edit`.
+fn sim_with(edit: impl FnOnce(&mut Config)) -> Sim {
+    let mut config = Config::default();
+    edit(&mut config);
+    let mut sim = Sim::new(config);
+    let host = sim.take_replies();
+    assert!(host.starts_with("220 ") && host.ends_with(" ESMTP ringmx\r\n"));
+    sim
+}
+
+/// A greeted `Sim` that has said EHLO, default configuration changed by `edit`.
+fn ready_with(edit: impl FnOnce(&mut Config)) -> Sim {
+    let mut config = Config::default();
+    edit(&mut config);
+    let size = config.max_message_size;
+    let mut sim = sim_with(|c| *c = config);
+    assert_eq!(say(&mut sim, "EHLO client.example\r\n"), ehlo_reply(size));
+    sim
+}
+
+/// A greeted `Sim` with the default configuration that has said EHLO.
+fn ready() -> Sim {
+    ready_with(|_| {})
+}
+
+/// Feeds `input` as one read and returns the replies it produced.
+fn say(sim: &mut Sim, input: &str) -> String {
+    say_bytes(sim, input.as_bytes())
+}
+
+/// Feeds `input` as one read and returns the replies it produced.
+fn say_bytes(sim: &mut Sim, input: &[u8]) -> String {
+    sim.feed(input);
+    sim.take_replies()
+}
+
+/// Concatenates reply texts.
+fn replies(parts: &[&str]) -> String {
+    parts.concat()
+}
+
+/// An envelope for one recipient, as one pipelined string.
+const ENVELOPE: &str = "MAIL FROM:<a@b.example>\r\nRCPT TO:<c@d.example>\r\n";
+
+// ---- SPEC §4.2, row by row ----------------------------------------------------------------
+
+#[test]
+fn greeting_names_the_host() {
+    let mut sim = Sim::new(Config {
+        hostname: "mx.example".to_string(),
+        ..Config::default()
+    });
+    assert_eq!(sim.take_replies(), "220 mx.example ESMTP ringmx\r\n");
+    let mut sim = Sim::new(Config::default());
+    assert_eq!(sim.take_replies(), GREETING);
+}
+
+#[test]
+fn ehlo_advertises_exactly_the_spec_extensions() {
+    let mut sim = sim_with(|c| c.max_message_size = 12345);
+    assert_eq!(say(&mut sim, "EHLO client.example\r\n"), ehlo_reply(12345));
+    // Case-insensitive, and a second EHLO is answered the same way.
+    assert_eq!(say(&mut sim, "ehlo other.example\r\n"), ehlo_reply(12345));
+    assert_eq!(
+        say(&mut sim, "HELO client.example\r\n"),
+        "250 localhost\r\n"
+    );
+    assert_eq!(
+        say(&mut sim, "HELO\r\n"),
+        "501 5.5.4 Syntax: HELO hostname\r\n"
+    );
+    assert_eq!(
+        say(&mut sim, "EHLO \r\n"),
+        "501 5.5.4 Syntax: EHLO hostname\r\n"
+    );
+}
+
+#[test]
+fn message_is_stored_and_answered_with_its_queue_id() {
+    let mut sim = ready();
+    assert_eq!(say(&mut sim, "MAIL FROM:<a@b.example>\r\n"), MAIL_OK);
+    assert_eq!(say(&mut sim, "RCPT TO:<c@d.example>\r\n"), RCPT_OK);
+    assert_eq!(say(&mut sim, "DATA\r\n"), GO_AHEAD);
+    assert_eq!(say(&mut sim, "Subject: hi\r\n\r\nhello\r\n"), "");
+    assert_eq!(say(&mut sim, ".\r\n"), queued(1));
+    assert_eq!(sim.messages, vec![b"Subject: hi\r\n\r\nhello\r\n".to_vec()]);
+    // The next transaction gets the next ID.
+    let second = format!("{ENVELOPE}DATA\r\nx\r\n.\r\n");
+    assert_eq!(
+        say(&mut sim, &second),
+        replies(&[MAIL_OK, RCPT_OK, GO_AHEAD, &queued(2)])
+    );
+    assert_eq!(sim.messages[1], b"x\r\n");
+    assert_eq!(sim.stored_count, 2);
+    assert_eq!(sim.session.messages_stored(), 2);
+    assert_eq!(say(&mut sim, "QUIT\r\n"), BYE);
+    assert!(sim.closed);
+}
+
+#[test]
+fn unknown_commands_get_500_5_5_1() {
+    let mut sim = ready();
+    for line in [
+        "XYZZY\r\n",
+        "STARTTLS\r\n",
+        "\r\n",
+        "AUTH PLAIN\r\n",
+        "MAILFROM:<>\r\n",
+    ] {
+        assert_eq!(say(&mut sim, line), UNKNOWN, "{line:?}");
+    }
+    // The session goes on.
+    assert_eq!(say(&mut sim, "NOOP\r\n"), OK);
+}
+
+#[test]
+fn commands_are_case_insensitive() {
+    let mut sim = ready();
+    let input =
+        "mail from:<a@b.example>\r\nRcPt To:<c@d.example>\r\ndata\r\nx\r\n.\r\nnoop\r\nquit\r\n";
+    assert_eq!(
+        say(&mut sim, input),
+        replies(&[MAIL_OK, RCPT_OK, GO_AHEAD, &queued(1), OK, BYE])
+    );
+}
+
+#[test]
+fn line_over_512_octets_gets_500_5_5_2_and_the_session_goes_on() {
+    // 510 octets of text plus CRLF is exactly the limit: accepted.
+    let mut sim = ready();
+    let at_limit = format!("NOOP {}\r\n", "a".repeat(505));
+    assert_eq!(at_limit.len(), 512);
+    assert_eq!(say(&mut sim, &at_limit), OK);
+
+    // One more octet, with the next command pipelined in the same read.
+    let over = format!("NOOP {}\r\nNOOP\r\n", "a".repeat(506));
+    assert_eq!(say(&mut sim, &over), replies(&[LINE_TOO_LONG, OK]));
+
+    // Far over, in one read with the rest of a session after it.
+    let far = format!(
+        "MAIL FROM:<{}@b.example>\r\n{ENVELOPE}QUIT\r\n",
+        "x".repeat(5000)
+    );
+    assert_eq!(
+        say(&mut sim, &far),
+        replies(&[LINE_TOO_LONG, MAIL_OK, RCPT_OK, BYE])
+    );
+}
+
+#[test]
+fn long_line_split_over_many_reads_is_drained() {
+    let mut sim = ready();
+    for _ in 0..10 {
+        assert_eq!(say(&mut sim, &"b".repeat(300)), "");
+    }
+    assert_eq!(say(&mut sim, "bbb\r\nNO"), LINE_TOO_LONG);
+    assert_eq!(say(&mut sim, "OP\r\n"), OK);
+    // A long line whose LF arrives exactly at a read boundary.
+    assert_eq!(say(&mut sim, &"c".repeat(600)), "");
+    assert_eq!(say(&mut sim, "\r"), "");
+    assert_eq!(say(&mut sim, "\n"), LINE_TOO_LONG);
+    assert_eq!(say(&mut sim, "NOOP\r\n"), OK);
+}
+
+#[test]
+fn argument_syntax_errors_get_501() {
+    let mut sim = ready_with(|c| c.max_errors = 100);
+    let cases = [
+        (
+            "MAIL TO:<a@b.example>\r\n",
+            "501 5.5.4 Syntax: MAIL FROM:<address>\r\n",
+        ),
+        ("MAIL FROM:<a..b@x.example>\r\n", BAD_SENDER),
+        ("MAIL FROM:a@x.example\r\n", BAD_SENDER),
+        ("MAIL FROM:<a@x.example\r\n", BAD_SENDER),
+        (
+            "MAIL FROM:<a@b.example> SIZE=x\r\n",
+            "501 5.5.4 Syntax: SIZE=number\r\n",
+        ),
+        (
+            "QUIT now\r\n",
+            "501 5.5.4 Syntax: this command takes no argument\r\n",
+        ),
+        (
+            "DATA x\r\n",
+            "501 5.5.4 Syntax: this command takes no argument\r\n",
+        ),
+        ("BDAT\r\n", "501 5.5.4 Syntax: BDAT size [LAST]\r\n"),
+        (
+            "BDAT 10 FIRST\r\n",
+            "501 5.5.4 Syntax: BDAT size [LAST]\r\n",
+        ),
+        ("VRFY\r\n", "501 5.5.4 Syntax: VRFY address\r\n"),
+    ];
+    for (line, want) in cases {
+        assert_eq!(say(&mut sim, line), want, "{line:?}");
+    }
+    assert_eq!(say(&mut sim, "MAIL FROM:<a@b.example>\r\n"), MAIL_OK);
+    let rcpt_cases = [
+        ("RCPT TO:<nodomain>\r\n", BAD_RECIPIENT),
+        ("RCPT TO:<>\r\n", BAD_RECIPIENT),
+        ("RCPT TO:<u@-bad.example>\r\n", BAD_RECIPIENT),
+        (
+            "RCPT FROM:<u@x.example>\r\n",
+            "501 5.5.4 Syntax: RCPT TO:<address>\r\n",
+        ),
+    ];
+    for (line, want) in rcpt_cases {
+        assert_eq!(say(&mut sim, line), want, "{line:?}");
+    }
+}
+
+#[test]
+fn bad_sequence_gets_503() {
+    let mut sim = ready();
+    assert_eq!(say(&mut sim, "RCPT TO:<c@d.example>\r\n"), NEED_MAIL);
+    assert_eq!(say(&mut sim, "DATA\r\n"), NEED_MAIL);
+    assert_eq!(say(&mut sim, "MAIL FROM:<a@b.example>\r\n"), MAIL_OK);
+    assert_eq!(say(&mut sim, "DATA\r\n"), NEED_RCPT);
+    assert_eq!(say(&mut sim, "MAIL FROM:<a@b.example>\r\n"), NESTED_MAIL);
+    // The first transaction survives the errors.
+    assert_eq!(
+        say(&mut sim, "RCPT TO:<c@d.example>\r\nDATA\r\nx\r\n.\r\n"),
+        replies(&[RCPT_OK, GO_AHEAD, &queued(1)])
+    );
+    // RSET ends the transaction: RCPT is out of sequence again.
+    assert_eq!(
+        say(&mut sim, "MAIL FROM:<a@b.example>\r\nRSET\r\n"),
+        replies(&[MAIL_OK, OK])
+    );
+    assert_eq!(say(&mut sim, "RCPT TO:<c@d.example>\r\n"), NEED_MAIL);
+}
+
+#[test]
+fn size_parameter_over_the_limit_gets_552() {
+    let mut sim = ready_with(|c| c.max_message_size = 1000);
+    assert_eq!(
+        say(&mut sim, "MAIL FROM:<a@b.example> SIZE=1001\r\n"),
+        TOO_BIG
+    );
+    // No transaction was started.
+    assert_eq!(say(&mut sim, "RCPT TO:<c@d.example>\r\n"), NEED_MAIL);
+    assert_eq!(
+        say(&mut sim, "MAIL FROM:<a@b.example> SIZE=1000\r\n"),
+        MAIL_OK
+    );
+}
+
+#[test]
+fn real_size_over_the_limit_is_drained_then_552() {
+    let mut sim = ready_with(|c| c.max_message_size = 100);
+    // Exactly at the limit (after unstuffing): stored.
+    let body_100 = format!(".{}\r\n", "y".repeat(97));
+    let stuffed = format!(".{body_100}");
+    let input = format!("{ENVELOPE}DATA\r\n{stuffed}.\r\n");
+    assert_eq!(
+        say(&mut sim, &input),
+        replies(&[MAIL_OK, RCPT_OK, GO_AHEAD, &queued(1)])
+    );
+    assert_eq!(sim.messages, vec![body_100.into_bytes()]);
+
+    // One byte over, across several reads, with command-looking lines inside: all drained.
+    assert_eq!(
+        say(&mut sim, &format!("{ENVELOPE}DATA\r\n")),
+        replies(&[MAIL_OK, RCPT_OK, GO_AHEAD])
+    );
+    assert_eq!(say(&mut sim, &"z".repeat(99)), "");
+    assert_eq!(say(&mut sim, "\r\nQUIT\r\nMAIL FROM:<x@y.example>\r\n"), "");
+    assert_eq!(say(&mut sim, ".\r\nNOOP\r\n"), replies(&[TOO_BIG, OK]));
+    assert_eq!(sim.messages.len(), 1);
+    assert!(!sim.closed);
+    // The session goes on with a fresh transaction.
+    assert_eq!(
+        say(&mut sim, &format!("{ENVELOPE}DATA\r\nsmall\r\n.\r\n")),
+        replies(&[MAIL_OK, RCPT_OK, GO_AHEAD, &queued(2)])
+    );
+    assert_eq!(sim.messages[1], b"small\r\n");
+}
+
+#[test]
+fn too_many_recipients_get_452() {
+    let mut sim = ready_with(|c| c.max_recipients = 2);
+    let input = "MAIL FROM:<a@b.example>\r\nRCPT TO:<r1@d.example>\r\nRCPT TO:<r2@d.example>\r\n\
+                 RCPT TO:<r3@d.example>\r\nDATA\r\nbody\r\n.\r\n";
+    assert_eq!(
+        say(&mut sim, input),
+        replies(&[
+            MAIL_OK,
+            RCPT_OK,
+            RCPT_OK,
+            TOO_MANY_RECIPIENTS,
+            GO_AHEAD,
+            &queued(1)
+        ])
+    );
+    // The limit is per transaction.
+    let again = "MAIL FROM:<a@b.example>\r\nRCPT TO:<r1@d.example>\r\nRCPT TO:<r2@d.example>\r\n";
+    assert_eq!(say(&mut sim, again), replies(&[MAIL_OK, RCPT_OK, RCPT_OK]));
+}
+
+#[test]
+fn recipient_domain_not_accepted_gets_550_5_7_1() {
+    let mut sim = ready_with(|c| c.domains = vec!["example.com".to_string()]);
+    assert_eq!(
+        say(&mut sim, "MAIL FROM:<a@elsewhere.example>\r\n"),
+        MAIL_OK
+    );
+    assert_eq!(say(&mut sim, "RCPT TO:<u@other.example>\r\n"), RELAY_DENIED);
+    assert_eq!(
+        say(&mut sim, "RCPT TO:<u@sub.example.com>\r\n"),
+        RELAY_DENIED
+    );
+    assert_eq!(say(&mut sim, "RCPT TO:<u@EXAMPLE.com>\r\n"), RCPT_OK);
+    assert_eq!(say(&mut sim, "RCPT TO:<Postmaster>\r\n"), RCPT_OK);
+    assert_eq!(say(&mut sim, "RCPT TO:<\"a@b\"@example.com>\r\n"), RCPT_OK);
+    // With no domain list, every domain is accepted.
+    let mut open = ready();
+    assert_eq!(
+        say(
+            &mut open,
+            "MAIL FROM:<a@b.example>\r\nRCPT TO:<u@other.example>\r\n"
+        ),
+        replies(&[MAIL_OK, RCPT_OK])
+    );
+}
+
+#[test]
+fn spool_failure_gets_451_and_nothing_is_stored() {
+    let mut sim = ready();
+    sim.fail_next_store = true;
+    assert_eq!(
+        say(&mut sim, &format!("{ENVELOPE}DATA\r\nlost\r\n.\r\n")),
+        replies(&[MAIL_OK, RCPT_OK, GO_AHEAD, SPOOL_FAILED])
+    );
+    assert!(sim.messages.is_empty());
+    assert_eq!(sim.stored_count, 0);
+    // The transaction is over; the next one is stored.
+    assert_eq!(say(&mut sim, "RCPT TO:<c@d.example>\r\n"), NEED_MAIL);
+    assert_eq!(
+        say(&mut sim, &format!("{ENVELOPE}DATA\r\nkept\r\n.\r\n")),
+        replies(&[MAIL_OK, RCPT_OK, GO_AHEAD, &queued(2)])
+    );
+    assert_eq!(sim.messages, vec![b"kept\r\n".to_vec()]);
+}
+
+#[test]
+fn idle_timeout_gets_421_4_4_2_and_close() {
+    let mut sim = ready();
+    sim.timeout();
+    assert_eq!(sim.take_replies(), TIMEOUT);
+    assert!(sim.closed);
+    assert_eq!(say(&mut sim, "NOOP\r\n"), "");
+
+    // In the middle of message data: nothing is stored.
+    let mut sim = ready();
+    say(&mut sim, &format!("{ENVELOPE}DATA\r\npartial"));
+    sim.timeout();
+    assert_eq!(sim.take_replies(), TIMEOUT);
+    assert!(sim.closed);
+    assert_eq!(say(&mut sim, "\r\n.\r\n"), "");
+    assert!(sim.messages.is_empty());
+}
+
+#[test]
+fn deadlines_follow_the_config() {
+    let config = Config {
+        command_timeout: Duration::from_secs(10),
+        data_timeout: Duration::from_secs(20),
+        min_data_rate: 100,
+        ..Config::default()
+    };
+    let start = Instant::now();
+    let mut session = Session::new(Arc::new(config), start);
+    let mut out = Output::new();
+    assert_eq!(session.deadline(), Some(start + Duration::from_secs(10)));
+    // A spurious wake-up before the deadline changes nothing.
+    let early = start + Duration::from_secs(9);
+    assert_eq!(session.handle_timeout(early, &mut out), Step::Read);
+    assert!(out.replies.is_empty());
+
+    let t1 = start + Duration::from_secs(5);
+    let input = format!("EHLO c.example\r\n{ENVELOPE}DATA\r\n");
+    let (n, step) = session.handle_input(input.as_bytes(), t1, &mut out);
+    assert_eq!((n, step), (input.len(), Step::Read));
+    assert_eq!(session.deadline(), Some(t1 + Duration::from_secs(20)));
+    // 1000 bytes at 100 B/s earn 10 s more on the transfer deadline, but the idle deadline
+    // (20 s after the last read) still bounds it.
+    let t2 = t1 + Duration::from_secs(15);
+    let body = vec![b'x'; 1000];
+    session.handle_input(&body, t2, &mut out);
+    assert_eq!(session.deadline(), Some(t1 + Duration::from_secs(30)));
+    out.replies.clear();
+    assert_eq!(
+        session.handle_timeout(t1 + Duration::from_secs(30), &mut out),
+        Step::Close
+    );
+    assert_eq!(out.replies, TIMEOUT.as_bytes());
+}
+
+#[test]
+fn quit_gets_221_and_nothing_after_it_is_answered() {
+    let mut sim = ready();
+    assert_eq!(
+        say(&mut sim, "QUIT\r\nNOOP\r\nMAIL FROM:<a@b.example>\r\n"),
+        BYE
+    );
+    assert!(sim.closed);
+    assert_eq!(say(&mut sim, "NOOP\r\n"), "");
+}
+
+#[test]
+fn shutdown_when_idle_gets_421_4_3_2_at_once() {
+    let mut sim = ready();
+    sim.shutdown();
+    assert_eq!(sim.take_replies(), SHUTTING_DOWN);
+    assert!(sim.closed);
+    assert_eq!(say(&mut sim, "NOOP\r\n"), "");
+}
+
+#[test]
+fn shutdown_mid_transaction_lets_the_message_finish() {
+    let mut sim = ready();
+    assert_eq!(
+        say(&mut sim, &format!("{ENVELOPE}DATA\r\nfirst half ")),
+        replies(&[MAIL_OK, RCPT_OK, GO_AHEAD])
+    );
+    sim.shutdown();
+    assert_eq!(sim.take_replies(), "");
+    assert!(!sim.closed);
+    assert_eq!(
+        say(&mut sim, "second half\r\n.\r\nNOOP\r\n"),
+        replies(&[&queued(1), SHUTTING_DOWN])
+    );
+    assert!(sim.closed);
+    assert_eq!(sim.messages, vec![b"first half second half\r\n".to_vec()]);
+
+    // Between MAIL and DATA the transaction may finish too; a new one may not start.
+    let mut sim = ready();
+    assert_eq!(say(&mut sim, "MAIL FROM:<a@b.example>\r\n"), MAIL_OK);
+    sim.shutdown();
+    assert_eq!(sim.take_replies(), "");
+    assert_eq!(
+        say(&mut sim, "RCPT TO:<c@d.example>\r\nBDAT 2 LAST\r\nhi"),
+        replies(&[RCPT_OK, &queued(1), SHUTTING_DOWN])
+    );
+    assert!(sim.closed);
+    assert_eq!(sim.messages, vec![b"hi".to_vec()]);
+}
+
+#[test]
+fn error_limit_closes_with_421_4_7_0() {
+    let mut sim = ready_with(|c| c.max_errors = 4);
+    // Errors of every kind count: 500, 501, 503, 555.
+    let input = "XYZZ\r\nMAIL FROM:<bad>\r\nRCPT TO:<c@d.example>\r\n\
+                 MAIL FROM:<a@b.example> FOO=1\r\nDATA\r\nNOOP\r\n";
+    assert_eq!(
+        say(&mut sim, input),
+        replies(&[
+            UNKNOWN,
+            BAD_SENDER,
+            NEED_MAIL,
+            BAD_PARAMETER,
+            TOO_MANY_ERRORS
+        ])
+    );
+    assert!(sim.closed);
+}
+
+#[test]
+fn error_limit_counts_refused_messages_and_long_lines() {
+    let mut sim = ready_with(|c| c.max_errors = 2);
+    let long = format!("{}\r\n", "n".repeat(600));
+    let input = format!("{long}{ENVELOPE}DATA\r\nbare\nlf\r\n.\r\n{long}NOOP\r\n");
+    assert_eq!(
+        say(&mut sim, &input),
+        replies(&[
+            LINE_TOO_LONG,
+            MAIL_OK,
+            RCPT_OK,
+            GO_AHEAD,
+            BARE_LF_DATA,
+            TOO_MANY_ERRORS
+        ])
+    );
+    assert!(sim.closed);
+}
+
+#[test]
+fn junk_limit_closes_with_421_4_7_0() {
+    let mut sim = ready_with(|c| c.max_junk_commands = 4);
+    let input = "NOOP\r\nRSET\r\nVRFY someone\r\nHELP\r\nNOOP\r\nNOOP\r\n";
+    assert_eq!(
+        say(&mut sim, input),
+        replies(&[
+            OK,
+            OK,
+            "252 2.0.0 Cannot VRFY user, but will accept message and attempt delivery\r\n",
+            "214 2.0.0 Commands: HELO EHLO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP\r\n",
+            TOO_MANY_JUNK,
+        ])
+    );
+    assert!(sim.closed);
+}
+
+#[test]
+fn early_talker_is_refused() {
+    let mut session = Session::new(Arc::new(Config::default()), Instant::now());
+    let mut out = Output::new();
+    assert_eq!(session.reject_early_talker(&mut out), Step::Close);
+    assert_eq!(
+        out.replies,
+        b"554 5.5.1 Error: client sent data before the greeting\r\n"
+    );
+    let (_, step) = session.handle_input(b"NOOP\r\n", Instant::now(), &mut out);
+    assert_eq!(step, Step::Close);
+}
+
+#[test]
+fn connection_limit_replies() {
+    let mut out = Vec::new();
+    write_too_many_connections("mx.example", &mut out);
+    assert_eq!(out, b"421 4.3.2 mx.example Error: too many connections\r\n");
+    out.clear();
+    write_too_many_from_address("mx.example", &mut out);
+    assert_eq!(
+        out,
+        b"421 4.7.0 mx.example Error: too many connections from your address\r\n"
+    );
+}
+
+// ---- MAIL parameters and addresses ------------------------------------------------------
+
+#[test]
+fn mail_parameters_size_body_smtputf8() {
+    let mut sim = ready();
+    for line in [
+        "MAIL FROM:<a@b.example> SIZE=10 BODY=8BITMIME SMTPUTF8\r\n",
+        "MAIL FROM:<a@b.example> body=7bit size=0\r\n",
+        "MAIL FROM:<a@b.example> BODY=8BITMIME\r\n",
+    ] {
+        assert_eq!(say(&mut sim, line), MAIL_OK, "{line:?}");
+        assert_eq!(say(&mut sim, "RSET\r\n"), OK);
+    }
+    let cases = [
+        ("MAIL FROM:<a@b.example> AUTH=<>\r\n", BAD_PARAMETER),
+        ("MAIL FROM:<a@b.example> RET=FULL\r\n", BAD_PARAMETER),
+        ("MAIL FROM:<a@b.example> SMTPUTF8=yes\r\n", BAD_PARAMETER),
+        (
+            "MAIL FROM:<a@b.example> BODY=BINARYMIME\r\n",
+            "501 5.5.4 Syntax: BODY=7BIT or BODY=8BITMIME\r\n",
+        ),
+    ];
+    for (line, want) in cases {
+        assert_eq!(say(&mut sim, line), want, "{line:?}");
+    }
+    assert_eq!(
+        say(
+            &mut sim,
+            "MAIL FROM:<a@b.example>\r\nRCPT TO:<c@d.example> NOTIFY=NEVER\r\n"
+        ),
+        replies(&[MAIL_OK, BAD_PARAMETER])
+    );
+}
+
+#[test]
+fn utf8_addresses_only_with_smtputf8() {
+    let mut sim = ready();
+    assert_eq!(
+        say(&mut sim, "MAIL FROM:<jörg@bücher.example>\r\n"),
+        BAD_SENDER
+    );
+    assert_eq!(say(&mut sim, "MAIL FROM:<a@b.example>\r\n"), MAIL_OK);
+    assert_eq!(
+        say(&mut sim, "RCPT TO:<jörg@bücher.example>\r\n"),
+        BAD_RECIPIENT
+    );
+    assert_eq!(say(&mut sim, "RSET\r\n"), OK);
+    let input = "MAIL FROM:<jörg@bücher.example> SMTPUTF8\r\nRCPT TO:<ñandú@例え.example>\r\n\
+                 DATA\r\nSubject: héllo\r\n.\r\n";
+    assert_eq!(
+        say(&mut sim, input),
+        replies(&[MAIL_OK, RCPT_OK, GO_AHEAD, &queued(1)])
+    );
+    assert_eq!(sim.messages, vec!["Subject: héllo\r\n".as_bytes().to_vec()]);
+    // Bytes that are not UTF-8 are never an address.
+    let raw = b"MAIL FROM:<j\xffrg@x.example> SMTPUTF8\r\n";
+    assert_eq!(say_bytes(&mut sim, raw), BAD_SENDER);
+}
+
+#[test]
+fn null_sender_is_accepted() {
+    let mut sim = ready();
+    let input = "MAIL FROM:<>\r\nRCPT TO:<c@d.example>\r\nDATA\r\nbounce\r\n.\r\n";
+    assert_eq!(
+        say(&mut sim, input),
+        replies(&[MAIL_OK, RCPT_OK, GO_AHEAD, &queued(1)])
+    );
+    assert_eq!(sim.messages, vec![b"bounce\r\n".to_vec()]);
+}
+
+/// Drives a bare `Session` to `Step::Store` and returns it, for envelope checks.
+fn session_at_store(input: &str) -> Session {
+    let mut session = Session::new(Arc::new(Config::default()), Instant::now());
+    let mut out = Output::new();
+    let (n, step) = session.handle_input(input.as_bytes(), Instant::now(), &mut out);
+    assert_eq!((n, step), (input.len(), Step::Store));
+    session
+}
+
+#[test]
+fn envelope_keeps_addresses_exactly_as_written() {
+    let session = session_at_store(
+        "EHLO client.example\r\nMAIL FROM:<@r.example:Ann@B.example>\r\n\
+         RCPT TO:<\"x y\"@C.example>\r\nRCPT TO:<Postmaster>\r\nRCPT TO:<z@[192.0.2.1]>\r\n\
+         DATA\r\nx\r\n.\r\n",
+    );
+    let envelope = session.envelope();
+    assert_eq!(envelope.helo, "client.example");
+    assert_eq!(envelope.sender, "Ann@B.example");
+    assert_eq!(envelope.protocol, "ESMTP");
+    assert_eq!(envelope.recipient_count(), 3);
+    let rcpts: Vec<&str> = envelope.recipients().collect();
+    assert_eq!(rcpts, ["\"x y\"@C.example", "Postmaster", "z@[192.0.2.1]"]);
+
+    let session =
+        session_at_store("HELO c\r\nMAIL FROM:<> \r\nRCPT TO:<u@d.example>\r\nBDAT 0 LAST\r\n");
+    assert_eq!(session.envelope().sender, "");
+    assert_eq!(session.envelope().protocol, "SMTP");
+
+    let session = session_at_store(
+        "EHLO c\r\nMAIL FROM:<é@d.example> SMTPUTF8\r\nRCPT TO:<u@d.example>\r\nDATA\r\n.\r\n",
+    );
+    assert_eq!(session.envelope().protocol, "UTF8SMTP");
+    assert_eq!(session.envelope().sender, "é@d.example");
+}
+
+// ---- BDAT (RFC 3030) ------------------------------------------------------------------------
+
+#[test]
+fn bdat_last_stores_the_chunk_byte_exact() {
+    let mut sim = ready();
+    // A chunk is taken byte-exact: no dot-unstuffing, no terminator, bare LF allowed.
+    let chunk = "a\r\n.\r\n..b\nc\r";
+    let input = format!("{ENVELOPE}BDAT {} LAST\r\n{chunk}NOOP\r\n", chunk.len());
+    assert_eq!(
+        say(&mut sim, &input),
+        replies(&[MAIL_OK, RCPT_OK, &queued(1), OK])
+    );
+    assert_eq!(sim.messages, vec![chunk.as_bytes().to_vec()]);
+}
+
+#[test]
+fn bdat_in_several_chunks_and_reads() {
+    let mut sim = ready();
+    assert_eq!(
+        say(&mut sim, &format!("{ENVELOPE}BDAT 3\r\nabcBDAT 4\r\nde")),
+        replies(&[MAIL_OK, RCPT_OK, "250 2.0.0 Ok: 3 octets received\r\n"])
+    );
+    assert_eq!(say(&mut sim, "f"), "");
+    assert_eq!(
+        say(&mut sim, "gBDAT 0\r\nbdat 2 last\r\nhi"),
+        replies(&[
+            "250 2.0.0 Ok: 4 octets received\r\n",
+            "250 2.0.0 Ok: 0 octets received\r\n",
+            &queued(1),
+        ])
+    );
+    assert_eq!(sim.messages, vec![b"abcdefghi".to_vec()]);
+}
+
+#[test]
+fn bdat_over_the_size_limit_gets_552_and_its_chunk_is_consumed() {
+    let mut sim = ready_with(|c| c.max_message_size = 10);
+    let input = format!("{ENVELOPE}BDAT 6\r\n123456BDAT 5 LAST\r\nabcdeNOOP\r\n");
+    assert_eq!(
+        say(&mut sim, &input),
+        replies(&[
+            MAIL_OK,
+            RCPT_OK,
+            "250 2.0.0 Ok: 6 octets received\r\n",
+            TOO_BIG,
+            OK
+        ])
+    );
+    assert!(sim.messages.is_empty());
+    // The transaction is gone.
+    assert_eq!(say(&mut sim, "BDAT 1 LAST\r\nx"), NEED_MAIL);
+    // Exactly at the limit is fine.
+    let input = format!("{ENVELOPE}BDAT 10 LAST\r\n0123456789");
+    assert_eq!(
+        say(&mut sim, &input),
+        replies(&[MAIL_OK, RCPT_OK, &queued(1)])
+    );
+    assert_eq!(sim.messages, vec![b"0123456789".to_vec()]);
+}
+
+#[test]
+fn data_after_bdat_gets_503() {
+    let mut sim = ready();
+    let input = format!("{ENVELOPE}BDAT 2\r\nabDATA\r\nBDAT 1 LAST\r\nc");
+    assert_eq!(
+        say(&mut sim, &input),
+        replies(&[
+            MAIL_OK,
+            RCPT_OK,
+            "250 2.0.0 Ok: 2 octets received\r\n",
+            DATA_AFTER_BDAT,
+            &queued(1),
+        ])
+    );
+    assert_eq!(sim.messages, vec![b"abc".to_vec()]);
+}
+
+#[test]
+fn bdat_out_of_sequence_consumes_its_chunk_and_gets_503() {
+    let mut sim = ready();
+    // The chunk holds a command: it must not run.
+    assert_eq!(
+        say(&mut sim, "BDAT 6 LAST\r\nQUIT\r\nNOOP\r\n"),
+        replies(&[NEED_MAIL, OK])
+    );
+    assert!(!sim.closed);
+    assert_eq!(
+        say(
+            &mut sim,
+            "MAIL FROM:<a@b.example>\r\nBDAT 6\r\nQUIT\r\nNOOP\r\n"
+        ),
+        replies(&[MAIL_OK, NEED_RCPT, OK])
+    );
+    assert!(sim.messages.is_empty());
+    // A chunk split over reads is still skipped whole.
+    assert_eq!(say(&mut sim, "RSET\r\nBDAT 10\r\nQUIT"), OK);
+    assert_eq!(say(&mut sim, "\r\nQUI"), "");
+    assert_eq!(say(&mut sim, "TNOOP\r\n"), replies(&[NEED_MAIL, OK]));
+    assert!(!sim.closed);
+}
+
+#[test]
+fn rset_after_bdat_drops_the_chunks() {
+    let mut sim = ready();
+    let input = format!("{ENVELOPE}BDAT 3\r\nabcRSET\r\n{ENVELOPE}BDAT 3 LAST\r\nxyz");
+    assert_eq!(
+        say(&mut sim, &input),
+        replies(&[
+            MAIL_OK,
+            RCPT_OK,
+            "250 2.0.0 Ok: 3 octets received\r\n",
+            OK,
+            MAIL_OK,
+            RCPT_OK,
+            &queued(1),
+        ])
+    );
+    assert_eq!(sim.messages, vec![b"xyz".to_vec()]);
+}
+
+// ---- Bare LF, both modes --------------------------------------------------------------------
+
+#[test]
+fn reject_mode_refuses_bare_lf_and_bare_cr_data_after_its_real_end() {
+    for body in [
+        "a\nb\r\n",
+        "a\rb\r\n",
+        "line\r\n\n.\nz\r\n",
+        "x\r\n.\rMAIL\r\n",
+    ] {
+        let mut sim = ready();
+        let input = format!("{ENVELOPE}DATA\r\n{body}.\r\nNOOP\r\n");
+        assert_eq!(
+            say(&mut sim, &input),
+            replies(&[MAIL_OK, RCPT_OK, GO_AHEAD, BARE_LF_DATA, OK]),
+            "{body:?}"
+        );
+        assert!(sim.messages.is_empty());
+        // The session goes on with a fresh transaction.
+        assert_eq!(say(&mut sim, "RCPT TO:<c@d.example>\r\n"), NEED_MAIL);
+        assert_eq!(
+            say(&mut sim, &format!("{ENVELOPE}DATA\r\nclean\r\n.\r\n")),
+            replies(&[MAIL_OK, RCPT_OK, GO_AHEAD, &queued(1)])
+        );
+    }
+}
+
+#[test]
+fn reject_mode_refuses_a_command_ended_by_bare_lf() {
+    let mut sim = ready();
+    assert_eq!(say(&mut sim, "NOOP\n"), BARE_LF_COMMAND);
+    // The bare-LF command is not run.
+    assert_eq!(
+        say(
+            &mut sim,
+            "MAIL FROM:<a@b.example>\nRCPT TO:<c@d.example>\r\n"
+        ),
+        replies(&[BARE_LF_COMMAND, NEED_MAIL])
+    );
+    assert_eq!(say(&mut sim, "QUIT\n"), BARE_LF_COMMAND);
+    assert!(!sim.closed);
+}
+
+#[test]
+fn normalize_mode_stores_bare_lf_as_crlf_and_keeps_bare_cr() {
+    let mut sim = ready_with(|c| c.bare_lf = BareLf::Normalize);
+    assert_eq!(say(&mut sim, "NOOP\n"), OK);
+    let input = "MAIL FROM:<a@b.example>\nRCPT TO:<c@d.example>\nDATA\n\
+                 one\ntwo\r\nthr\ree\n..four\r\n.\r\nQUIT\n";
+    assert_eq!(
+        say(&mut sim, input),
+        replies(&[MAIL_OK, RCPT_OK, GO_AHEAD, &queued(1), BYE])
+    );
+    assert_eq!(
+        sim.messages,
+        // A line start for dot-unstuffing is only ever after CRLF (as for the terminator),
+        // so the stuffed-looking line after a bare LF keeps both dots.
+        vec![b"one\r\ntwo\r\nthr\ree\r\n..four\r\n".to_vec()]
+    );
+}
+
+#[test]
+fn normalize_mode_still_ends_data_only_at_crlf_dot_crlf() {
+    let mut sim = ready_with(|c| c.bare_lf = BareLf::Normalize);
+    let input = format!("{ENVELOPE}DATA\r\nx\n.\nNOOP\r\n.\r\n");
+    assert_eq!(
+        say(&mut sim, &input),
+        replies(&[MAIL_OK, RCPT_OK, GO_AHEAD, &queued(1)])
+    );
+    assert_eq!(sim.messages, vec![b"x\r\n.\r\nNOOP\r\n".to_vec()]);
+}
+
+// ---- SMTP smuggling -------------------------------------------------------------------------
+
+/// The non-standard terminators of the SMTP smuggling family (CVE-2023-51764 and kin).
+const SMUGGLING_VECTORS: &[&str] = &["\n.\n", "\r.\r", "\r\n.\n", "\n.\r\n", "\r\n.\r", "\r.\r\n"];
+
+/// The commands a smuggler hopes the server runs after a fake terminator.
+const SMUGGLED: &str =
+    "MAIL FROM:<admin@bank.example>\r\nRCPT TO:<victim@d.example>\r\nDATA\r\nSubject: fake\r\n";
+
+/// Builds a session's input with one smuggling attempt, then QUIT.
+fn smuggling_input(vector: &str) -> String {
+    format!("EHLO c.example\r\n{ENVELOPE}DATA\r\nSubject: real\r\n\r\nbody{vector}{SMUGGLED}\r\n.\r\nQUIT\r\n")
+}
+
+/// Runs `input` through a fresh `Sim`, cut into reads at `cuts`.
+fn run_cut(config: &Config, input: &[u8], cuts: &[usize]) -> Sim {
+    let mut sim = Sim::new(config.clone());
+    let mut from = 0;
+    for &cut in cuts.iter().chain(std::iter::once(&input.len())) {
+        let cut = cut.clamp(from, input.len());
+        sim.feed(&input[from..cut]);
+        from = cut;
+    }
+    sim
+}
+
+#[test]
+fn smuggled_commands_are_never_run_in_normalize_mode() {
+    let config = Config {
+        bare_lf: BareLf::Normalize,
+        ..Config::default()
+    };
+    let want_replies = replies(&[
+        GREETING,
+        &ehlo_reply(config.max_message_size),
+        MAIL_OK,
+        RCPT_OK,
+        GO_AHEAD,
+        &queued(1),
+        BYE,
+    ]);
+    for vector in SMUGGLING_VECTORS {
+        let input = smuggling_input(vector);
+        for cut in 0..=input.len() {
+            let mut sim = run_cut(&config, input.as_bytes(), &[cut]);
+            assert_eq!(sim.take_replies(), want_replies, "{vector:?} cut {cut}");
+            assert_eq!(sim.messages.len(), 1, "{vector:?} cut {cut}");
+            let stored = &sim.messages[0];
+            let text = String::from_utf8_lossy(stored);
+            assert!(
+                text.contains("MAIL FROM:<admin@bank.example>\r\n")
+                    && text.contains("RCPT TO:<victim@d.example>\r\nDATA\r\nSubject: fake"),
+                "{vector:?} cut {cut}: smuggled text is data: {text:?}"
+            );
+            assert!(text.starts_with("Subject: real\r\n\r\nbody"));
+        }
+    }
+}
+
+#[test]
+fn smuggled_commands_are_never_run_in_reject_mode() {
+    let config = Config::default();
+    let want_replies = replies(&[
+        GREETING,
+        &ehlo_reply(config.max_message_size),
+        MAIL_OK,
+        RCPT_OK,
+        GO_AHEAD,
+        BARE_LF_DATA,
+        BYE,
+    ]);
+    for vector in SMUGGLING_VECTORS {
+        let input = smuggling_input(vector);
+        for cut in 0..=input.len() {
+            let mut sim = run_cut(&config, input.as_bytes(), &[cut]);
+            assert_eq!(sim.take_replies(), want_replies, "{vector:?} cut {cut}");
+            assert!(sim.messages.is_empty(), "{vector:?} cut {cut}");
+        }
+    }
+}
+
+#[test]
+fn smuggling_exact_stored_bytes() {
+    let config = Config {
+        bare_lf: BareLf::Normalize,
+        ..Config::default()
+    };
+    let cases: &[(&str, &str)] = &[
+        ("\n.\n", "\r\n.\r\n"),
+        ("\r.\r", "\r.\r"),
+        ("\r\n.\n", "\r\n\r\n"),
+        ("\n.\r\n", "\r\n.\r\n"),
+        ("\r\n.\r", "\r\n\r"),
+        ("\r.\r\n", "\r.\r\n"),
+    ];
+    for (vector, stored_as) in cases {
+        let sim = run_cut(&config, smuggling_input(vector).as_bytes(), &[]);
+        let want = format!("Subject: real\r\n\r\nbody{stored_as}{SMUGGLED}\r\n");
+        assert_eq!(sim.messages, vec![want.into_bytes()], "{vector:?}");
+    }
+}
+
+// ---- Pipelining -----------------------------------------------------------------------------
+
+#[test]
+fn pipelined_session_is_answered_in_order() {
+    let input = "EHLO c.example\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<r1@d.example>\r\n\
+                 RCPT TO:<bad>\r\nRCPT TO:<r2@d.example>\r\nDATA\r\none\r\n..two\r\n.\r\n\
+                 MAIL FROM:<> BODY=8BITMIME\r\nRCPT TO:<r3@d.example>\r\nBDAT 5\r\nhelloBDAT 6 LAST\r\n\
+                 world!NOOP\r\nXYZZ\r\nQUIT\r\nNOOP\r\n";
+    let mut sim = Sim::new(Config::default());
+    sim.feed(input.as_bytes());
+    assert_eq!(
+        sim.take_replies(),
+        replies(&[
+            GREETING,
+            &ehlo_reply(26_214_400),
+            MAIL_OK,
+            RCPT_OK,
+            BAD_RECIPIENT,
+            RCPT_OK,
+            GO_AHEAD,
+            &queued(1),
+            MAIL_OK,
+            RCPT_OK,
+            "250 2.0.0 Ok: 5 octets received\r\n",
+            &queued(2),
+            OK,
+            UNKNOWN,
+            BYE,
+        ])
+    );
+    assert_eq!(
+        sim.messages,
+        vec![b"one\r\n.two\r\n".to_vec(), b"helloworld!".to_vec()]
+    );
+    assert!(sim.closed);
+}
+
+#[test]
+fn pipelined_session_byte_by_byte_is_the_same() {
+    let input = format!(
+        "EHLO c.example\r\n{ENVELOPE}DATA\r\n..x\r\n...\r\n.\r\n{ENVELOPE}BDAT 3 LAST\r\n\r\n.QUIT\r\n"
+    );
+    let whole = run_cut(&Config::default(), input.as_bytes(), &[]);
+    let cuts: Vec<usize> = (1..input.len()).collect();
+    let bytewise = run_cut(&Config::default(), input.as_bytes(), &cuts);
+    assert_eq!(whole.replies, bytewise.replies);
+    assert_eq!(whole.messages, bytewise.messages);
+    assert_eq!(
+        whole.messages,
+        vec![b".x\r\n..\r\n".to_vec(), b"\r\n.".to_vec()]
+    );
+    assert!(bytewise.closed);
+}

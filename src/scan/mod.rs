@@ -241,8 +241,10 @@ pub enum Line {
         consumed: usize,
         bare_lf: bool,
     },
-    /// The line is over `COMMAND_LINE_MAX`: `consumed` bytes were dropped; the caller drains
-    /// until the next LF (with `drain_line`), then answers `500 5.5.2`.
+    /// The line is over `COMMAND_LINE_MAX`: `consumed` bytes (the first `COMMAND_LINE_MAX`)
+    /// were dropped; the caller drains until the next LF (with `drain_line`), then answers
+    /// `500 5.5.2`. Only the limit is consumed, so the LF and any pipelined commands after it
+    /// are left for the drain and the next line.
     TooLong { consumed: usize },
     /// No LF yet and still within the limit: read more.
     Partial,
@@ -262,7 +264,7 @@ pub fn split_line(input: &[u8]) -> Line {
             }
         }
         None if input.len() >= COMMAND_LINE_MAX => Line::TooLong {
-            consumed: input.len(),
+            consumed: COMMAND_LINE_MAX,
         },
         None => Line::Partial,
     }
