@@ -1039,3 +1039,270 @@ fn pipelined_session_byte_by_byte_is_the_same() {
     );
     assert!(bytewise.closed);
 }
+
+// ---- Property tests -------------------------------------------------------------------------
+
+/// One message of a generated session: its recipients, its body lines (without line ends) and
+/// how it is sent.
+#[derive(Clone, Debug)]
+struct GenMessage {
+    recipients: usize,
+    lines: Vec<Vec<u8>>,
+    /// `None`: DATA. `Some(cuts)`: BDAT, the body cut into chunks at these offsets.
+    bdat: Option<Vec<usize>>,
+}
+
+impl GenMessage {
+    /// The message bytes as they must be stored.
+    fn body(&self) -> Vec<u8> {
+        let mut body = Vec::new();
+        for line in &self.lines {
+            body.extend_from_slice(line);
+            body.extend_from_slice(b"\r\n");
+        }
+        body
+    }
+}
+
+/// A body line: no CR or LF, often starting with a dot, sometimes longer than any command.
+fn line_strategy() -> impl Strategy<Value = Vec<u8>> {
+    let byte = prop::sample::select(vec![b'.', b'a', b'Z', b' ', b'\t', b':', 0xc3, 0xa9]);
+    prop_oneof![
+        9 => prop::collection::vec(byte.clone(), 0..60),
+        1 => prop::collection::vec(byte, 500..3000),
+    ]
+}
+
+fn message_strategy() -> impl Strategy<Value = GenMessage> {
+    (
+        1usize..5,
+        prop::collection::vec(line_strategy(), 0..12),
+        prop::option::of(prop::collection::vec(0usize..4000, 0..4)),
+    )
+        .prop_map(|(recipients, lines, bdat)| GenMessage {
+            recipients,
+            lines,
+            bdat,
+        })
+}
+
+/// The client's bytes for a whole session, and the replies a correct server sends to them.
+fn transcript(messages: &[GenMessage], max_message_size: u64) -> (Vec<u8>, String) {
+    let mut input = b"EHLO client.example\r\n".to_vec();
+    let mut want = replies(&[GREETING, &ehlo_reply(max_message_size)]);
+    for (n, message) in messages.iter().enumerate() {
+        input.extend_from_slice(b"MAIL FROM:<sender@client.example>\r\n");
+        want.push_str(MAIL_OK);
+        for r in 0..message.recipients {
+            input.extend_from_slice(format!("RCPT TO:<r{r}@ringmx.example>\r\n").as_bytes());
+            want.push_str(RCPT_OK);
+        }
+        let body = message.body();
+        match &message.bdat {
+            None => {
+                input.extend_from_slice(b"DATA\r\n");
+                want.push_str(GO_AHEAD);
+                for line in &message.lines {
+                    if line.first() == Some(&b'.') {
+                        input.push(b'.');
+                    }
+                    input.extend_from_slice(line);
+                    input.extend_from_slice(b"\r\n");
+                }
+                input.extend_from_slice(b".\r\n");
+            }
+            Some(cuts) => {
+                let mut bounds: Vec<usize> = cuts.iter().map(|&c| c.min(body.len())).collect();
+                bounds.sort_unstable();
+                bounds.push(body.len());
+                let mut from = 0;
+                for (i, &to) in bounds.iter().enumerate() {
+                    let last = i + 1 == bounds.len();
+                    let size = to - from;
+                    let command = if last {
+                        format!("BDAT {size} LAST\r\n")
+                    } else {
+                        want.push_str(&format!("250 2.0.0 Ok: {size} octets received\r\n"));
+                        format!("BDAT {size}\r\n")
+                    };
+                    input.extend_from_slice(command.as_bytes());
+                    input.extend_from_slice(&body[from..to]);
+                    from = to;
+                }
+            }
+        }
+        want.push_str(&queued(n as u32 + 1));
+    }
+    input.extend_from_slice(b"QUIT\r\n");
+    want.push_str(BYE);
+    (input, want)
+}
+
+/// Checks that `replies` is a sequence of well-formed reply lines: three digits (2xx to 5xx),
+/// a space or a hyphen, text without CR or LF, then CRLF; a hyphen line is followed by a line
+/// of the same code.
+fn check_replies(replies: &[u8]) -> Result<(), TestCaseError> {
+    let mut rest = replies;
+    let mut continued: Option<&[u8]> = None;
+    while !rest.is_empty() {
+        let lf = rest.iter().position(|&b| b == b'\n');
+        prop_assert!(lf.is_some(), "unterminated reply {:?}", rest);
+        let lf = lf.unwrap_or_default();
+        prop_assert!(lf >= 5 && rest[lf - 1] == b'\r', "no CRLF: {:?}", rest);
+        let line = &rest[..lf - 1];
+        prop_assert!(
+            (b'2'..=b'5').contains(&line[0])
+                && line[1].is_ascii_digit()
+                && line[2].is_ascii_digit()
+                && (line[3] == b' ' || line[3] == b'-')
+                && !line.contains(&b'\r'),
+            "bad reply line {:?}",
+            String::from_utf8_lossy(line)
+        );
+        if let Some(code) = continued {
+            prop_assert_eq!(code, &line[..3], "multi-line reply changes code");
+        }
+        continued = (line[3] == b'-').then_some(&line[..3]);
+        rest = &rest[lf + 1..];
+    }
+    prop_assert!(continued.is_none(), "multi-line reply never ends");
+    Ok(())
+}
+
+/// Fragments random sessions are built from: commands, terminators, line-end debris, a long
+/// line and raw bytes.
+fn fragment_strategy() -> impl Strategy<Value = Vec<u8>> {
+    let words: Vec<&'static [u8]> = vec![
+        b"EHLO c.example\r\n",
+        b"HELO c\r\n",
+        b"MAIL FROM:<a@b.example>\r\n",
+        b"MAIL FROM:<> SMTPUTF8 BODY=8BITMIME\r\n",
+        b"MAIL FROM:<a@b.example> SIZE=99999999\r\n",
+        b"RCPT TO:<c@d.example>\r\n",
+        b"RCPT TO:<x@other.example>\r\n",
+        "RCPT TO:<\u{e9}@d.example>\r\n".as_bytes(),
+        b"DATA\r\n",
+        b"BDAT 7\r\n",
+        b"BDAT 3 LAST\r\n",
+        b"BDAT 0 LAST\r\n",
+        b"RSET\r\n",
+        b"NOOP\r\n",
+        b"VRFY x\r\n",
+        b"HELP\r\n",
+        b".\r\n",
+        b"\r\n",
+        b"\n",
+        b"\r",
+        b".",
+        b"..",
+        b"\r\n.\r\n",
+        b"\n.\n",
+        b"\r.\r\n",
+        b"x\n",
+        b"text ",
+    ];
+    prop_oneof![
+        20 => prop::sample::select(words).prop_map(|w| w.to_vec()),
+        4 => prop::collection::vec(any::<u8>(), 0..16),
+        1 => Just(vec![b'L'; 700]),
+        1 => Just(b"QUIT\r\n".to_vec()),
+    ]
+}
+
+fn config_strategy() -> impl Strategy<Value = Config> {
+    (
+        any::<bool>(),
+        20u64..3000,
+        1usize..4,
+        0u32..30,
+        0u32..30,
+        any::<bool>(),
+    )
+        .prop_map(
+            |(normalize, max_message_size, max_recipients, max_errors, max_junk, domains)| Config {
+                bare_lf: if normalize {
+                    BareLf::Normalize
+                } else {
+                    BareLf::Reject
+                },
+                max_message_size,
+                max_recipients,
+                max_errors,
+                max_junk_commands: max_junk,
+                domains: if domains {
+                    vec!["d.example".to_string()]
+                } else {
+                    Vec::new()
+                },
+                ..Config::default()
+            },
+        )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// A valid multi-message session gives the model's replies and stored bytes, however its
+    /// bytes are cut into reads.
+    #[test]
+    fn valid_session_split_anywhere_is_identical(
+        messages in prop::collection::vec(message_strategy(), 1..6),
+        cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..40),
+        normalize in any::<bool>(),
+    ) {
+        let config = Config {
+            bare_lf: if normalize { BareLf::Normalize } else { BareLf::Reject },
+            ..Config::default()
+        };
+        let (input, want) = transcript(&messages, config.max_message_size);
+        let bodies: Vec<Vec<u8>> = messages.iter().map(GenMessage::body).collect();
+
+        let whole = run_cut(&config, &input, &[]);
+        prop_assert_eq!(String::from_utf8_lossy(&whole.replies), want);
+        prop_assert_eq!(&whole.messages, &bodies);
+        prop_assert!(whole.closed);
+
+        let mut cuts: Vec<usize> = cuts.iter().map(|i| i.index(input.len() + 1)).collect();
+        cuts.sort_unstable();
+        let split = run_cut(&config, &input, &cuts);
+        prop_assert_eq!(&split.replies, &whole.replies);
+        prop_assert_eq!(&split.messages, &whole.messages);
+        prop_assert!(split.closed);
+    }
+
+    /// Random input never panics, only ever gets well-formed replies, and is handled the same
+    /// whole or cut into reads.
+    #[test]
+    fn random_input_gets_well_formed_replies_however_split(
+        fragments in prop::collection::vec(fragment_strategy(), 0..60),
+        cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..20),
+        config in config_strategy(),
+    ) {
+        let input = fragments.concat();
+        let whole = run_cut(&config, &input, &[]);
+        check_replies(&whole.replies)?;
+        let queued = whole.replies.windows(10).filter(|w| w == b"queued as ").count();
+        prop_assert_eq!(queued as u64, whole.stored_count);
+        prop_assert_eq!(whole.messages.len() as u64, whole.stored_count);
+        for message in &whole.messages {
+            prop_assert!(message.len() as u64 <= config.max_message_size);
+        }
+
+        let mut cuts: Vec<usize> = cuts.iter().map(|i| i.index(input.len() + 1)).collect();
+        cuts.sort_unstable();
+        let split = run_cut(&config, &input, &cuts);
+        prop_assert_eq!(&split.replies, &whole.replies);
+        prop_assert_eq!(&split.messages, &whole.messages);
+        prop_assert_eq!(split.closed, whole.closed);
+    }
+
+    /// Arbitrary bytes, not just our fragments.
+    #[test]
+    fn arbitrary_bytes_never_panic(
+        input in prop::collection::vec(any::<u8>(), 0..600),
+        config in config_strategy(),
+    ) {
+        let sim = run_cut(&config, &input, &[]);
+        check_replies(&sim.replies)?;
+    }
+}
