@@ -4,5 +4,7 @@
 //! replies and spool actions out), `config` is the only reader of the environment, `spool` the
 //! only writer of files, and the drivers the only users of sockets and rings.
 
+pub mod config;
+pub mod log;
 pub mod proto;
 pub mod scan;

@@ -1,0 +1,1402 @@
+//! Configuration from `RINGMX_*` environment variables (SPEC §3); the only reader of the
+//! environment in ringmx.
+//!
+//! `from_env` gathers the raw inputs (the variables, the CPUs this process may run on, the
+//! system host name) and hands them to `from_vars`, which is pure and unit-tested. Every value
+//! is checked against explicit bounds, each with its reason; a bad value or an unknown
+//! `RINGMX_*` name (a typo must never fall back to a default silently) is a `ConfigError` whose
+//! `Display` is one line naming the variable, the value and what is accepted.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::log::Level;
+use crate::scan::BareLf;
+
+/// Every variable as (name, default, meaning), in SPEC §3's order. A default that is a literal
+/// value is parsed by the same code as a value from the environment, so it cannot drift from
+/// what the parser accepts; `RINGMX_SHARDS` and `RINGMX_HOSTNAME` have computed defaults.
+pub const VARIABLES: &[(&str, &str, &str)] = &[
+    (
+        "RINGMX_LISTEN",
+        "127.0.0.1:2525",
+        "comma-separated socket addresses, IPv4 and [IPv6]:port",
+    ),
+    (
+        "RINGMX_SHARDS",
+        "CPUs this process may run on",
+        "shard threads, each with its own io_uring and SO_REUSEPORT listener per address",
+    ),
+    ("RINGMX_PIN", "1", "pin shard i to the i-th allowed CPU"),
+    (
+        "RINGMX_HOSTNAME",
+        "the system host name",
+        "name in the greeting, EHLO reply and Received header",
+    ),
+    (
+        "RINGMX_SPOOL",
+        "./spool",
+        "Maildir root; tmp/ and new/ are created if missing",
+    ),
+    (
+        "RINGMX_DELIVERY",
+        "maildir",
+        "maildir or discard (accept and drop, for benchmarks and sinks)",
+    ),
+    (
+        "RINGMX_FSYNC",
+        "1",
+        "0 skips fsync (benchmarks only: a crash can lose acknowledged mail)",
+    ),
+    (
+        "RINGMX_MAX_MESSAGE_SIZE",
+        "26214400",
+        "bytes; advertised as SIZE n",
+    ),
+    ("RINGMX_MAX_RECIPIENTS", "100", "per transaction"),
+    (
+        "RINGMX_MAX_CONNECTIONS",
+        "10000",
+        "whole server; past it new sessions get 421 4.3.2 and are closed",
+    ),
+    (
+        "RINGMX_COMMAND_TIMEOUT_SECS",
+        "300",
+        "idle time allowed while waiting for a command",
+    ),
+    (
+        "RINGMX_DATA_TIMEOUT_SECS",
+        "600",
+        "idle time allowed between reads of message data",
+    ),
+    (
+        "RINGMX_SHUTDOWN_GRACE_SECS",
+        "30",
+        "after SIGTERM/SIGINT, time given to transactions in flight",
+    ),
+    (
+        "RINGMX_MAX_CONNECTIONS_PER_IP",
+        "100",
+        "per client address; past it 421 4.7.0",
+    ),
+    (
+        "RINGMX_LIMIT_EXEMPT",
+        "127.0.0.0/8,::1/128",
+        "client networks exempt from the per-IP limit (empty: none)",
+    ),
+    (
+        "RINGMX_MAX_ERRORS",
+        "10",
+        "syntax/sequence errors per session; past it 421 4.7.0 and close",
+    ),
+    (
+        "RINGMX_MAX_JUNK_COMMANDS",
+        "100",
+        "NOOP/RSET/VRFY/HELP per session; past it 421 4.7.0 and close",
+    ),
+    (
+        "RINGMX_MIN_DATA_RATE",
+        "500",
+        "bytes per extra second of DATA/BDAT deadline beyond RINGMX_DATA_TIMEOUT_SECS (0: off)",
+    ),
+    (
+        "RINGMX_GREET_DELAY_MS",
+        "0",
+        "wait before the 220 greeting (to catch early talkers)",
+    ),
+    (
+        "RINGMX_REJECT_EARLY_TALKERS",
+        "0",
+        "1: a client that sends before the greeting gets 554 5.5.1 and is closed",
+    ),
+    (
+        "RINGMX_DOMAINS",
+        "",
+        "comma-separated recipient domains accepted (empty: all); others get 550 5.7.1",
+    ),
+    ("RINGMX_BARE_LF", "reject", "reject or normalize"),
+    (
+        "RINGMX_BACKEND",
+        "auto",
+        "uring, epoll or auto (io_uring, else epoll with a warning that says why)",
+    ),
+    (
+        "RINGMX_RING_ENTRIES",
+        "1024",
+        "io_uring submission queue size per shard",
+    ),
+    ("RINGMX_LOG", "info", "error, warn, info or debug"),
+];
+
+/// The prefix that marks a variable as ringmx's.
+const PREFIX: &str = "RINGMX_";
+
+/// At most this many listen addresses: each costs one socket per shard.
+const LISTEN_ADDRESSES_MAX: usize = 64;
+/// At most this many shards: CPU_SETSIZE, the most CPUs sched_getaffinity reports by default.
+const SHARDS_MAX: u64 = 1024;
+/// Smallest message size: 1 KiB, less cannot hold even the headers a relay adds.
+const MESSAGE_SIZE_MIN: u64 = 1024;
+/// Largest message size: 2 GiB, beyond any real mail, and within a signed 32-bit SIZE.
+const MESSAGE_SIZE_MAX: u64 = 2 * 1024 * 1024 * 1024;
+/// Recipients per transaction: at least 1 or no mail is accepted; the list is held in memory.
+const RECIPIENTS_MAX: u64 = 100_000;
+/// Connections, whole server and per IP: each needs a file descriptor and buffers.
+const CONNECTIONS_MAX: u64 = 1_000_000;
+/// Command and data timeouts: at least 1 s, at most a day (RFC 5321 asks for minutes).
+const TIMEOUT_SECS_MAX: u64 = 86_400;
+/// Shutdown grace: 0 closes at once; an hour outlasts any supervisor's stop timeout.
+const SHUTDOWN_GRACE_SECS_MAX: u64 = 3_600;
+/// Per-IP exempt networks: the list is searched linearly for each new connection.
+const LIMIT_EXEMPT_MAX: usize = 1_024;
+/// Errors and junk commands per session: 0 means the first one closes; counters are u32 and a
+/// limit past a million no longer limits anything.
+const SESSION_COUNT_MAX: u64 = 1_000_000;
+/// Minimum data rate in bytes/s: 0 turns it off; 1 GB/s is past any client's link.
+const MIN_DATA_RATE_MAX: u64 = 1_000_000_000;
+/// Greeting delay: clients wait 5 minutes for the greeting (RFC 5321 4.5.3.2.1).
+const GREET_DELAY_MS_MAX: u64 = 300_000;
+/// Accepted recipient domains: the list is searched for each RCPT.
+const DOMAINS_MAX: usize = 10_000;
+/// io_uring entries: the kernel wants a power of two; 8 keeps a shard useful, 32768 is
+/// IORING_MAX_ENTRIES.
+const RING_ENTRIES_MIN: u64 = 8;
+/// See `RING_ENTRIES_MIN`.
+const RING_ENTRIES_MAX: u64 = 32_768;
+/// Values are quoted in error lines up to this many characters, so the line stays readable.
+const ERROR_VALUE_CHARS_MAX: usize = 200;
+
+/// What happens to an accepted message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Delivery {
+    /// Written to the Maildir spool and made durable before 250.
+    Maildir,
+    /// Read and dropped (benchmarks and sinks).
+    Discard,
+}
+
+impl Delivery {
+    /// The name as written in `RINGMX_DELIVERY`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Delivery::Maildir => "maildir",
+            Delivery::Discard => "discard",
+        }
+    }
+}
+
+/// The I/O backend asked for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// io_uring when it can be set up, else epoll with a warning.
+    Auto,
+    /// io_uring or fail start-up.
+    Uring,
+    /// epoll only.
+    Epoll,
+}
+
+impl Backend {
+    /// The name as written in `RINGMX_BACKEND`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Backend::Auto => "auto",
+            Backend::Uring => "uring",
+            Backend::Epoll => "epoll",
+        }
+    }
+}
+
+/// An IP network in CIDR form, such as `10.0.0.0/8` or `2001:db8::/32`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct IpNet {
+    /// The network address (host bits zero when built by `new` or parsed).
+    pub addr: IpAddr,
+    /// Leading bits that must match: 0..=32 for IPv4, 0..=128 for IPv6.
+    pub prefix: u8,
+}
+
+impl IpNet {
+    /// The network `addr/prefix`, or None if the prefix is too long or host bits are set.
+    /// An IPv4-mapped IPv6 network (`::ffff:10.0.0.0/104`) becomes the IPv4 one (`10.0.0.0/8`).
+    pub fn new(addr: IpAddr, prefix: u8) -> Option<IpNet> {
+        let max = match addr {
+            IpAddr::V4(_) => 32,
+            IpAddr::V6(_) => 128,
+        };
+        if prefix > max {
+            return None;
+        }
+        let net = IpNet { addr, prefix }.canonical();
+        (net.masked() == net.addr).then_some(net)
+    }
+
+    /// Whether `ip` is in this network; an IPv4-mapped IPv6 address matches IPv4 networks.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let net = self.canonical();
+        match (net.addr, canonical_ip(ip)) {
+            (IpAddr::V4(n), IpAddr::V4(a)) => {
+                let mask = mask_u32(net.prefix);
+                u32::from(n) & mask == u32::from(a) & mask
+            }
+            (IpAddr::V6(n), IpAddr::V6(a)) => {
+                let mask = mask_u128(net.prefix);
+                u128::from(n) & mask == u128::from(a) & mask
+            }
+            _ => false,
+        }
+    }
+
+    /// The same network with an IPv4-mapped IPv6 address (prefix 96 or more) as IPv4.
+    fn canonical(self) -> IpNet {
+        match self.addr {
+            IpAddr::V6(v6) if self.prefix >= 96 => match v6.to_ipv4_mapped() {
+                Some(v4) => IpNet {
+                    addr: IpAddr::V4(v4),
+                    prefix: self.prefix - 96,
+                },
+                None => self,
+            },
+            _ => self,
+        }
+    }
+
+    /// The address with its host bits cleared.
+    fn masked(self) -> IpAddr {
+        match self.addr {
+            IpAddr::V4(a) => IpAddr::V4(Ipv4Addr::from(u32::from(a) & mask_u32(self.prefix))),
+            IpAddr::V6(a) => IpAddr::V6(Ipv6Addr::from(u128::from(a) & mask_u128(self.prefix))),
+        }
+    }
+}
+
+impl fmt::Display for IpNet {
+    /// Writes `addr/prefix`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+impl std::str::FromStr for IpNet {
+    type Err = String;
+
+    /// Parses `addr/prefix` or a bare address (a single host); the error says what is wrong.
+    fn from_str(s: &str) -> Result<IpNet, String> {
+        let (addr, prefix) = match s.split_once('/') {
+            Some((addr, prefix)) => (addr, Some(prefix)),
+            None => (s, None),
+        };
+        let addr: IpAddr = addr
+            .parse()
+            .map_err(|_| format!("{s:?} is not an IP address or network"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => max,
+            Some(p) => match digits(p).and_then(|p| p.parse::<u8>().ok()) {
+                Some(p) if p <= max => p,
+                _ => return Err(format!("{s:?} has a prefix length that is not 0 to {max}")),
+            },
+        };
+        IpNet::new(addr, prefix)
+            .ok_or_else(|| format!("{s:?} has host bits set past the /{prefix}"))
+    }
+}
+
+/// The IPv4 address inside an IPv4-mapped IPv6 address, else the address itself.
+fn canonical_ip(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        IpAddr::V4(_) => ip,
+    }
+}
+
+/// A 32-bit mask with the `prefix` leading bits set (prefix clamped to 32).
+fn mask_u32(prefix: u8) -> u32 {
+    match prefix {
+        0 => 0,
+        p => u32::MAX << (32 - u32::from(p.min(32))),
+    }
+}
+
+/// A 128-bit mask with the `prefix` leading bits set (prefix clamped to 128).
+fn mask_u128(prefix: u8) -> u128 {
+    match prefix {
+        0 => 0,
+        p => u128::MAX << (128 - u32::from(p.min(128))),
+    }
+}
+
+/// `s` if it is 1 to 20 ASCII digits, so that `+5`, `-0`, `1e3` or `0x10` are refused.
+fn digits(s: &str) -> Option<&str> {
+    (!s.is_empty() && s.len() <= 20 && s.bytes().all(|b| b.is_ascii_digit())).then_some(s)
+}
+
+/// The whole server's settings, built once at start-up by `from_env`.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// Addresses to listen on; each shard has its own SO_REUSEPORT socket per address.
+    pub listen: Vec<SocketAddr>,
+    /// Shard threads, 1..=1024.
+    pub shards: usize,
+    /// Pin shard i to `cpus[i % cpus.len()]`; always false when `cpus` is empty.
+    pub pin: bool,
+    /// The CPU ids this process may run on, ascending and without repeats.
+    pub cpus: Vec<usize>,
+    /// Maildir root.
+    pub spool: PathBuf,
+    /// What happens to accepted messages.
+    pub delivery: Delivery,
+    /// Whether messages are fsync'd before 250 (false only for benchmarks).
+    pub fsync: bool,
+    /// Sessions open at once in the whole server.
+    pub max_connections: usize,
+    /// After SIGTERM/SIGINT, time given to transactions in flight.
+    pub shutdown_grace: Duration,
+    /// Sessions open at once from one client address.
+    pub max_connections_per_ip: usize,
+    /// Client networks the per-IP limit does not apply to.
+    pub limit_exempt: Vec<IpNet>,
+    /// Wait before the 220 greeting.
+    pub greet_delay: Duration,
+    /// Whether a client that sends before the greeting gets 554 5.5.1 and is closed.
+    pub reject_early_talkers: bool,
+    /// The I/O backend asked for.
+    pub backend: Backend,
+    /// io_uring submission queue entries per shard (a power of two).
+    pub ring_entries: u32,
+    /// The log level.
+    pub log_level: Level,
+    /// The settings each SMTP session obeys.
+    pub session: crate::proto::Config,
+}
+
+impl ServerConfig {
+    /// The content of the first log line: what the server is about to run with.
+    pub fn summary(&self) -> String {
+        let listen: Vec<String> = self.listen.iter().map(|a| a.to_string()).collect();
+        format!(
+            "ringmx hostname={} shards={} pin={} listen={} spool={} delivery={} fsync={} backend={}",
+            self.session.hostname,
+            self.shards,
+            on_off(self.pin),
+            listen.join(","),
+            self.spool.display(),
+            self.delivery.as_str(),
+            on_off(self.fsync),
+            self.backend.as_str(),
+        )
+    }
+
+    /// Whether the per-IP connection limit applies to a client at `ip`.
+    pub fn is_limit_exempt(&self, ip: IpAddr) -> bool {
+        self.limit_exempt.iter().any(|net| net.contains(ip))
+    }
+}
+
+/// `on` or `off`, for the summary line.
+fn on_off(b: bool) -> &'static str {
+    if b {
+        "on"
+    } else {
+        "off"
+    }
+}
+
+/// A variable that stops start-up; `Display` is one line: `NAME="value": what is accepted`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The variable's name.
+    name: String,
+    /// The value it had (or the system's value it defaulted to).
+    value: String,
+    /// What is wrong and what is accepted.
+    problem: String,
+}
+
+impl ConfigError {
+    /// An error for `name` having `value`, with `problem` saying what is accepted.
+    fn new(name: &str, value: &str, problem: impl Into<String>) -> ConfigError {
+        ConfigError {
+            name: name.to_string(),
+            value: value.to_string(),
+            problem: problem.into(),
+        }
+    }
+
+    /// The variable's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The offending value.
+    pub fn value(&self) -> &str {
+        &self.value
+    }
+}
+
+impl fmt::Display for ConfigError {
+    /// Writes `NAME="value": problem` on one line, the value escaped and cut if very long.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let name: String = self.name.chars().flat_map(char::escape_debug).collect();
+        let mut value: String = self.value.chars().take(ERROR_VALUE_CHARS_MAX).collect();
+        if value.len() < self.value.len() {
+            value.push('…');
+        }
+        write!(f, "{name}={value:?}: {}", self.problem)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Reads the environment, the CPUs this process may run on and the host name, and builds the
+/// configuration (see `from_vars`).
+pub fn from_env() -> Result<ServerConfig, ConfigError> {
+    use std::os::unix::ffi::OsStrExt as _;
+    let mut vars = Vec::new();
+    for (name, value) in std::env::vars_os() {
+        if !name.as_bytes().starts_with(PREFIX.as_bytes()) {
+            continue;
+        }
+        let lossy_name = name.to_string_lossy();
+        let lossy_value = value.to_string_lossy();
+        let (Some(name), Some(value)) = (name.to_str(), value.to_str()) else {
+            return Err(ConfigError::new(
+                &lossy_name,
+                &lossy_value,
+                "not valid UTF-8; expected a UTF-8 value",
+            ));
+        };
+        vars.push((name.to_string(), value.to_string()));
+    }
+    from_vars(vars, allowed_cpus(), &system_hostname())
+}
+
+/// Builds the configuration from `vars` (all but `RINGMX_*` ignored; for a repeated name the
+/// last wins), the allowed CPU ids (the default shard count and the pinning order) and the
+/// system host name (the default `RINGMX_HOSTNAME`). Pure: reads nothing else.
+pub fn from_vars<I: IntoIterator<Item = (String, String)>>(
+    vars: I,
+    cpus: Vec<usize>,
+    system_hostname: &str,
+) -> Result<ServerConfig, ConfigError> {
+    let vars: BTreeMap<String, String> = vars
+        .into_iter()
+        .filter(|(name, _)| name.starts_with(PREFIX))
+        .collect();
+    // Unknown names first: a typo is the likeliest reason a value seems ignored.
+    for (name, value) in &vars {
+        if known(name).is_none() {
+            let problem = match suggest(name) {
+                Some(near) => format!("unknown variable; did you mean {near}?"),
+                None => format!(
+                    "unknown variable; ringmx reads only the {} RINGMX_* variables of its spec",
+                    VARIABLES.len()
+                ),
+            };
+            return Err(ConfigError::new(name, value, problem));
+        }
+    }
+    let env = Env { vars: &vars };
+
+    let mut cpus = cpus;
+    cpus.sort_unstable();
+    cpus.dedup();
+
+    let listen = env.get("RINGMX_LISTEN", parse_listen)?;
+    let default_shards = (cpus.len() as u64).clamp(1, SHARDS_MAX);
+    let shards = env.get_or("RINGMX_SHARDS", default_shards, |s| {
+        number(s, 1, SHARDS_MAX)
+    })? as usize;
+    let pin = env.get("RINGMX_PIN", flag)? && !cpus.is_empty();
+    let spool = env.get("RINGMX_SPOOL", |s| {
+        if s.is_empty() || s.chars().any(char::is_control) {
+            Err("expected a directory path without control characters".to_string())
+        } else {
+            Ok(PathBuf::from(s))
+        }
+    })?;
+    let delivery = env.get("RINGMX_DELIVERY", |s| {
+        one_of(
+            s,
+            &[
+                ("maildir", Delivery::Maildir),
+                ("discard", Delivery::Discard),
+            ],
+        )
+    })?;
+    let fsync = env.get("RINGMX_FSYNC", flag)?;
+    let max_connections = env.get("RINGMX_MAX_CONNECTIONS", |s| number(s, 1, CONNECTIONS_MAX))?;
+    let shutdown_grace = env.get("RINGMX_SHUTDOWN_GRACE_SECS", |s| {
+        number(s, 0, SHUTDOWN_GRACE_SECS_MAX)
+    })?;
+    let max_connections_per_ip = env.get("RINGMX_MAX_CONNECTIONS_PER_IP", |s| {
+        number(s, 1, CONNECTIONS_MAX)
+    })?;
+    let limit_exempt = env.get("RINGMX_LIMIT_EXEMPT", parse_nets)?;
+    let greet_delay_ms = env.get("RINGMX_GREET_DELAY_MS", |s| {
+        number(s, 0, GREET_DELAY_MS_MAX)
+    })?;
+    let reject_early_talkers = env.get("RINGMX_REJECT_EARLY_TALKERS", flag)?;
+    let backend = env.get("RINGMX_BACKEND", |s| {
+        one_of(
+            s,
+            &[
+                ("auto", Backend::Auto),
+                ("uring", Backend::Uring),
+                ("epoll", Backend::Epoll),
+            ],
+        )
+    })?;
+    let ring_entries = env.get("RINGMX_RING_ENTRIES", |s| {
+        match number(s, RING_ENTRIES_MIN, RING_ENTRIES_MAX) {
+            Ok(n) if n.is_power_of_two() => Ok(n as u32),
+            _ => Err(format!(
+                "expected a power of two from {RING_ENTRIES_MIN} to {RING_ENTRIES_MAX}"
+            )),
+        }
+    })?;
+    let log_level = env.get("RINGMX_LOG", |s| {
+        s.parse::<Level>().map_err(|e| e.to_string())
+    })?;
+
+    let hostname = match vars.get("RINGMX_HOSTNAME") {
+        Some(value) => {
+            check_host_name(value.trim())
+                .map_err(|problem| ConfigError::new("RINGMX_HOSTNAME", value, problem))?;
+            value.trim().to_string()
+        }
+        None => {
+            check_host_name(system_hostname).map_err(|problem| {
+                ConfigError::new(
+                    "RINGMX_HOSTNAME",
+                    system_hostname,
+                    format!("unset, and the system host name will not do: {problem}"),
+                )
+            })?;
+            system_hostname.to_string()
+        }
+    };
+    let session = crate::proto::Config {
+        hostname,
+        max_message_size: env.get("RINGMX_MAX_MESSAGE_SIZE", |s| {
+            number(s, MESSAGE_SIZE_MIN, MESSAGE_SIZE_MAX)
+        })?,
+        max_recipients: env.get("RINGMX_MAX_RECIPIENTS", |s| number(s, 1, RECIPIENTS_MAX))?
+            as usize,
+        max_errors: env.get("RINGMX_MAX_ERRORS", |s| number(s, 0, SESSION_COUNT_MAX))? as u32,
+        max_junk_commands: env.get("RINGMX_MAX_JUNK_COMMANDS", |s| {
+            number(s, 0, SESSION_COUNT_MAX)
+        })? as u32,
+        domains: env.get("RINGMX_DOMAINS", parse_domains)?,
+        bare_lf: env.get("RINGMX_BARE_LF", |s| {
+            one_of(
+                s,
+                &[("reject", BareLf::Reject), ("normalize", BareLf::Normalize)],
+            )
+        })?,
+        command_timeout: Duration::from_secs(env.get("RINGMX_COMMAND_TIMEOUT_SECS", |s| {
+            number(s, 1, TIMEOUT_SECS_MAX)
+        })?),
+        data_timeout: Duration::from_secs(env.get("RINGMX_DATA_TIMEOUT_SECS", |s| {
+            number(s, 1, TIMEOUT_SECS_MAX)
+        })?),
+        min_data_rate: env.get("RINGMX_MIN_DATA_RATE", |s| number(s, 0, MIN_DATA_RATE_MAX))?,
+    };
+
+    Ok(ServerConfig {
+        listen,
+        shards,
+        pin,
+        cpus,
+        spool,
+        delivery,
+        fsync,
+        max_connections: max_connections as usize,
+        shutdown_grace: Duration::from_secs(shutdown_grace),
+        max_connections_per_ip: max_connections_per_ip as usize,
+        limit_exempt,
+        greet_delay: Duration::from_millis(greet_delay_ms),
+        reject_early_talkers,
+        backend,
+        ring_entries,
+        log_level,
+        session,
+    })
+}
+
+/// The `RINGMX_*` variables present, with lookups that fall back to `VARIABLES`' defaults.
+struct Env<'a> {
+    /// Name to value, `RINGMX_*` only.
+    vars: &'a BTreeMap<String, String>,
+}
+
+impl Env<'_> {
+    /// Parses the variable's value, or its literal default from `VARIABLES` when unset.
+    fn get<T>(
+        &self,
+        name: &'static str,
+        parse: impl Fn(&str) -> Result<T, String>,
+    ) -> Result<T, ConfigError> {
+        let value = match self.vars.get(name) {
+            Some(value) => value.as_str(),
+            None => known(name).map_or("", |(_, default, _)| default),
+        };
+        parse(value.trim()).map_err(|problem| ConfigError::new(name, value, problem))
+    }
+
+    /// Parses the variable's value, or returns `default` (a computed default) when unset.
+    fn get_or<T>(
+        &self,
+        name: &'static str,
+        default: T,
+        parse: impl Fn(&str) -> Result<T, String>,
+    ) -> Result<T, ConfigError> {
+        match self.vars.get(name) {
+            Some(value) => {
+                parse(value.trim()).map_err(|problem| ConfigError::new(name, value, problem))
+            }
+            None => Ok(default),
+        }
+    }
+}
+
+/// The `VARIABLES` entry named `name`.
+fn known(name: &str) -> Option<&'static (&'static str, &'static str, &'static str)> {
+    VARIABLES.iter().find(|(known, _, _)| *known == name)
+}
+
+/// A whole number from `min` to `max`; the error says so.
+fn number(s: &str, min: u64, max: u64) -> Result<u64, String> {
+    digits(s)
+        .and_then(|d| d.parse::<u64>().ok())
+        .filter(|n| (min..=max).contains(n))
+        .ok_or_else(|| format!("expected a whole number from {min} to {max}"))
+}
+
+/// `0` (false) or `1` (true).
+fn flag(s: &str) -> Result<bool, String> {
+    match s {
+        "0" => Ok(false),
+        "1" => Ok(true),
+        _ => Err("expected 0 or 1".to_string()),
+    }
+}
+
+/// One of the named choices, ignoring ASCII case; the error lists them.
+fn one_of<T: Copy>(s: &str, choices: &[(&str, T)]) -> Result<T, String> {
+    if let Some((_, value)) = choices
+        .iter()
+        .find(|(name, _)| s.eq_ignore_ascii_case(name))
+    {
+        return Ok(*value);
+    }
+    let names: Vec<&str> = choices.iter().map(|(name, _)| *name).collect();
+    Err(match names.split_last() {
+        Some((last, [])) => format!("expected {last}"),
+        Some((last, rest)) => format!("expected {} or {last}", rest.join(", ")),
+        None => "expected nothing".to_string(),
+    })
+}
+
+/// The items of a comma-separated list, trimmed; empty items are refused.
+fn list_items<'a>(s: &'a str, max: usize, what: &str) -> Result<Vec<&'a str>, String> {
+    let items: Vec<&str> = s.split(',').map(str::trim).collect();
+    if items.len() > max {
+        return Err(format!("expected at most {max} {what}, comma-separated"));
+    }
+    if items.iter().any(|item| item.is_empty()) {
+        return Err(format!("empty item; expected {what}, comma-separated"));
+    }
+    Ok(items)
+}
+
+/// `RINGMX_LISTEN`: one or more distinct socket addresses, comma-separated.
+fn parse_listen(s: &str) -> Result<Vec<SocketAddr>, String> {
+    const WHAT: &str = "socket addresses such as 0.0.0.0:25 or [::]:25";
+    let mut addrs: Vec<SocketAddr> = Vec::new();
+    for item in list_items(s, LISTEN_ADDRESSES_MAX, WHAT)? {
+        let addr: SocketAddr = item
+            .parse()
+            .map_err(|_| format!("{item:?} is not an address:port; expected {WHAT}"))?;
+        if addrs.contains(&addr) {
+            return Err(format!(
+                "{item:?} is listed twice; expected distinct {WHAT}"
+            ));
+        }
+        addrs.push(addr);
+    }
+    Ok(addrs)
+}
+
+/// `RINGMX_LIMIT_EXEMPT`: CIDR networks, comma-separated; empty means none.
+fn parse_nets(s: &str) -> Result<Vec<IpNet>, String> {
+    const WHAT: &str = "networks such as 10.0.0.0/8 or 2001:db8::/32";
+    if s.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut nets = Vec::new();
+    for item in list_items(s, LIMIT_EXEMPT_MAX, WHAT)? {
+        let net: IpNet = item.parse().map_err(|e| format!("{e}; expected {WHAT}"))?;
+        if !nets.contains(&net) {
+            nets.push(net);
+        }
+    }
+    Ok(nets)
+}
+
+/// `RINGMX_DOMAINS`: domain names, comma-separated, lowercased and without repeats; empty
+/// means all.
+fn parse_domains(s: &str) -> Result<Vec<String>, String> {
+    const WHAT: &str = "domain names such as example.com";
+    if s.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut domains: Vec<String> = Vec::new();
+    for item in list_items(s, DOMAINS_MAX, WHAT)? {
+        check_host_name(item).map_err(|e| format!("{item:?}: {e}"))?;
+        let domain = item.to_ascii_lowercase();
+        if !domains.contains(&domain) {
+            domains.push(domain);
+        }
+    }
+    Ok(domains)
+}
+
+/// Checks that `name` is a plausible DNS host name: dot-separated labels of 1 to 63 letters,
+/// digits and hyphens, no hyphen at either end of a label, 253 characters in all, not an IP.
+fn check_host_name(name: &str) -> Result<(), String> {
+    const ACCEPTED: &str = "expected a host name such as mx.example.com (letters, digits, \
+                            hyphens; dot-separated labels of 1 to 63; at most 253 in all)";
+    let plausible = !name.is_empty()
+        && name.len() <= 253
+        && name.parse::<Ipv4Addr>().is_err()
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        });
+    if plausible {
+        Ok(())
+    } else {
+        Err(ACCEPTED.to_string())
+    }
+}
+
+/// The known variable nearest to the unknown `name`, if it is close enough to be a typo or
+/// `name` is a known one with a word added (`RINGMX_LOG_LEVEL` for `RINGMX_LOG`).
+fn suggest(name: &str) -> Option<&'static str> {
+    // Names are short; a very long one is no typo and would make the distance costly.
+    const NAME_LEN_MAX: usize = 64;
+    if name.len() > NAME_LEN_MAX {
+        return None;
+    }
+    let typed = name.to_ascii_uppercase();
+    let suffix_len = typed.len().saturating_sub(PREFIX.len());
+    let threshold = (suffix_len / 3).max(2);
+    VARIABLES
+        .iter()
+        .map(|(known, _, _)| (levenshtein(typed.as_bytes(), known.as_bytes()), *known))
+        .filter(|(distance, known)| {
+            *distance <= threshold
+                || typed
+                    .strip_prefix(known)
+                    .is_some_and(|r| r.starts_with('_'))
+        })
+        .min_by_key(|(distance, _)| *distance)
+        .map(|(_, known)| known)
+}
+
+/// The edit distance (insertions, deletions, substitutions) between two byte strings.
+fn levenshtein(a: &[u8], b: &[u8]) -> usize {
+    let mut previous: Vec<usize> = (0..=b.len()).collect();
+    let mut current = vec![0; b.len() + 1];
+    for (i, &ca) in a.iter().enumerate() {
+        current[0] = i + 1;
+        for (j, &cb) in b.iter().enumerate() {
+            let substitution = previous[j] + usize::from(ca != cb);
+            current[j + 1] = substitution.min(previous[j + 1] + 1).min(current[j] + 1);
+        }
+        std::mem::swap(&mut previous, &mut current);
+    }
+    previous[b.len()]
+}
+
+/// The CPU ids this process may run on (sched_getaffinity), else 0..available_parallelism.
+pub fn allowed_cpus() -> Vec<usize> {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: cpu_set_t is plain data for which all zero bits is the empty set.
+        let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+        // SAFETY: `set` is a valid, writable cpu_set_t of the size passed; pid 0 is this thread.
+        let rc = unsafe { libc::sched_getaffinity(0, std::mem::size_of_val(&set), &mut set) };
+        if rc == 0 {
+            let cpus: Vec<usize> = (0..libc::CPU_SETSIZE as usize)
+                // SAFETY: `i` is below CPU_SETSIZE, the number of bits in `set`.
+                .filter(|&i| unsafe { libc::CPU_ISSET(i, &set) })
+                .collect();
+            if !cpus.is_empty() {
+                return cpus;
+            }
+        }
+    }
+    let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+    (0..n).collect()
+}
+
+/// The system host name (gethostname), or an empty string if it cannot be read.
+pub fn system_hostname() -> String {
+    // POSIX HOST_NAME_MAX is at least 255; one more byte for the terminating NUL.
+    let mut buf = [0u8; 256];
+    // SAFETY: `buf` is valid for writes of `buf.len()` bytes.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast::<libc::c_char>(), buf.len()) };
+    if rc != 0 {
+        return String::new();
+    }
+    // A truncated name may lack its NUL: take the bytes up to the first NUL or the end.
+    let len = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..len]).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The configuration for `vars` on a 4-CPU machine called mx.example.com.
+    fn config(vars: &[(&str, &str)]) -> Result<ServerConfig, ConfigError> {
+        from_vars(
+            vars.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+            vec![0, 1, 2, 3],
+            "mx.example.com",
+        )
+    }
+
+    /// The error line for `name=value`, which must be refused.
+    fn refused(name: &str, value: &str) -> String {
+        match config(&[(name, value)]) {
+            Ok(_) => panic!("{name}={value:?} was accepted"),
+            Err(e) => {
+                assert_eq!(e.name(), name);
+                assert_eq!(e.value(), value);
+                let line = e.to_string();
+                assert!(!line.contains('\n'), "{line}");
+                assert!(line.starts_with(&format!("{name}=")), "{line}");
+                line
+            }
+        }
+    }
+
+    /// The address `s`, for brevity.
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    /// The network `s`, for brevity.
+    fn net(s: &str) -> IpNet {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn defaults_with_an_empty_environment() {
+        let c = config(&[]).unwrap();
+        assert_eq!(
+            c.listen,
+            vec!["127.0.0.1:2525".parse::<SocketAddr>().unwrap()]
+        );
+        assert_eq!(c.shards, 4);
+        assert!(c.pin);
+        assert_eq!(c.cpus, vec![0, 1, 2, 3]);
+        assert_eq!(c.spool, PathBuf::from("./spool"));
+        assert_eq!(c.delivery, Delivery::Maildir);
+        assert!(c.fsync);
+        assert_eq!(c.max_connections, 10_000);
+        assert_eq!(c.shutdown_grace, Duration::from_secs(30));
+        assert_eq!(c.max_connections_per_ip, 100);
+        assert_eq!(c.limit_exempt, vec![net("127.0.0.0/8"), net("::1/128")]);
+        assert_eq!(c.greet_delay, Duration::ZERO);
+        assert!(!c.reject_early_talkers);
+        assert_eq!(c.backend, Backend::Auto);
+        assert_eq!(c.ring_entries, 1024);
+        assert_eq!(c.log_level, Level::Info);
+        let s = &c.session;
+        let d = crate::proto::Config::default();
+        assert_eq!(s.hostname, "mx.example.com");
+        assert_eq!(s.max_message_size, d.max_message_size);
+        assert_eq!(s.max_recipients, d.max_recipients);
+        assert_eq!(s.max_errors, d.max_errors);
+        assert_eq!(s.max_junk_commands, d.max_junk_commands);
+        assert!(s.domains.is_empty());
+        assert_eq!(s.bare_lf, BareLf::Reject);
+        assert_eq!(s.command_timeout, d.command_timeout);
+        assert_eq!(s.data_timeout, d.data_timeout);
+        assert_eq!(s.min_data_rate, d.min_data_rate);
+        assert!(c.is_limit_exempt(ip("127.0.0.2")));
+        assert!(c.is_limit_exempt(ip("::ffff:127.0.0.1")));
+        assert!(!c.is_limit_exempt(ip("192.0.2.1")));
+    }
+
+    #[test]
+    fn other_variables_are_ignored() {
+        let c = config(&[("PATH", "/bin"), ("RINGMX", "x"), ("ringmx_shards", "x")]).unwrap();
+        assert_eq!(c.shards, 4);
+    }
+
+    #[test]
+    fn literal_defaults_parse_like_values() {
+        // Setting each variable to its documented default changes nothing.
+        let base = format!("{:?}", config(&[]).unwrap());
+        for (name, default, _) in VARIABLES {
+            if *name == "RINGMX_SHARDS" || *name == "RINGMX_HOSTNAME" {
+                continue;
+            }
+            let c = config(&[(name, default)]).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(format!("{c:?}"), base, "{name}");
+        }
+    }
+
+    #[test]
+    fn variables_cover_every_name_parsed() {
+        let source = include_str!("config.rs");
+        let code = &source[..source.find("#[cfg(test)]").unwrap()];
+        let table_end = code.find("/// The prefix that marks").unwrap();
+        // Every quoted RINGMX_ name outside the table is in the table.
+        let mut used = Vec::new();
+        for piece in code[table_end..].split('"').skip(1).step_by(2) {
+            if piece.starts_with(PREFIX) && piece.len() > PREFIX.len() {
+                used.push(piece);
+            }
+        }
+        for name in &used {
+            assert!(
+                known(name).is_some(),
+                "{name} is parsed but not in VARIABLES"
+            );
+        }
+        // Every name in the table is parsed, and only once in the table.
+        for (i, (name, _, meaning)) in VARIABLES.iter().enumerate() {
+            assert!(
+                used.contains(name),
+                "{name} is in VARIABLES but never parsed"
+            );
+            assert!(!meaning.is_empty());
+            assert!(VARIABLES[..i].iter().all(|(other, _, _)| other != name));
+            // And setting it to garbage is refused by its own parser, not as unknown.
+            let line = refused(name, "\u{1}garbage");
+            assert!(!line.contains("unknown variable"), "{line}");
+        }
+        assert_eq!(VARIABLES.len(), 25);
+    }
+
+    #[test]
+    fn listen_addresses_ipv4_and_ipv6() {
+        let c = config(&[("RINGMX_LISTEN", "0.0.0.0:25, [::]:25,[2001:db8::1]:2525")]).unwrap();
+        let want: Vec<SocketAddr> = ["0.0.0.0:25", "[::]:25", "[2001:db8::1]:2525"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
+        assert_eq!(c.listen, want);
+        assert!(c.listen[1].is_ipv6());
+        for bad in [
+            "",
+            "127.0.0.1",
+            "::1:25",
+            "localhost:25",
+            "127.0.0.1:65536",
+            "127.0.0.1:25,",
+            "127.0.0.1:25,127.0.0.1:25",
+            "[::1]",
+        ] {
+            refused("RINGMX_LISTEN", bad);
+        }
+        let line = refused("RINGMX_LISTEN", "127.0.0.1:25,foo");
+        assert_eq!(
+            line,
+            "RINGMX_LISTEN=\"127.0.0.1:25,foo\": \"foo\" is not an address:port; \
+             expected socket addresses such as 0.0.0.0:25 or [::]:25"
+        );
+        let many = vec!["127.0.0.1:1"; LISTEN_ADDRESSES_MAX + 1].join(",");
+        refused("RINGMX_LISTEN", &many);
+    }
+
+    #[test]
+    fn shards_and_cpus() {
+        assert_eq!(config(&[("RINGMX_SHARDS", "1")]).unwrap().shards, 1);
+        assert_eq!(config(&[("RINGMX_SHARDS", " 1024 ")]).unwrap().shards, 1024);
+        for bad in [
+            "0",
+            "1025",
+            "-1",
+            "+2",
+            "abc",
+            "",
+            "4.0",
+            "99999999999999999999999",
+        ] {
+            refused("RINGMX_SHARDS", bad);
+        }
+        assert_eq!(
+            refused("RINGMX_SHARDS", "abc"),
+            "RINGMX_SHARDS=\"abc\": expected a whole number from 1 to 1024"
+        );
+        // The default follows the allowed CPUs, sorted and deduplicated, within bounds.
+        let c = from_vars(Vec::new(), vec![5, 3, 3, 9], "h").unwrap();
+        assert_eq!((c.shards, c.cpus.clone(), c.pin), (3, vec![3, 5, 9], true));
+        let c = from_vars(Vec::new(), (0..2000).collect(), "h").unwrap();
+        assert_eq!(c.shards, 1024);
+        // Nothing is known of the CPUs: one shard, no pinning.
+        let c = from_vars(Vec::new(), Vec::new(), "h").unwrap();
+        assert_eq!((c.shards, c.pin), (1, false));
+    }
+
+    #[test]
+    fn flags() {
+        for name in ["RINGMX_PIN", "RINGMX_FSYNC", "RINGMX_REJECT_EARLY_TALKERS"] {
+            let get = |c: &ServerConfig| match name {
+                "RINGMX_PIN" => c.pin,
+                "RINGMX_FSYNC" => c.fsync,
+                _ => c.reject_early_talkers,
+            };
+            assert!(!get(&config(&[(name, "0")]).unwrap()));
+            assert!(get(&config(&[(name, "1")]).unwrap()));
+            for bad in ["", "2", "true", "yes", "on", "01"] {
+                let line = refused(name, bad);
+                assert!(line.ends_with(": expected 0 or 1"), "{line}");
+            }
+        }
+    }
+
+    #[test]
+    fn choices() {
+        let c = config(&[
+            ("RINGMX_DELIVERY", "discard"),
+            ("RINGMX_BACKEND", "EPOLL"),
+            ("RINGMX_BARE_LF", "normalize"),
+            ("RINGMX_LOG", "debug"),
+        ])
+        .unwrap();
+        assert_eq!(c.delivery, Delivery::Discard);
+        assert_eq!(c.backend, Backend::Epoll);
+        assert_eq!(c.session.bare_lf, BareLf::Normalize);
+        assert_eq!(c.log_level, Level::Debug);
+        assert_eq!(
+            config(&[("RINGMX_BACKEND", "uring")]).unwrap().backend,
+            Backend::Uring
+        );
+        assert_eq!(
+            config(&[("RINGMX_LOG", "error")]).unwrap().log_level,
+            Level::Error
+        );
+        assert_eq!(
+            refused("RINGMX_DELIVERY", "mbox"),
+            "RINGMX_DELIVERY=\"mbox\": expected maildir or discard"
+        );
+        assert_eq!(
+            refused("RINGMX_BACKEND", "io_uring"),
+            "RINGMX_BACKEND=\"io_uring\": expected auto, uring or epoll"
+        );
+        assert_eq!(
+            refused("RINGMX_BARE_LF", "accept"),
+            "RINGMX_BARE_LF=\"accept\": expected reject or normalize"
+        );
+        assert_eq!(
+            refused("RINGMX_LOG", "trace"),
+            "RINGMX_LOG=\"trace\": expected error, warn, info or debug"
+        );
+    }
+
+    #[test]
+    fn spool() {
+        let c = config(&[("RINGMX_SPOOL", "/var/spool/ringmx")]).unwrap();
+        assert_eq!(c.spool, PathBuf::from("/var/spool/ringmx"));
+        refused("RINGMX_SPOOL", "");
+        refused("RINGMX_SPOOL", "  ");
+    }
+
+    #[test]
+    fn numbers_and_their_bounds() {
+        // (name, smallest, largest) accepted; one past either end is refused.
+        let bounds: &[(&str, u64, u64)] = &[
+            ("RINGMX_MAX_MESSAGE_SIZE", 1024, 2_147_483_648),
+            ("RINGMX_MAX_RECIPIENTS", 1, 100_000),
+            ("RINGMX_MAX_CONNECTIONS", 1, 1_000_000),
+            ("RINGMX_COMMAND_TIMEOUT_SECS", 1, 86_400),
+            ("RINGMX_DATA_TIMEOUT_SECS", 1, 86_400),
+            ("RINGMX_SHUTDOWN_GRACE_SECS", 0, 3_600),
+            ("RINGMX_MAX_CONNECTIONS_PER_IP", 1, 1_000_000),
+            ("RINGMX_MAX_ERRORS", 0, 1_000_000),
+            ("RINGMX_MAX_JUNK_COMMANDS", 0, 1_000_000),
+            ("RINGMX_MIN_DATA_RATE", 0, 1_000_000_000),
+            ("RINGMX_GREET_DELAY_MS", 0, 300_000),
+        ];
+        for &(name, min, max) in bounds {
+            for good in [min, max] {
+                let c = config(&[(name, &good.to_string())]).unwrap();
+                let got = match name {
+                    "RINGMX_MAX_MESSAGE_SIZE" => c.session.max_message_size,
+                    "RINGMX_MAX_RECIPIENTS" => c.session.max_recipients as u64,
+                    "RINGMX_MAX_CONNECTIONS" => c.max_connections as u64,
+                    "RINGMX_COMMAND_TIMEOUT_SECS" => c.session.command_timeout.as_secs(),
+                    "RINGMX_DATA_TIMEOUT_SECS" => c.session.data_timeout.as_secs(),
+                    "RINGMX_SHUTDOWN_GRACE_SECS" => c.shutdown_grace.as_secs(),
+                    "RINGMX_MAX_CONNECTIONS_PER_IP" => c.max_connections_per_ip as u64,
+                    "RINGMX_MAX_ERRORS" => u64::from(c.session.max_errors),
+                    "RINGMX_MAX_JUNK_COMMANDS" => u64::from(c.session.max_junk_commands),
+                    "RINGMX_MIN_DATA_RATE" => c.session.min_data_rate,
+                    "RINGMX_GREET_DELAY_MS" => c.greet_delay.as_millis() as u64,
+                    _ => unreachable!(),
+                };
+                assert_eq!(got, good, "{name}");
+            }
+            let expected = format!(": expected a whole number from {min} to {max}");
+            let mut bad = vec![(max + 1).to_string(), "x".into(), "1e3".into(), "".into()];
+            if min > 0 {
+                bad.push((min - 1).to_string());
+            }
+            for value in bad {
+                let line = refused(name, &value);
+                assert!(line.ends_with(&expected), "{line}");
+            }
+        }
+    }
+
+    #[test]
+    fn ring_entries_are_a_power_of_two() {
+        for good in [8u32, 16, 1024, 32_768] {
+            let c = config(&[("RINGMX_RING_ENTRIES", &good.to_string())]).unwrap();
+            assert_eq!(c.ring_entries, good);
+        }
+        for bad in ["0", "4", "1000", "65536", "x"] {
+            assert_eq!(
+                refused("RINGMX_RING_ENTRIES", bad),
+                format!("RINGMX_RING_ENTRIES={bad:?}: expected a power of two from 8 to 32768")
+            );
+        }
+    }
+
+    #[test]
+    fn hostname() {
+        let c = config(&[("RINGMX_HOSTNAME", "MX1.Example.NET")]).unwrap();
+        assert_eq!(c.session.hostname, "MX1.Example.NET");
+        let c = from_vars(Vec::new(), vec![0], "container-0a1b2c").unwrap();
+        assert_eq!(c.session.hostname, "container-0a1b2c");
+        let long_label = "a".repeat(64);
+        let long_name = vec!["a".repeat(63); 4].join(".");
+        for bad in [
+            "",
+            "mx example.com",
+            "mx..example.com",
+            ".example.com",
+            "example.com.",
+            "-mx.example.com",
+            "mx-.example.com",
+            "mx_1.example.com",
+            "192.0.2.1",
+            "[192.0.2.1]",
+            "mx.example.com\r\n250 forged",
+            long_label.as_str(),
+            long_name.as_str(),
+        ] {
+            refused("RINGMX_HOSTNAME", bad);
+        }
+        // An unusable system host name is reported as such, with what to do.
+        let err = from_vars(Vec::new(), vec![0], "").unwrap_err();
+        assert_eq!(err.name(), "RINGMX_HOSTNAME");
+        assert!(err.to_string().starts_with(
+            "RINGMX_HOSTNAME=\"\": unset, and the system host name will not do: expected"
+        ));
+        // ... but a set RINGMX_HOSTNAME makes the system's irrelevant.
+        let vars = vec![("RINGMX_HOSTNAME".to_string(), "mx.example.org".to_string())];
+        assert_eq!(
+            from_vars(vars, vec![0], "").unwrap().session.hostname,
+            "mx.example.org"
+        );
+    }
+
+    #[test]
+    fn domains() {
+        let c = config(&[("RINGMX_DOMAINS", "Example.COM, example.org,example.com")]).unwrap();
+        assert_eq!(c.session.domains, vec!["example.com", "example.org"]);
+        assert!(config(&[("RINGMX_DOMAINS", "")])
+            .unwrap()
+            .session
+            .domains
+            .is_empty());
+        for bad in ["example.com,", ",", "exa mple.com", "@example.com", "a..b"] {
+            refused("RINGMX_DOMAINS", bad);
+        }
+    }
+
+    #[test]
+    fn limit_exempt() {
+        let c = config(&[(
+            "RINGMX_LIMIT_EXEMPT",
+            "10.0.0.0/8, 192.0.2.7, 2001:db8::/32, ::ffff:172.16.0.0/108",
+        )])
+        .unwrap();
+        assert_eq!(
+            c.limit_exempt,
+            vec![
+                net("10.0.0.0/8"),
+                net("192.0.2.7/32"),
+                net("2001:db8::/32"),
+                net("172.16.0.0/12")
+            ]
+        );
+        assert!(c.is_limit_exempt(ip("172.31.255.255")));
+        assert!(c.is_limit_exempt(ip("::ffff:10.1.2.3")));
+        assert!(!c.is_limit_exempt(ip("127.0.0.1")));
+        assert!(config(&[("RINGMX_LIMIT_EXEMPT", "")])
+            .unwrap()
+            .limit_exempt
+            .is_empty());
+        for bad in [
+            "10.0.0.0/33",
+            "10.0.0.1/8",
+            "::/129",
+            "10.0.0.0/",
+            "10.0.0.0/+8",
+            "10.0.0.0/08x",
+            "10/8",
+            "host.example",
+            "10.0.0.0/8,",
+        ] {
+            refused("RINGMX_LIMIT_EXEMPT", bad);
+        }
+        assert_eq!(
+            refused("RINGMX_LIMIT_EXEMPT", "10.0.0.1/8"),
+            "RINGMX_LIMIT_EXEMPT=\"10.0.0.1/8\": \"10.0.0.1/8\" has host bits set past the /8; \
+             expected networks such as 10.0.0.0/8 or 2001:db8::/32"
+        );
+    }
+
+    #[test]
+    fn ip_net_containment() {
+        let v4 = net("192.168.0.0/16");
+        assert!(v4.contains(ip("192.168.255.1")));
+        assert!(!v4.contains(ip("192.169.0.1")));
+        assert!(v4.contains(ip("::ffff:192.168.1.1")));
+        assert!(!v4.contains(ip("::192.168.1.1")));
+        assert!(!v4.contains(ip("2001:db8::1")));
+        let v6 = net("2001:db8:abcd::/48");
+        assert!(v6.contains(ip("2001:db8:abcd:ffff::1")));
+        assert!(!v6.contains(ip("2001:db8:abce::1")));
+        assert!(!v6.contains(ip("192.168.1.1")));
+        assert!(net("0.0.0.0/0").contains(ip("203.0.113.9")));
+        assert!(net("0.0.0.0/0").contains(ip("::ffff:203.0.113.9")));
+        assert!(!net("0.0.0.0/0").contains(ip("2001:db8::1")));
+        assert!(net("::/0").contains(ip("2001:db8::1")));
+        assert!(net("::1").contains(ip("::1")));
+        assert!(!net("::1").contains(ip("::2")));
+        // A mapped network is the IPv4 one; built by hand it matches the same.
+        assert_eq!(net("::ffff:10.0.0.0/104"), net("10.0.0.0/8"));
+        let by_hand = IpNet {
+            addr: ip("::ffff:10.0.0.0"),
+            prefix: 104,
+        };
+        assert!(by_hand.contains(ip("10.9.9.9")));
+        assert!(by_hand.contains(ip("::ffff:10.9.9.9")));
+        // Out-of-range prefixes built by hand do not panic.
+        assert!(IpNet {
+            addr: ip("10.0.0.1"),
+            prefix: 200
+        }
+        .contains(ip("10.0.0.1")));
+        assert!(IpNet::new(ip("10.0.0.0"), 33).is_none());
+        assert!(IpNet::new(ip("10.0.0.1"), 32).is_some());
+        assert_eq!(net("2001:db8::/32").to_string(), "2001:db8::/32");
+    }
+
+    #[test]
+    fn unknown_variables_suggest_the_nearest() {
+        assert_eq!(
+            refused("RINGMX_SHRADS", "4"),
+            "RINGMX_SHRADS=\"4\": unknown variable; did you mean RINGMX_SHARDS?"
+        );
+        for (typo, near) in [
+            ("RINGMX_MAXCONNECTIONS", "RINGMX_MAX_CONNECTIONS"),
+            ("RINGMX_FSNYC", "RINGMX_FSYNC"),
+            ("RINGMX_shards", "RINGMX_SHARDS"),
+            ("RINGMX_DOMAIN", "RINGMX_DOMAINS"),
+            (
+                "RINGMX_MAX_CONNECTION_PER_IP",
+                "RINGMX_MAX_CONNECTIONS_PER_IP",
+            ),
+            ("RINGMX_LOG_LEVEL", "RINGMX_LOG"),
+        ] {
+            let line = refused(typo, "1");
+            assert!(line.ends_with(&format!("did you mean {near}?")), "{line}");
+        }
+        let line = refused("RINGMX_QUUX", "1");
+        assert!(line.contains("unknown variable") && !line.contains("did you mean"));
+        let long = format!("RINGMX_{}", "X".repeat(1000));
+        assert!(!refused(&long, "").contains("did you mean"));
+        // Unknown names are reported before bad values.
+        let err = config(&[("RINGMX_SHARDS", "x"), ("RINGMX_ZZZ", "1")]).unwrap_err();
+        assert_eq!(err.name(), "RINGMX_ZZZ");
+    }
+
+    #[test]
+    fn levenshtein_distances() {
+        assert_eq!(levenshtein(b"", b""), 0);
+        assert_eq!(levenshtein(b"abc", b""), 3);
+        assert_eq!(levenshtein(b"", b"abc"), 3);
+        assert_eq!(levenshtein(b"kitten", b"sitting"), 3);
+        assert_eq!(levenshtein(b"SHRADS", b"SHARDS"), 2);
+        assert_eq!(levenshtein(b"flaw", b"lawn"), 2);
+    }
+
+    #[test]
+    fn error_lines_are_single_lines_with_escaped_values() {
+        let line = refused("RINGMX_SHARDS", "4\n5");
+        assert_eq!(
+            line,
+            "RINGMX_SHARDS=\"4\\n5\": expected a whole number from 1 to 1024"
+        );
+        let long = "9".repeat(1000);
+        let line = refused("RINGMX_SHARDS", &long);
+        assert!(
+            line.contains(&format!("\"{}…\"", "9".repeat(200))),
+            "{line}"
+        );
+        let err = ConfigError::new("RINGMX_X\nY", "v", "p");
+        assert_eq!(err.to_string(), "RINGMX_X\\nY=\"v\": p");
+    }
+
+    #[test]
+    fn summary_names_what_the_first_log_line_needs() {
+        let c = config(&[
+            ("RINGMX_LISTEN", "0.0.0.0:25,[::]:25"),
+            ("RINGMX_SHARDS", "2"),
+            ("RINGMX_FSYNC", "0"),
+            ("RINGMX_DELIVERY", "discard"),
+        ])
+        .unwrap();
+        assert_eq!(
+            c.summary(),
+            "ringmx hostname=mx.example.com shards=2 pin=on listen=0.0.0.0:25,[::]:25 \
+             spool=./spool delivery=discard fsync=off backend=auto"
+        );
+    }
+
+    #[test]
+    fn from_env_reads_this_process() {
+        // Only checks the system probes; the environment of a test run is not ours to set.
+        let cpus = allowed_cpus();
+        assert!(!cpus.is_empty());
+        assert!(cpus.windows(2).all(|w| w[0] < w[1]));
+        let name = system_hostname();
+        assert!(!name.contains('\0'));
+        let clean = std::env::vars_os().all(|(k, _)| !k.to_string_lossy().starts_with(PREFIX));
+        if clean && check_host_name(&name).is_ok() {
+            let c = from_env().unwrap();
+            assert_eq!(c.cpus, cpus);
+            assert_eq!(c.session.hostname, name);
+        }
+    }
+}
