@@ -1,5 +1,6 @@
 //! Scanner tests: named smuggling vectors, then the fast paths against the byte-at-a-time
-//! oracle over every split point, length and alignment, and random streams (proptest).
+//! oracle over every split point, length and alignment, every short stream of the bytes that
+//! matter, and random streams (proptest), in both bare-LF modes.
 
 use super::naive;
 use super::*;
@@ -238,9 +239,215 @@ proptest! {
                 prop_assert_eq!(consumed, c);
                 prop_assert_eq!(bare_lf, b);
             }
-            (Line::TooLong { .. }, None) => prop_assert!(input.len() >= COMMAND_LINE_MAX),
+            (Line::TooLong { consumed }, None) => {
+                prop_assert!(input.len() >= COMMAND_LINE_MAX);
+                prop_assert_eq!(consumed, COMMAND_LINE_MAX);
+            }
             (Line::Partial, None) => prop_assert!(input.len() < COMMAND_LINE_MAX),
             (got, want) => prop_assert!(false, "got {:?} want {:?}", got, want),
         }
+    }
+}
+
+/// Like `check`, but also for streams with no terminator: the data so far must be the oracle's
+/// (less a CR held back after a dot, which may yet start the terminator) and the bare flag the
+/// same; and every part must be a non-empty range inside this call's input.
+fn check_strict(stream: &[u8], cuts: &[usize], mode: BareLf) {
+    let want = naive::unstuff(stream, mode);
+    let mut scanner = DataScanner::new(mode);
+    let mut data = Vec::new();
+    let mut parts = Vec::new();
+    let mut bounds: Vec<usize> = cuts.iter().copied().filter(|&c| c < stream.len()).collect();
+    bounds.sort_unstable();
+    bounds.dedup();
+    bounds.push(stream.len());
+    let mut from = 0;
+    let mut end = None;
+    for to in bounds {
+        parts.clear();
+        // `base` = `from`: ranges are offsets into the whole stream.
+        let scan = scanner.scan(&stream[from..to], from, &mut parts);
+        for part in &parts {
+            match part {
+                Part::Input(r) => {
+                    assert!(
+                        r.start >= from && r.start < r.end && r.end <= to,
+                        "part {r:?} outside {from}..{to}, stream {stream:?} cuts {cuts:?}"
+                    );
+                    data.extend_from_slice(&stream[r.clone()]);
+                }
+                Part::Static(s) => data.extend_from_slice(s),
+            }
+        }
+        if let Scan::End(n) = scan {
+            end = Some(from + n);
+            break;
+        }
+        from = to;
+    }
+    let ctx = format!("stream {stream:?} cuts {cuts:?} {mode:?}");
+    assert_eq!(end, want.end, "end, {ctx}");
+    if end.is_some() {
+        assert_eq!(data, want.data, "data, {ctx}");
+    } else {
+        let held = want.data.len() - data.len().min(want.data.len());
+        assert!(
+            want.data.starts_with(&data) && held <= 1,
+            "data {data:?} want {:?}, {ctx}",
+            want.data
+        );
+        if held == 1 {
+            assert!(
+                stream.ends_with(b"\r"),
+                "only a CR is ever held back, {ctx}"
+            );
+        }
+    }
+    assert_eq!(scanner.saw_bare_line_ending(), want.bare, "bare, {ctx}");
+}
+
+#[test]
+fn every_short_stream_of_the_bytes_that_matter() {
+    // All streams of up to 7 bytes over CR, LF, '.' and one plain byte, alone and followed by
+    // a terminator, each fed whole and cut at every point, in both modes.
+    const ALPHABET: [u8; 4] = [b'\r', b'\n', b'.', b'a'];
+    let mut checked = 0;
+    for len in 0..=7u32 {
+        for code in 0..4usize.pow(len) {
+            let mut stream: Vec<u8> = (0..len).map(|i| ALPHABET[(code >> (2 * i)) & 3]).collect();
+            for with_end in [false, true] {
+                if with_end {
+                    stream.extend_from_slice(b"\r\n.\r\n");
+                }
+                for mode in [BareLf::Reject, BareLf::Normalize] {
+                    check_strict(&stream, &[], mode);
+                    for cut in 1..stream.len() {
+                        check_strict(&stream, &[cut], mode);
+                    }
+                    checked += 1;
+                }
+            }
+        }
+    }
+    assert_eq!(checked, 4 * 21845);
+}
+
+/// A realistic body: 76-character lines, some starting with a dot, one bare LF and one bare
+/// CR, and a terminator, long enough to cross many SIMD blocks.
+fn realistic_stream() -> Vec<u8> {
+    let mut stream = Vec::new();
+    for i in 0..12u8 {
+        if i % 4 == 1 {
+            stream.extend_from_slice(b"..");
+        }
+        stream.extend(std::iter::repeat(b'a' + i).take(74 - usize::from(i) * 5));
+        match i {
+            5 => stream.extend_from_slice(b"\n"),
+            8 => stream.extend_from_slice(b"\rx\r\n"),
+            _ => stream.extend_from_slice(b"\r\n"),
+        }
+    }
+    stream.extend_from_slice(b".\r\nQUIT\r\n");
+    stream
+}
+
+#[test]
+fn every_length_and_alignment_of_a_realistic_stream() {
+    // Every prefix of the stream, placed at every alignment in a larger buffer (the scanner
+    // sees a slice starting at that offset, so SIMD loads start at every alignment), both modes.
+    let stream = realistic_stream();
+    let mut buffer = vec![0u8; stream.len() + 64];
+    for len in 0..=stream.len() {
+        let prefix = &stream[..len];
+        for mode in [BareLf::Reject, BareLf::Normalize] {
+            let want = naive::unstuff(prefix, mode);
+            for align in 0..64 {
+                buffer[align..align + len].copy_from_slice(prefix);
+                let input = &buffer[align..align + len];
+                let mut scanner = DataScanner::new(mode);
+                let mut parts = Vec::new();
+                let scan = scanner.scan(input, align, &mut parts);
+                let mut data = Vec::new();
+                for part in &parts {
+                    match part {
+                        Part::Input(r) => data.extend_from_slice(&buffer[r.clone()]),
+                        Part::Static(s) => data.extend_from_slice(s),
+                    }
+                }
+                let ctx = format!("len {len} align {align} {mode:?}");
+                match want.end {
+                    Some(end) => {
+                        assert_eq!(scan, Scan::End(end), "{ctx}");
+                        assert_eq!(data, want.data, "{ctx}");
+                    }
+                    None => {
+                        assert_eq!(scan, Scan::More, "{ctx}");
+                        assert!(want.data.starts_with(&data), "{ctx}");
+                    }
+                }
+                assert_eq!(scanner.saw_bare_line_ending(), want.bare, "{ctx}");
+            }
+        }
+    }
+}
+
+#[test]
+fn over_long_command_consumes_only_the_limit() {
+    // The LF and whatever is pipelined after it stay for `drain_line` and the next line.
+    let mut input = vec![b'a'; 700];
+    input.extend_from_slice(b"\r\nNOOP\r\n");
+    assert_eq!(
+        split_line(&input),
+        Line::TooLong {
+            consumed: COMMAND_LINE_MAX
+        }
+    );
+    let rest = &input[COMMAND_LINE_MAX..];
+    let (drained, found) = drain_line(rest);
+    assert!(found);
+    assert_eq!(&rest[drained..], b"NOOP\r\n");
+    // 511 octets of text and CRLF: the CR is the 512th octet, the LF the 513th.
+    let mut over = vec![b'a'; 511];
+    over.extend_from_slice(b"\r\n");
+    assert!(matches!(split_line(&over), Line::TooLong { .. }));
+}
+
+fn biased_byte() -> impl Strategy<Value = u8> {
+    prop_oneof![
+        3 => prop::sample::select(vec![b'\r', b'\n', b'.']),
+        2 => any::<u8>(),
+    ]
+}
+
+proptest! {
+    #[test]
+    fn scanner_matches_oracle_strictly_on_random_bytes(
+        stream in prop::collection::vec(biased_byte(), 0..400),
+        cuts in prop::collection::vec(0usize..400, 0..8),
+    ) {
+        check_strict(&stream, &cuts, BareLf::Reject);
+        check_strict(&stream, &cuts, BareLf::Normalize);
+    }
+
+    #[test]
+    fn scanner_matches_oracle_on_long_random_lines(
+        lines in prop::collection::vec(
+            (prop::collection::vec(prop::sample::select(vec![b'a', b'.', b'\r', b'\n']), 0..4),
+             0usize..200,
+             prop::sample::select(vec![&b"\r\n"[..], b"\n", b"\r", b""])),
+            0..12),
+        cuts in prop::collection::vec(0usize..3000, 0..6),
+    ) {
+        // Lines of plain bytes long enough for memchr's vector loops, with random heads and
+        // random line ends, then a terminator.
+        let mut stream = Vec::new();
+        for (head, filler, end) in &lines {
+            stream.extend_from_slice(head);
+            stream.extend(std::iter::repeat(b'x').take(*filler));
+            stream.extend_from_slice(end);
+        }
+        stream.extend_from_slice(b"\r\n.\r\n");
+        check_strict(&stream, &cuts, BareLf::Reject);
+        check_strict(&stream, &cuts, BareLf::Normalize);
     }
 }
