@@ -5,6 +5,9 @@
 //! only writer of files, and the drivers the only users of sockets and rings.
 
 pub mod config;
+pub mod driver;
 pub mod log;
 pub mod proto;
 pub mod scan;
+pub mod server;
+pub mod spool;

@@ -246,6 +246,11 @@ impl Session {
         Step::Close
     }
 
+    /// True while message data (DATA or a BDAT chunk) is being received.
+    pub fn receiving_data(&self) -> bool {
+        matches!(self.state, State::Data | State::Bdat { .. })
+    }
+
     /// Messages stored in this session so far.
     pub fn messages_stored(&self) -> u64 {
         self.messages_stored

@@ -1,0 +1,152 @@
+//! The epoll driver: a tokio current-thread runtime per shard. Sockets are non-blocking and
+//! driven by readiness; file work (create, write, fsync, rename) runs on tokio's blocking pool
+//! so that one slow fsync never stalls the shard's other connections. It is the fallback where
+//! io_uring is refused, and the baseline that shows what io_uring buys on a kernel.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::Arc;
+
+use bytes::BytesMut;
+
+use super::{BufResult, Driver};
+
+/// The epoll backend.
+pub struct Epoll;
+
+/// Runs blocking file work off the shard thread.
+async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(value) => value,
+        Err(join) => std::panic::resume_unwind(join.into_panic()),
+    }
+}
+
+impl Driver for Epoll {
+    type Listener = tokio::net::TcpListener;
+    type Stream = tokio::net::TcpStream;
+    type File = Arc<std::fs::File>;
+    const NAME: &'static str = "epoll";
+
+    fn block_on<F: Future>(_ring_entries: u32, future: F) -> io::Result<F::Output> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .max_blocking_threads(64)
+            .build()?;
+        let local = tokio::task::LocalSet::new();
+        Ok(local.block_on(&runtime, future))
+    }
+
+    fn spawn<F: Future<Output = ()> + 'static>(future: F) {
+        tokio::task::spawn_local(future);
+    }
+
+    fn listener(listener: std::net::TcpListener) -> io::Result<Self::Listener> {
+        tokio::net::TcpListener::from_std(listener)
+    }
+
+    async fn accept(listener: &Self::Listener) -> io::Result<(Self::Stream, SocketAddr)> {
+        listener.accept().await
+    }
+
+    fn stream_fd(stream: &Self::Stream) -> RawFd {
+        stream.as_raw_fd()
+    }
+
+    async fn read(stream: &Self::Stream, mut buf: BytesMut) -> BufResult<usize, BytesMut> {
+        if buf.len() == buf.capacity() {
+            buf.reserve(1);
+        }
+        loop {
+            if let Err(e) = stream.readable().await {
+                return (Err(e), buf);
+            }
+            match stream.try_read_buf(&mut buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                result => return (result, buf),
+            }
+        }
+    }
+
+    async fn write_all(stream: &Self::Stream, buf: Vec<u8>) -> BufResult<(), Vec<u8>> {
+        let mut written = 0;
+        while written < buf.len() {
+            if let Err(e) = stream.writable().await {
+                return (Err(e), buf);
+            }
+            match stream.try_write(&buf[written..]) {
+                Ok(n) => written += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return (Err(e), buf),
+            }
+        }
+        (Ok(()), buf)
+    }
+
+    async fn create(path: &Path) -> io::Result<Self::File> {
+        let path = path.to_path_buf();
+        blocking(move || {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(path)
+        })
+        .await
+        .map(Arc::new)
+    }
+
+    fn open_dir(path: &Path) -> io::Result<Self::File> {
+        std::fs::File::open(path).map(Arc::new)
+    }
+
+    async fn write_at(
+        file: &Self::File,
+        buf: BytesMut,
+        range: Range<usize>,
+        offset: u64,
+    ) -> BufResult<(), BytesMut> {
+        let file = Arc::clone(file);
+        blocking(move || (file.write_all_at(&buf[range], offset), buf)).await
+    }
+
+    async fn write_vec_at(file: &Self::File, buf: Vec<u8>, offset: u64) -> BufResult<(), Vec<u8>> {
+        let file = Arc::clone(file);
+        blocking(move || (file.write_all_at(&buf, offset), buf)).await
+    }
+
+    async fn write_static_at(
+        file: &Self::File,
+        bytes: &'static [u8],
+        offset: u64,
+    ) -> io::Result<()> {
+        let file = Arc::clone(file);
+        blocking(move || file.write_all_at(bytes, offset)).await
+    }
+
+    async fn sync(file: &Self::File) -> io::Result<()> {
+        let file = Arc::clone(file);
+        blocking(move || file.sync_all()).await
+    }
+
+    async fn close(file: Self::File) -> io::Result<()> {
+        // Dropping a std File closes it; close(2) errors after a successful fsync carry no
+        // information about durability.
+        blocking(move || drop(file)).await;
+        Ok(())
+    }
+
+    async fn rename(from: &Path, to: &Path) -> io::Result<()> {
+        let (from, to) = (from.to_path_buf(), to.to_path_buf());
+        blocking(move || std::fs::rename(from, to)).await
+    }
+
+    async fn remove(path: &Path) -> io::Result<()> {
+        let path = path.to_path_buf();
+        blocking(move || std::fs::remove_file(path)).await
+    }
+}

@@ -1,0 +1,328 @@
+//! One connection: moves bytes between the socket, the session and the spool.
+//!
+//! The loop is: send the replies the session wrote, read (racing the session's deadline and
+//! the shutdown signal), hand the bytes to the session, and obey its `Step`s. Message data is
+//! written to the spool file straight from the receive buffer, as the ranges the session
+//! returned. Replies of one batch of pipelined commands go out in one write, after any
+//! message in the batch is durable. A connection waiting for commands holds only a small
+//! buffer; a large one is taken from the shard's pool while message data flows.
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::{Buf, BytesMut};
+
+use super::{Phase, Refused, Shard, LARGE_BUFFER, SMALL_BUFFER};
+use crate::driver::{peer_has_sent, Driver};
+use crate::proto::{self, Output, Session, Step};
+use crate::spool::Draft;
+use crate::{log_debug, log_info};
+
+/// How a session ended, for its log line.
+#[derive(Clone, Copy, Debug)]
+enum End {
+    Quit,
+    PeerClosed,
+    ReadError,
+    WriteError,
+    Closed,
+    Shutdown,
+}
+
+/// Serves one accepted connection to its end.
+pub(crate) async fn serve<D: Driver>(stream: D::Stream, peer: SocketAddr, shard: &Rc<Shard<D>>) {
+    let config = &shard.config;
+    let started = Instant::now();
+    let admission = match shard.shared.admit(config, peer.ip()) {
+        Ok(admission) => admission,
+        Err(refused) => {
+            let mut reply = Vec::with_capacity(128);
+            match refused {
+                Refused::TooManyConnections => {
+                    proto::write_too_many_connections(&shard.session_config.hostname, &mut reply)
+                }
+                Refused::TooManyFromAddress => {
+                    proto::write_too_many_from_address(&shard.session_config.hostname, &mut reply)
+                }
+            }
+            let _ = D::write_all(&stream, reply).await;
+            log_info!("{peer}: refused at connect (connection limit)");
+            return;
+        }
+    };
+
+    let mut session = Session::new(Arc::clone(&shard.session_config), started);
+    let mut out = Output::new();
+    let mut phase = shard.phase.clone();
+
+    if !config.greet_delay.is_zero() {
+        tokio::select! {
+            _ = tokio::time::sleep(config.greet_delay) => {}
+            _ = phase.changed() => {}
+        }
+        if config.reject_early_talkers && peer_has_sent(D::stream_fd(&stream)) {
+            session.reject_early_talker(&mut out);
+            let _ = D::write_all(&stream, std::mem::take(&mut out.replies)).await;
+            log_info!("{peer}: early talker refused");
+            drop(admission);
+            return;
+        }
+    }
+    session.greeting(&mut out);
+
+    let mut conn = Conn::<D> {
+        shard,
+        peer,
+        buf: BytesMut::with_capacity(SMALL_BUFFER),
+        large: false,
+        scratch: Vec::with_capacity(512),
+        draft: None,
+        failed: false,
+        bytes: 0,
+    };
+    let end = conn.run(&stream, &mut session, &mut out, &mut phase).await;
+    if let Some(draft) = conn.draft.take() {
+        if let Some(spool) = &shard.spool {
+            spool.abort(draft).await;
+        }
+    }
+    if conn.large {
+        shard.give_large(std::mem::take(&mut conn.buf));
+    }
+    drop(admission);
+    log_info!(
+        "{peer}: session ended ({end:?}) after {} ms, {} message(s), {} byte(s) in",
+        started.elapsed().as_millis(),
+        session.messages_stored(),
+        conn.bytes
+    );
+}
+
+/// The per-connection state the loop carries.
+struct Conn<'a, D: Driver> {
+    shard: &'a Rc<Shard<D>>,
+    peer: SocketAddr,
+    buf: BytesMut,
+    /// `buf` is a large buffer from the pool.
+    large: bool,
+    /// Reused buffer for replies in flight and spool headers.
+    scratch: Vec<u8>,
+    draft: Option<Draft<D>>,
+    /// The current message's spool file could not be created: its end gets 451.
+    failed: bool,
+    bytes: u64,
+}
+
+impl<D: Driver> Conn<'_, D> {
+    /// The read–process–reply loop. Returns how the session ended.
+    async fn run(
+        &mut self,
+        stream: &D::Stream,
+        session: &mut Session,
+        out: &mut Output,
+        phase: &mut tokio::sync::watch::Receiver<Phase>,
+    ) -> End {
+        let mut closing = false;
+        let mut draining = false;
+        loop {
+            if !out.replies.is_empty() {
+                // Send from `scratch`, leaving `out.replies` empty with its capacity.
+                self.scratch.clear();
+                std::mem::swap(&mut self.scratch, &mut out.replies);
+                let (result, mut sent) =
+                    D::write_all(stream, std::mem::take(&mut self.scratch)).await;
+                sent.clear();
+                self.scratch = sent;
+                if result.is_err() {
+                    return End::WriteError;
+                }
+            }
+            if closing {
+                return if draining { End::Shutdown } else { End::Closed };
+            }
+            self.size_buffer(session.receiving_data());
+
+            // Read, racing the deadline and shutdown. The read future keeps its buffer even
+            // while we react to shutdown, so no received byte is ever dropped.
+            let deadline = session.deadline().map(tokio::time::Instant::from_std);
+            let read = D::read(stream, std::mem::take(&mut self.buf));
+            tokio::pin!(read);
+            let (result, buf) = loop {
+                tokio::select! {
+                    done = &mut read => break done,
+                    _ = sleep_until(deadline) => {
+                        if session.handle_timeout(Instant::now(), out) == Step::Close {
+                            log_debug!("{}: timeout", self.peer);
+                            closing = true;
+                        }
+                        if closing { break (Ok(0), BytesMut::new()); }
+                    }
+                    changed = phase.changed(), if !draining || *phase.borrow() != Phase::Stopping => {
+                        let now_phase = if changed.is_ok() { *phase.borrow() } else { Phase::Stopping };
+                        if now_phase == Phase::Stopping {
+                            return End::Shutdown;
+                        }
+                        if !draining {
+                            draining = true;
+                            if session.handle_shutdown(out) == Step::Close {
+                                closing = true;
+                                break (Ok(0), BytesMut::new());
+                            }
+                        }
+                    }
+                }
+            };
+            if closing {
+                // The timeout or shutdown reply is in `out`; the loop top sends it. The read
+                // in flight was cancelled with its buffer.
+                self.large = false;
+                self.buf = BytesMut::with_capacity(SMALL_BUFFER);
+                continue;
+            }
+            self.buf = buf;
+            match result {
+                Ok(0) => return End::PeerClosed,
+                Ok(n) => self.bytes += n as u64,
+                Err(_) => return End::ReadError,
+            }
+            if let Some(end) = self.process(session, out).await {
+                // The last replies (221, 421) go out at the loop top, then the session ends.
+                closing = true;
+                if matches!(end, End::Quit) {
+                    draining = false;
+                }
+            }
+        }
+    }
+
+    /// Feeds the received bytes to the session and carries out its steps. Returns `Some` when
+    /// the session is over (its last replies are in `out`).
+    async fn process(&mut self, session: &mut Session, out: &mut Output) -> Option<End> {
+        let mut pos = 0;
+        let now = Instant::now();
+        let end = loop {
+            let (n, step) = session.handle_input(&self.buf[pos..], now, out);
+            if !out.body.is_empty() {
+                self.write_body(session, &out.body, pos).await;
+                out.body.clear();
+            }
+            pos += n;
+            match step {
+                Step::Read => break None,
+                Step::Store => {
+                    let result = self.store(session).await;
+                    let step = match &result {
+                        Ok(id) => session.handle_stored(Ok(id.as_str()), out),
+                        Err(()) => session.handle_stored(Err(()), out),
+                    };
+                    if step == Step::Close {
+                        break Some(End::Closed);
+                    }
+                }
+                Step::Discard => self.discard().await,
+                Step::Close => break Some(End::Quit),
+            }
+        };
+        self.buf.advance(pos);
+        end
+    }
+
+    /// Writes the parts the session just produced (ranges of `buf[base..]`) to the draft,
+    /// starting the draft first if this is the message's first data.
+    async fn write_body(&mut self, session: &Session, parts: &[proto::Part], base: usize) {
+        let Some(spool) = &self.shard.spool else {
+            return;
+        };
+        if self.draft.is_none() {
+            if self.failed {
+                return;
+            }
+            self.begin(session).await;
+        }
+        if let Some(draft) = &mut self.draft {
+            let buf = std::mem::take(&mut self.buf);
+            self.buf = spool.append(draft, parts, base, buf).await;
+        }
+    }
+
+    /// Creates the spool file for the current message; a failure is remembered for a 451.
+    async fn begin(&mut self, session: &Session) {
+        let Some(spool) = &self.shard.spool else {
+            return;
+        };
+        let id = self.shard.next_id();
+        let scratch = std::mem::take(&mut self.scratch);
+        let (draft, scratch) = spool
+            .begin(id, &session.envelope(), self.peer.ip(), scratch)
+            .await;
+        self.scratch = scratch;
+        match draft {
+            Ok(draft) => self.draft = Some(draft),
+            Err(e) => {
+                log_info!("{}: spool file not created: {e}", self.peer);
+                self.failed = true;
+            }
+        }
+    }
+
+    /// Makes the message durable; returns its queue ID or `Err` for a 451.
+    async fn store(&mut self, session: &Session) -> Result<crate::spool::QueueId, ()> {
+        let Some(spool) = &self.shard.spool else {
+            // Discard delivery: accepted and dropped, but still given an ID.
+            return Ok(self.shard.next_id());
+        };
+        if self.draft.is_none() && !self.failed {
+            self.begin(session).await;
+        }
+        self.failed = false;
+        let Some(draft) = self.draft.take() else {
+            return Err(());
+        };
+        spool
+            .commit(draft)
+            .await
+            .map_err(|e| log_info!("{}: message not stored: {e}", self.peer))
+    }
+
+    /// Drops the message in progress.
+    async fn discard(&mut self) {
+        self.failed = false;
+        if let (Some(spool), Some(draft)) = (&self.shard.spool, self.draft.take()) {
+            spool.abort(draft).await;
+        }
+    }
+
+    /// Gives the connection a large buffer while data flows, a small one otherwise.
+    fn size_buffer(&mut self, data: bool) {
+        if data && !self.large {
+            let mut large = self.shard.take_large();
+            large.extend_from_slice(&self.buf);
+            self.buf = large;
+            self.large = true;
+        } else if !data && self.large && self.buf.len() <= SMALL_BUFFER / 2 {
+            let mut small = BytesMut::with_capacity(SMALL_BUFFER);
+            small.extend_from_slice(&self.buf);
+            self.shard
+                .give_large(std::mem::replace(&mut self.buf, small));
+            self.large = false;
+        }
+        let want = if self.large {
+            LARGE_BUFFER
+        } else {
+            SMALL_BUFFER
+        };
+        if self.buf.capacity() - self.buf.len() < want / 4 {
+            self.buf.reserve(want / 2);
+        }
+    }
+}
+
+/// Sleeps until `deadline`, or forever when there is none.
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,463 @@
+//! The server: start-up, shards, listeners, connection limits and graceful shutdown.
+//!
+//! `run` binds every listener (so address errors are start-up errors), prepares the spool,
+//! picks the backend, then starts one shard thread per configured shard, each pinned to its
+//! CPU, with its own runtime, its own SO_REUSEPORT listener per address, its own spool state and
+//! its own buffers. The kernel spreads connections over the shards. The only state shared
+//! between shards is per connection, never per message: the connection counters and the
+//! shutdown signal. SIGTERM/SIGINT close the listeners, answer `421 4.3.2` at the next command
+//! boundary, give transactions in flight `RINGMX_SHUTDOWN_GRACE_SECS`, then exit 0.
+
+mod conn;
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::process::ExitCode;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use bytes::BytesMut;
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::sync::{watch, Notify};
+
+use crate::config::{Backend, Delivery, ServerConfig};
+use crate::driver::{epoll::Epoll, uring, uring::Uring, Driver};
+use crate::spool::{self, IdGenerator, QueueId, Spool};
+use crate::{log_error, log_info, log_warn};
+
+/// Listen backlog of every listener (the kernel caps it at net.core.somaxconn).
+const LISTEN_BACKLOG: i32 = 4096;
+/// Receive buffer of a connection waiting for commands: small, so idle connections are cheap.
+const SMALL_BUFFER: usize = 4 * 1024;
+/// Receive buffer while message data flows.
+const LARGE_BUFFER: usize = 64 * 1024;
+/// Large buffers kept for reuse per shard; past it they are freed (the hard cap on idle memory).
+const POOLED_BUFFERS_MAX: usize = 256;
+
+/// Where shutdown stands; sent to every shard and connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Phase {
+    Running,
+    /// Stop accepting; sessions end at their next command boundary.
+    Draining,
+    /// The grace period is over: close everything now.
+    Stopping,
+}
+
+/// Counters shared by all shards (touched once per connection, never per message).
+pub(crate) struct Shared {
+    connections: AtomicUsize,
+    per_ip: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// What a connection holds while it counts against the limits; releases them when dropped.
+pub(crate) struct Admission<'a> {
+    shared: &'a Shared,
+    ip: Option<IpAddr>,
+}
+
+impl Drop for Admission<'_> {
+    fn drop(&mut self) {
+        self.shared.connections.fetch_sub(1, Ordering::Relaxed);
+        if let Some(ip) = self.ip {
+            let mut per_ip = self.shared.per_ip.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(count) = per_ip.get_mut(&ip) {
+                *count -= 1;
+                if *count == 0 {
+                    per_ip.remove(&ip);
+                }
+            }
+        }
+    }
+}
+
+/// Why a connection was refused at accept time.
+pub(crate) enum Refused {
+    TooManyConnections,
+    TooManyFromAddress,
+}
+
+impl Shared {
+    /// Counts a new connection against the server-wide and per-address limits.
+    fn admit(&self, config: &ServerConfig, ip: IpAddr) -> Result<Admission<'_>, Refused> {
+        let total = self.connections.fetch_add(1, Ordering::Relaxed) + 1;
+        let mut admission = Admission {
+            shared: self,
+            ip: None,
+        };
+        if total > config.max_connections {
+            return Err(Refused::TooManyConnections);
+        }
+        let ip = canonical(ip);
+        if !config.limit_exempt.iter().any(|net| net.contains(ip)) {
+            let mut per_ip = self.per_ip.lock().unwrap_or_else(|e| e.into_inner());
+            let count = per_ip.entry(ip).or_insert(0);
+            *count += 1;
+            admission.ip = Some(ip);
+            if *count > config.max_connections_per_ip {
+                return Err(Refused::TooManyFromAddress);
+            }
+        }
+        Ok(admission)
+    }
+}
+
+/// An IPv4-mapped IPv6 address as the IPv4 address it is.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// One shard's state, shared by its connection tasks (single-threaded, hence `Rc`/`Cell`).
+pub(crate) struct Shard<D: Driver> {
+    pub id: usize,
+    pub config: Arc<ServerConfig>,
+    pub session_config: Arc<crate::proto::Config>,
+    pub shared: Arc<Shared>,
+    pub spool: Option<Spool<D>>,
+    pub phase: watch::Receiver<Phase>,
+    pool: RefCell<Vec<BytesMut>>,
+    ids: RefCell<IdGenerator>,
+    active: Cell<usize>,
+    idle: Notify,
+}
+
+impl<D: Driver> Shard<D> {
+    /// A fresh queue ID from this shard.
+    pub fn next_id(&self) -> QueueId {
+        self.ids.borrow_mut().next(std::time::SystemTime::now())
+    }
+
+    /// A large receive buffer from the pool (or a new one).
+    pub fn take_large(&self) -> BytesMut {
+        self.pool
+            .borrow_mut()
+            .pop()
+            .unwrap_or_else(|| BytesMut::with_capacity(LARGE_BUFFER))
+    }
+
+    /// Returns a large buffer to the pool (dropped when the pool is full).
+    pub fn give_large(&self, mut buf: BytesMut) {
+        let mut pool = self.pool.borrow_mut();
+        if pool.len() < POOLED_BUFFERS_MAX && buf.capacity() >= LARGE_BUFFER {
+            buf.clear();
+            pool.push(buf);
+        }
+    }
+}
+
+/// Starts the server and blocks until it has shut down. Returns the process exit status.
+pub fn run(config: ServerConfig) -> ExitCode {
+    crate::log::set_level(config.log_level);
+    let backend = match choose_backend(&config) {
+        Ok(backend) => backend,
+        Err(line) => {
+            log_error!("{line}");
+            return ExitCode::from(1);
+        }
+    };
+    let listeners = match bind_all(&config) {
+        Ok(listeners) => listeners,
+        Err(line) => {
+            log_error!("{line}");
+            return ExitCode::from(1);
+        }
+    };
+    if config.delivery == Delivery::Maildir {
+        match spool::prepare(&config.spool) {
+            Ok(0) => {}
+            Ok(n) => log_info!(
+                "removed {n} stale file(s) from {}",
+                config.spool.join("tmp").display()
+            ),
+            Err(e) => {
+                log_error!("spool {}: {e}", config.spool.display());
+                return ExitCode::from(1);
+            }
+        }
+    }
+    let bound: Vec<String> = listeners[0]
+        .iter()
+        .filter_map(|l| l.local_addr().ok())
+        .map(|a| a.to_string())
+        .collect();
+    log_info!(
+        "ringmx starting: backend {backend}, {} shard(s), pin {}, listening on {}, spool {}, delivery {}, fsync {}",
+        config.shards,
+        if config.pin { "on" } else { "off" },
+        bound.join(","),
+        config.spool.display(),
+        config.delivery.as_str(),
+        if config.fsync { "on" } else { "off" },
+    );
+
+    let config = Arc::new(config);
+    let shared = Arc::new(Shared {
+        connections: AtomicUsize::new(0),
+        per_ip: Mutex::new(HashMap::new()),
+    });
+    let (phase_tx, phase_rx) = watch::channel(Phase::Running);
+    let signals = match signal_hook::iterator::Signals::new([libc::SIGTERM, libc::SIGINT]) {
+        Ok(signals) => signals,
+        Err(e) => {
+            log_error!("cannot install signal handlers: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let (done_tx, done_rx) = crossbeam_channel::unbounded::<(usize, io::Result<()>)>();
+    let mut threads = Vec::new();
+    for (id, shard_listeners) in listeners.into_iter().enumerate() {
+        let config = Arc::clone(&config);
+        let shared = Arc::clone(&shared);
+        let phase = phase_rx.clone();
+        let done = done_tx.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("ringmx-shard-{id}"))
+            .spawn(move || {
+                if config.pin && !config.cpus.is_empty() {
+                    pin_to_cpu(config.cpus[id % config.cpus.len()]);
+                }
+                let result = match backend {
+                    "uring" => run_shard::<Uring>(id, config, shared, phase, shard_listeners),
+                    _ => run_shard::<Epoll>(id, config, shared, phase, shard_listeners),
+                };
+                let _ = done.send((id, result));
+            });
+        match spawned {
+            Ok(handle) => threads.push(handle),
+            Err(e) => {
+                log_error!("cannot start shard thread {id}: {e}");
+                return ExitCode::from(1);
+            }
+        }
+    }
+    drop(done_tx);
+
+    // Wait for a signal, or for a shard to die on its own.
+    let mut exit = ExitCode::SUCCESS;
+    let signal_handle = signals.handle();
+    let phase_for_signals = phase_tx.clone();
+    let grace = config.shutdown_grace;
+    let signal_thread = std::thread::spawn(move || {
+        let mut signals = signals;
+        if let Some(signal) = signals.forever().next() {
+            log_info!("signal {signal}: draining (grace {} s)", grace.as_secs());
+            let _ = phase_for_signals.send(Phase::Draining);
+            let deadline = Instant::now() + grace;
+            // A second signal, or the end of the grace period, stops everything.
+            loop {
+                if Instant::now() >= deadline || signals.pending().next().is_some() {
+                    let _ = phase_for_signals.send(Phase::Stopping);
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
+                if *phase_for_signals.borrow() == Phase::Stopping {
+                    break;
+                }
+            }
+        }
+    });
+    let mut finished = 0;
+    while finished < threads.len() {
+        match done_rx.recv() {
+            Ok((id, result)) => {
+                finished += 1;
+                if let Err(e) = result {
+                    log_error!("shard {id} failed: {e}");
+                    exit = ExitCode::from(1);
+                    let _ = phase_tx.send(Phase::Stopping);
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    let _ = phase_tx.send(Phase::Stopping);
+    signal_handle.close();
+    let _ = signal_thread.join();
+    for thread in threads {
+        let _ = thread.join();
+    }
+    log_info!("ringmx stopped");
+    exit
+}
+
+/// Picks the backend the configuration asks for; `auto` falls back to epoll with a warning.
+fn choose_backend(config: &ServerConfig) -> Result<&'static str, String> {
+    match config.backend {
+        Backend::Epoll => Ok(Epoll::NAME),
+        Backend::Uring => uring::probe(config.ring_entries)
+            .map(|()| Uring::NAME)
+            .map_err(|e| {
+                format!(
+                    "RINGMX_BACKEND=uring: io_uring cannot be set up: {e}{}",
+                    uring_hint(&e)
+                )
+            }),
+        Backend::Auto => match uring::probe(config.ring_entries) {
+            Ok(()) => Ok(Uring::NAME),
+            Err(e) => {
+                log_warn!(
+                    "io_uring cannot be set up ({e}{}); running on epoll",
+                    uring_hint(&e)
+                );
+                Ok(Epoll::NAME)
+            }
+        },
+    }
+}
+
+/// Says why io_uring is commonly refused.
+fn uring_hint(error: &io::Error) -> &'static str {
+    match error.raw_os_error() {
+        Some(libc::ENOSYS) => ": the kernel has no io_uring (older than 5.1) or a seccomp profile blocks it",
+        Some(libc::EPERM) => ": kernel.io_uring_disabled or a seccomp profile (e.g. a container runtime's default) forbids it",
+        Some(libc::ENOMEM) => ": locked-memory limit too low (ulimit -l) for the ring size",
+        _ => "",
+    }
+}
+
+/// Binds one listener per shard per address, all with SO_REUSEPORT. The first shard's bind of
+/// a port-0 address fixes the port the others use.
+fn bind_all(config: &ServerConfig) -> Result<Vec<Vec<std::net::TcpListener>>, String> {
+    let mut per_shard: Vec<Vec<std::net::TcpListener>> =
+        (0..config.shards).map(|_| Vec::new()).collect();
+    for &addr in &config.listen {
+        let mut resolved = addr;
+        for shard in per_shard.iter_mut() {
+            let listener = bind(resolved)
+                .map_err(|e| format!("RINGMX_LISTEN: cannot listen on {addr}: {e}"))?;
+            resolved = listener
+                .local_addr()
+                .map_err(|e| format!("RINGMX_LISTEN: {addr}: {e}"))?;
+            shard.push(listener);
+        }
+    }
+    Ok(per_shard)
+}
+
+/// Builds a listening socket with every option set explicitly.
+fn bind(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    // Restart without waiting for TIME_WAIT to clear.
+    socket.set_reuse_address(true)?;
+    // One listener per shard on the same address; the kernel spreads connections.
+    socket.set_reuse_port(true)?;
+    if addr.is_ipv6() {
+        // `[::]` must not also take IPv4: `0.0.0.0` is listed separately when wanted.
+        socket.set_only_v6(true)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    Ok(socket.into())
+}
+
+/// Pins the calling thread to one CPU (failure only costs locality, so it is logged).
+fn pin_to_cpu(cpu: usize) {
+    // SAFETY: `set` is a plain bit set on the stack, zeroed then filled with CPU_SET for a CPU
+    // index the kernel reported as allowed; sched_setaffinity only reads it.
+    let result = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)
+    };
+    if result != 0 {
+        log_warn!(
+            "cannot pin shard to CPU {cpu}: {}",
+            io::Error::last_os_error()
+        );
+    }
+}
+
+/// Runs one shard: its runtime, its listeners' accept loops and its connections.
+fn run_shard<D: Driver>(
+    id: usize,
+    config: Arc<ServerConfig>,
+    shared: Arc<Shared>,
+    phase: watch::Receiver<Phase>,
+    listeners: Vec<std::net::TcpListener>,
+) -> io::Result<()> {
+    D::block_on(config.ring_entries, async move {
+        let spool = match config.delivery {
+            Delivery::Maildir => Some(Spool::<D>::open(
+                &config.spool,
+                config.fsync,
+                &config.session.hostname,
+            )?),
+            Delivery::Discard => None,
+        };
+        let shard = Rc::new(Shard {
+            id,
+            session_config: Arc::new(config.session.clone()),
+            config,
+            shared,
+            spool,
+            phase,
+            pool: RefCell::new(Vec::new()),
+            ids: RefCell::new(IdGenerator::new(id)),
+            active: Cell::new(0),
+            idle: Notify::new(),
+        });
+        let mut accepting = Vec::new();
+        for listener in listeners {
+            let listener = D::listener(listener)?;
+            let shard = Rc::clone(&shard);
+            let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel::<()>();
+            accepting.push(stopped_rx);
+            D::spawn(async move {
+                accept_loop(listener, shard).await;
+                let _ = stopped_tx.send(());
+            });
+        }
+        for stopped in accepting {
+            let _ = stopped.await;
+        }
+        // Listeners are closed; wait for the connections (they obey the phase themselves).
+        while shard.active.get() > 0 {
+            let idle = shard.idle.notified();
+            if shard.active.get() == 0 {
+                break;
+            }
+            idle.await;
+        }
+        Ok(())
+    })?
+}
+
+/// Accepts connections until shutdown begins, then drops the listener.
+async fn accept_loop<D: Driver>(listener: D::Listener, shard: Rc<Shard<D>>) {
+    let mut phase = shard.phase.clone();
+    loop {
+        if *phase.borrow() != Phase::Running {
+            return;
+        }
+        let accepted = tokio::select! {
+            accepted = D::accept(&listener) => accepted,
+            _ = phase.changed() => continue,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let shard = Rc::clone(&shard);
+                shard.active.set(shard.active.get() + 1);
+                D::spawn(async move {
+                    conn::serve(stream, peer, &shard).await;
+                    shard.active.set(shard.active.get() - 1);
+                    if shard.active.get() == 0 {
+                        shard.idle.notify_waiters();
+                    }
+                });
+            }
+            Err(e) => {
+                // EMFILE and friends: back off briefly rather than spin.
+                log_warn!("shard {}: accept failed: {e}", shard.id);
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
