@@ -85,7 +85,8 @@ pub struct Args {
     #[arg(long, value_name = "N[/s]")]
     pub rate: Option<String>,
 
-    /// Envelope sender; {n} becomes a counter 0..1023, so the set of senders is precomputed.
+    /// Envelope sender; a lowercase n in curly braces becomes a counter 0..1023 (1024 precomputed
+    /// senders, as in the default); without it every message has the same sender.
     #[arg(
         long,
         default_value = "loadgen{n}@loadgen.example",
@@ -93,7 +94,8 @@ pub struct Args {
     )]
     pub from: String,
 
-    /// Envelope recipient; {n} becomes a counter 0..1023 (each recipient of a message differs).
+    /// Envelope recipient; a lowercase n in curly braces becomes a counter 0..1023, so the
+    /// recipients of one message differ (up to 1024).
     #[arg(long, default_value = "user{n}@example.com", value_name = "TEMPLATE")]
     pub to: String,
 

@@ -64,7 +64,11 @@ pub fn probe(
             ehlo_lines.join(" / ")
         )));
     }
-    let caps: Vec<String> = ehlo_lines.into_iter().skip(1).collect();
+    let caps: Vec<String> = ehlo_lines
+        .into_iter()
+        .skip(1)
+        .filter(|c| !c.trim().is_empty())
+        .collect();
     let has = |kw: &str| {
         caps.iter().any(|c| {
             c.split_ascii_whitespace()

@@ -6,7 +6,7 @@ use crate::cli::Settings;
 use crate::run::Outcome;
 use crate::stats::ThreadStats;
 use base64::Engine;
-use hdrhistogram::serialization::{Serializer, V2Serializer};
+use hdrhistogram::serialization::{Serializer, V2DeflateSerializer};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -54,10 +54,10 @@ fn percentiles(h: &Histogram<u64>) -> Percentiles {
     }
 }
 
-/// Base64 of the HdrHistogram V2 encoding of `h` (uncompressed).
+/// Base64 of the compressed HdrHistogram V2 encoding of `h` (as in HdrHistogram log files).
 fn encode(h: &Histogram<u64>) -> String {
     let mut buf = Vec::new();
-    match V2Serializer::new().serialize(h, &mut buf) {
+    match V2DeflateSerializer::new().serialize(h, &mut buf) {
         Ok(_) => base64::engine::general_purpose::STANDARD.encode(&buf),
         Err(_) => String::new(),
     }
@@ -374,4 +374,27 @@ pub fn write_json(path: &Path, s: &Settings, o: &Outcome) -> std::io::Result<()>
     };
     let text = serde_json::to_string_pretty(&r).map_err(std::io::Error::other)?;
     std::fs::write(path, text + "\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_encoding_round_trips() {
+        let mut h = crate::stats::new_histogram();
+        for v in [1, 250, 1000, 1001, 50_000, 7_000_000] {
+            h.record(v).unwrap();
+        }
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(encode(&h))
+            .unwrap();
+        assert_eq!(&bytes[..4], &[0x1c, 0x84, 0x93, 0x14]);
+        let back: Histogram<u64> = hdrhistogram::serialization::Deserializer::new()
+            .deserialize(&mut &bytes[..])
+            .unwrap();
+        assert_eq!(back.len(), 6);
+        assert_eq!(back.value_at_quantile(0.5), h.value_at_quantile(0.5));
+        assert_eq!(back.max(), h.max());
+    }
 }
