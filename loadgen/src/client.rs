@@ -134,7 +134,7 @@ impl Slot {
         while !self.stopping(Instant::now()) {
             let t_conn = Instant::now();
             let measured = t_conn >= plan.measure_start;
-            self.rd = ReplyReader::new(0);
+            self.rd.reset();
             self.out.clear();
             let mut stream = match self.connect(addr).await {
                 Ok(s) => {

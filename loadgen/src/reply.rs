@@ -40,6 +40,12 @@ impl ReplyReader {
         }
     }
 
+    /// Forgets buffered bytes (a new session on the same buffer).
+    pub fn reset(&mut self) {
+        self.start = 0;
+        self.end = 0;
+    }
+
     /// Takes the next complete reply off the buffer, or `Ok(None)` if more bytes are needed.
     pub fn next_reply(&mut self) -> Result<Option<Reply>, ReplyError> {
         let mut pos = self.start;
