@@ -9,6 +9,7 @@
 //! outside this one names tokio-uring or tokio's network types.
 
 pub mod epoll;
+pub mod faulty;
 pub mod uring;
 
 use std::future::Future;
@@ -70,6 +71,10 @@ pub trait Driver: Sized + 'static {
     ) -> io::Result<()>;
     /// Flushes the file's data and metadata to stable storage.
     async fn sync(file: &Self::File) -> io::Result<()>;
+    /// Flushes a directory opened with `open_dir` (its entries: renames into it).
+    async fn sync_dir(dir: &Self::File) -> io::Result<()> {
+        Self::sync(dir).await
+    }
     /// Closes the file, reporting any error.
     async fn close(file: Self::File) -> io::Result<()>;
     /// Renames `from` to `to` (atomically, same file system).

@@ -155,20 +155,104 @@ impl<D: Driver> Shard<D> {
 /// Starts the server and blocks until it has shut down. Returns the process exit status.
 pub fn run(config: ServerConfig) -> ExitCode {
     crate::log::set_level(config.log_level);
-    let backend = match choose_backend(&config) {
-        Ok(backend) => backend,
+    let started = match choose_backend(&config) {
+        Ok(Uring::NAME) => start::<Uring>(config),
+        Ok(_) => start::<Epoll>(config),
+        Err(line) => Err(line),
+    };
+    let server = match started {
+        Ok(server) => server,
         Err(line) => {
             log_error!("{line}");
             return ExitCode::from(1);
         }
     };
-    let listeners = match bind_all(&config) {
-        Ok(listeners) => listeners,
-        Err(line) => {
-            log_error!("{line}");
+    let signals = match signal_hook::iterator::Signals::new([libc::SIGTERM, libc::SIGINT]) {
+        Ok(signals) => signals,
+        Err(e) => {
+            log_error!("cannot install signal handlers: {e}");
+            server.stop();
+            let _ = server.join();
             return ExitCode::from(1);
         }
     };
+    let signal_handle = signals.handle();
+    let phase = server.phase.clone();
+    let grace = server.grace;
+    let signal_thread = std::thread::spawn(move || {
+        let mut signals = signals;
+        if let Some(signal) = signals.forever().next() {
+            log_info!("signal {signal}: draining (grace {} s)", grace.as_secs());
+            let _ = phase.send(Phase::Draining);
+            let deadline = Instant::now() + grace;
+            // A second signal, or the end of the grace period, stops everything.
+            while Instant::now() < deadline && *phase.borrow() != Phase::Stopping {
+                if signals.pending().next().is_some() {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            let _ = phase.send(Phase::Stopping);
+        }
+    });
+    let ok = server.join();
+    signal_handle.close();
+    let _ = signal_thread.join();
+    log_info!("ringmx stopped");
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
+/// A started server: its shard threads and the handle that shuts it down.
+pub struct Running {
+    /// The addresses listened on (port 0 resolved), in `RINGMX_LISTEN` order.
+    pub addrs: Vec<SocketAddr>,
+    phase: watch::Sender<Phase>,
+    grace: std::time::Duration,
+    done: crossbeam_channel::Receiver<(usize, io::Result<()>)>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Running {
+    /// Begins a graceful shutdown (as SIGTERM does); `stop` ends the grace period.
+    pub fn shutdown(&self) {
+        let _ = self.phase.send(Phase::Draining);
+    }
+
+    /// Stops everything now: sessions are closed, unfinished messages removed.
+    pub fn stop(&self) {
+        let _ = self.phase.send(Phase::Stopping);
+    }
+
+    /// Waits for every shard to finish. False when a shard failed.
+    pub fn join(self) -> bool {
+        let mut ok = true;
+        for _ in 0..self.threads.len() {
+            match self.done.recv() {
+                Ok((_, Ok(()))) => {}
+                Ok((id, Err(e))) => {
+                    log_error!("shard {id} failed: {e}");
+                    ok = false;
+                    let _ = self.phase.send(Phase::Stopping);
+                }
+                Err(_) => break,
+            }
+        }
+        let _ = self.phase.send(Phase::Stopping);
+        for thread in self.threads {
+            ok &= thread.join().is_ok();
+        }
+        ok
+    }
+}
+
+/// Binds the listeners, prepares the spool, logs the first line and starts the shards on
+/// driver `D`. Errors are start-up errors, as one line.
+pub fn start<D: Driver>(config: ServerConfig) -> Result<Running, String> {
+    let listeners = bind_all(&config)?;
     if config.delivery == Delivery::Maildir {
         match spool::prepare(&config.spool) {
             Ok(0) => {}
@@ -176,40 +260,32 @@ pub fn run(config: ServerConfig) -> ExitCode {
                 "removed {n} stale file(s) from {}",
                 config.spool.join("tmp").display()
             ),
-            Err(e) => {
-                log_error!("spool {}: {e}", config.spool.display());
-                return ExitCode::from(1);
-            }
+            Err(e) => return Err(format!("RINGMX_SPOOL: {}: {e}", config.spool.display())),
         }
     }
-    let bound: Vec<String> = listeners[0]
+    let addrs: Vec<SocketAddr> = listeners[0]
         .iter()
         .filter_map(|l| l.local_addr().ok())
-        .map(|a| a.to_string())
         .collect();
+    let shown: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
     log_info!(
-        "ringmx starting: backend {backend}, {} shard(s), pin {}, listening on {}, spool {}, delivery {}, fsync {}",
+        "ringmx starting: backend {}, {} shard(s), pin {}, listening on {}, spool {}, delivery {}, fsync {}",
+        D::NAME,
         config.shards,
         if config.pin { "on" } else { "off" },
-        bound.join(","),
+        shown.join(","),
         config.spool.display(),
         config.delivery.as_str(),
         if config.fsync { "on" } else { "off" },
     );
 
+    let grace = config.shutdown_grace;
     let config = Arc::new(config);
     let shared = Arc::new(Shared {
         connections: AtomicUsize::new(0),
         per_ip: Mutex::new(HashMap::new()),
     });
     let (phase_tx, phase_rx) = watch::channel(Phase::Running);
-    let signals = match signal_hook::iterator::Signals::new([libc::SIGTERM, libc::SIGINT]) {
-        Ok(signals) => signals,
-        Err(e) => {
-            log_error!("cannot install signal handlers: {e}");
-            return ExitCode::from(1);
-        }
-    };
     let (done_tx, done_rx) = crossbeam_channel::unbounded::<(usize, io::Result<()>)>();
     let mut threads = Vec::new();
     for (id, shard_listeners) in listeners.into_iter().enumerate() {
@@ -223,68 +299,24 @@ pub fn run(config: ServerConfig) -> ExitCode {
                 if config.pin && !config.cpus.is_empty() {
                     pin_to_cpu(config.cpus[id % config.cpus.len()]);
                 }
-                let result = match backend {
-                    "uring" => run_shard::<Uring>(id, config, shared, phase, shard_listeners),
-                    _ => run_shard::<Epoll>(id, config, shared, phase, shard_listeners),
-                };
+                let result = run_shard::<D>(id, config, shared, phase, shard_listeners);
                 let _ = done.send((id, result));
             });
         match spawned {
             Ok(handle) => threads.push(handle),
             Err(e) => {
-                log_error!("cannot start shard thread {id}: {e}");
-                return ExitCode::from(1);
+                let _ = phase_tx.send(Phase::Stopping);
+                return Err(format!("cannot start shard thread {id}: {e}"));
             }
         }
     }
-    drop(done_tx);
-
-    // Wait for a signal, or for a shard to die on its own.
-    let mut exit = ExitCode::SUCCESS;
-    let signal_handle = signals.handle();
-    let phase_for_signals = phase_tx.clone();
-    let grace = config.shutdown_grace;
-    let signal_thread = std::thread::spawn(move || {
-        let mut signals = signals;
-        if let Some(signal) = signals.forever().next() {
-            log_info!("signal {signal}: draining (grace {} s)", grace.as_secs());
-            let _ = phase_for_signals.send(Phase::Draining);
-            let deadline = Instant::now() + grace;
-            // A second signal, or the end of the grace period, stops everything.
-            loop {
-                if Instant::now() >= deadline || signals.pending().next().is_some() {
-                    let _ = phase_for_signals.send(Phase::Stopping);
-                    break;
-                }
-                std::thread::sleep(std::time::Duration::from_millis(50));
-                if *phase_for_signals.borrow() == Phase::Stopping {
-                    break;
-                }
-            }
-        }
-    });
-    let mut finished = 0;
-    while finished < threads.len() {
-        match done_rx.recv() {
-            Ok((id, result)) => {
-                finished += 1;
-                if let Err(e) = result {
-                    log_error!("shard {id} failed: {e}");
-                    exit = ExitCode::from(1);
-                    let _ = phase_tx.send(Phase::Stopping);
-                }
-            }
-            Err(_) => break,
-        }
-    }
-    let _ = phase_tx.send(Phase::Stopping);
-    signal_handle.close();
-    let _ = signal_thread.join();
-    for thread in threads {
-        let _ = thread.join();
-    }
-    log_info!("ringmx stopped");
-    exit
+    Ok(Running {
+        addrs,
+        phase: phase_tx,
+        grace,
+        done: done_rx,
+        threads,
+    })
 }
 
 /// Picks the backend the configuration asks for; `auto` falls back to epoll with a warning.

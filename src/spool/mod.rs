@@ -319,7 +319,7 @@ impl<D: Driver> Spool<D> {
             }
             self.syncing.set(true);
             let target = self.renames.get();
-            let result = D::sync(&self.new_dir).await;
+            let result = D::sync_dir(&self.new_dir).await;
             self.syncing.set(false);
             match &result {
                 Ok(()) => self.synced.set(self.synced.get().max(target)),

@@ -1,0 +1,208 @@
+//! A fault-injecting driver for tests: wraps another driver and makes chosen file operations
+//! fail with ENOSPC or EIO — at the n-th call of an operation, or at random from a seed — as a
+//! full or failing disk would. It is a separate type, so the real drivers pay nothing for it;
+//! tests start the server with `server::start::<Faulty<Epoll>>` after `set_plan`.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::os::fd::RawFd;
+use std::path::Path;
+use std::sync::Mutex;
+
+use bytes::BytesMut;
+
+use super::{BufResult, Driver};
+
+/// A file operation that can be made to fail.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FileOp {
+    Create,
+    Write,
+    Sync,
+    Rename,
+    SyncDir,
+}
+
+const OPS: usize = 5;
+
+/// Which operations fail, and how.
+#[derive(Clone, Debug, Default)]
+pub struct Plan {
+    /// Seed of the random failures (xorshift64*; 0 is replaced by a fixed odd constant).
+    pub seed: u64,
+    /// Per operation, the chance of failing in parts per thousand.
+    pub per_mille: [u16; OPS],
+    /// Fail exactly the n-th call (1-based) of this operation.
+    pub nth: Option<(FileOp, u64)>,
+    /// Fail with EIO instead of ENOSPC.
+    pub eio: bool,
+}
+
+/// What the plan did so far.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Counts {
+    /// Calls per operation.
+    pub calls: [u64; OPS],
+    /// Injected failures per operation.
+    pub failed: [u64; OPS],
+}
+
+struct State {
+    plan: Plan,
+    rng: u64,
+    counts: Counts,
+}
+
+static STATE: Mutex<Option<State>> = Mutex::new(None);
+
+/// Installs a plan for every `Faulty` driver in the process (and resets the counts).
+pub fn set_plan(plan: Plan) {
+    let rng = if plan.seed == 0 {
+        0x9E37_79B9_7F4A_7C15
+    } else {
+        plan.seed
+    };
+    *STATE.lock().unwrap_or_else(|e| e.into_inner()) = Some(State {
+        plan,
+        rng,
+        counts: Counts::default(),
+    });
+}
+
+/// The counts since the last `set_plan`.
+pub fn counts() -> Counts {
+    STATE
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .as_ref()
+        .map_or_else(Counts::default, |s| s.counts)
+}
+
+/// Decides whether this call of `op` fails, and with which error.
+fn inject(op: FileOp) -> io::Result<()> {
+    let mut guard = STATE.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(state) = guard.as_mut() else {
+        return Ok(());
+    };
+    let i = op as usize;
+    state.counts.calls[i] += 1;
+    let nth = state
+        .plan
+        .nth
+        .is_some_and(|(o, n)| o == op && n == state.counts.calls[i]);
+    // xorshift64*: enough randomness to vary the failure points from seed to seed.
+    state.rng ^= state.rng >> 12;
+    state.rng ^= state.rng << 25;
+    state.rng ^= state.rng >> 27;
+    let roll = (state.rng.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 33) % 1000;
+    if nth || roll < u64::from(state.plan.per_mille[i]) {
+        state.counts.failed[i] += 1;
+        let errno = if state.plan.eio {
+            libc::EIO
+        } else {
+            libc::ENOSPC
+        };
+        return Err(io::Error::from_raw_os_error(errno));
+    }
+    Ok(())
+}
+
+/// A driver whose file operations fail as the installed `Plan` says.
+pub struct Faulty<D>(std::marker::PhantomData<D>);
+
+impl<D: Driver> Driver for Faulty<D> {
+    type Listener = D::Listener;
+    type Stream = D::Stream;
+    type File = D::File;
+    const NAME: &'static str = D::NAME;
+
+    fn block_on<F: Future>(ring_entries: u32, future: F) -> io::Result<F::Output> {
+        D::block_on(ring_entries, future)
+    }
+
+    fn spawn<F: Future<Output = ()> + 'static>(future: F) {
+        D::spawn(future)
+    }
+
+    fn listener(listener: std::net::TcpListener) -> io::Result<Self::Listener> {
+        D::listener(listener)
+    }
+
+    async fn accept(listener: &Self::Listener) -> io::Result<(Self::Stream, SocketAddr)> {
+        D::accept(listener).await
+    }
+
+    fn stream_fd(stream: &Self::Stream) -> RawFd {
+        D::stream_fd(stream)
+    }
+
+    async fn read(stream: &Self::Stream, buf: BytesMut) -> BufResult<usize, BytesMut> {
+        D::read(stream, buf).await
+    }
+
+    async fn write_all(stream: &Self::Stream, buf: Vec<u8>) -> BufResult<(), Vec<u8>> {
+        D::write_all(stream, buf).await
+    }
+
+    async fn create(path: &Path) -> io::Result<Self::File> {
+        inject(FileOp::Create)?;
+        D::create(path).await
+    }
+
+    fn open_dir(path: &Path) -> io::Result<Self::File> {
+        D::open_dir(path)
+    }
+
+    async fn write_at(
+        file: &Self::File,
+        buf: BytesMut,
+        range: Range<usize>,
+        offset: u64,
+    ) -> BufResult<(), BytesMut> {
+        if let Err(e) = inject(FileOp::Write) {
+            return (Err(e), buf);
+        }
+        D::write_at(file, buf, range, offset).await
+    }
+
+    async fn write_vec_at(file: &Self::File, buf: Vec<u8>, offset: u64) -> BufResult<(), Vec<u8>> {
+        if let Err(e) = inject(FileOp::Write) {
+            return (Err(e), buf);
+        }
+        D::write_vec_at(file, buf, offset).await
+    }
+
+    async fn write_static_at(
+        file: &Self::File,
+        bytes: &'static [u8],
+        offset: u64,
+    ) -> io::Result<()> {
+        inject(FileOp::Write)?;
+        D::write_static_at(file, bytes, offset).await
+    }
+
+    async fn sync(file: &Self::File) -> io::Result<()> {
+        inject(FileOp::Sync)?;
+        D::sync(file).await
+    }
+
+    async fn sync_dir(dir: &Self::File) -> io::Result<()> {
+        inject(FileOp::SyncDir)?;
+        D::sync_dir(dir).await
+    }
+
+    async fn close(file: Self::File) -> io::Result<()> {
+        D::close(file).await
+    }
+
+    async fn rename(from: &Path, to: &Path) -> io::Result<()> {
+        inject(FileOp::Rename)?;
+        D::rename(from, to).await
+    }
+
+    async fn remove(path: &Path) -> io::Result<()> {
+        D::remove(path).await
+    }
+}
