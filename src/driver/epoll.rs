@@ -51,7 +51,10 @@ impl Driver for Epoll {
     }
 
     async fn accept(listener: &Self::Listener) -> io::Result<(Self::Stream, SocketAddr)> {
-        listener.accept().await
+        let (stream, peer) = listener.accept().await?;
+        // Replies are whole and flushed on purpose; Nagle would hold them for an ACK.
+        stream.set_nodelay(true)?;
+        Ok((stream, peer))
     }
 
     fn stream_fd(stream: &Self::Stream) -> RawFd {

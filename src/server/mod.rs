@@ -183,7 +183,7 @@ pub fn run(config: ServerConfig) -> ExitCode {
         let mut signals = signals;
         if let Some(signal) = signals.forever().next() {
             log_info!("signal {signal}: draining (grace {} s)", grace.as_secs());
-            let _ = phase.send(Phase::Draining);
+            let _ = phase.send_replace(Phase::Draining);
             let deadline = Instant::now() + grace;
             // A second signal, or the end of the grace period, stops everything.
             while Instant::now() < deadline && *phase.borrow() != Phase::Stopping {
@@ -192,7 +192,7 @@ pub fn run(config: ServerConfig) -> ExitCode {
                 }
                 std::thread::sleep(std::time::Duration::from_millis(50));
             }
-            let _ = phase.send(Phase::Stopping);
+            let _ = phase.send_replace(Phase::Stopping);
         }
     });
     let ok = server.join();
@@ -219,12 +219,12 @@ pub struct Running {
 impl Running {
     /// Begins a graceful shutdown (as SIGTERM does); `stop` ends the grace period.
     pub fn shutdown(&self) {
-        let _ = self.phase.send(Phase::Draining);
+        let _ = self.phase.send_replace(Phase::Draining);
     }
 
     /// Stops everything now: sessions are closed, unfinished messages removed.
     pub fn stop(&self) {
-        let _ = self.phase.send(Phase::Stopping);
+        let _ = self.phase.send_replace(Phase::Stopping);
     }
 
     /// Waits for every shard to finish. False when a shard failed.
@@ -236,12 +236,12 @@ impl Running {
                 Ok((id, Err(e))) => {
                     log_error!("shard {id} failed: {e}");
                     ok = false;
-                    let _ = self.phase.send(Phase::Stopping);
+                    let _ = self.phase.send_replace(Phase::Stopping);
                 }
                 Err(_) => break,
             }
         }
-        let _ = self.phase.send(Phase::Stopping);
+        let _ = self.phase.send_replace(Phase::Stopping);
         for thread in self.threads {
             ok &= thread.join().is_ok();
         }
@@ -305,7 +305,7 @@ pub fn start<D: Driver>(config: ServerConfig) -> Result<Running, String> {
         match spawned {
             Ok(handle) => threads.push(handle),
             Err(e) => {
-                let _ = phase_tx.send(Phase::Stopping);
+                let _ = phase_tx.send_replace(Phase::Stopping);
                 return Err(format!("cannot start shard thread {id}: {e}"));
             }
         }
