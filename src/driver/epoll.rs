@@ -152,4 +152,41 @@ impl Driver for Epoll {
         let path = path.to_path_buf();
         blocking(move || std::fs::remove_file(path)).await
     }
+
+    async fn create_with(path: &Path, head: Vec<u8>) -> BufResult<Self::File, Vec<u8>> {
+        let path = path.to_path_buf();
+        blocking(move || {
+            let created = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&path);
+            let file = match created {
+                Ok(file) => file,
+                Err(e) => return (Err(e), head),
+            };
+            match file.write_all_at(&head, 0) {
+                Ok(()) => (Ok(Arc::new(file)), head),
+                Err(e) => {
+                    drop(file);
+                    let _ = std::fs::remove_file(&path);
+                    (Err(e), head)
+                }
+            }
+        })
+        .await
+    }
+
+    async fn persist(file: Self::File, sync: bool, from: &Path, to: &Path) -> io::Result<()> {
+        let (from, to) = (from.to_path_buf(), to.to_path_buf());
+        blocking(move || {
+            let synced = if sync { file.sync_all() } else { Ok(()) };
+            drop(file);
+            let renamed = synced.and_then(|()| std::fs::rename(&from, &to));
+            if renamed.is_err() {
+                let _ = std::fs::remove_file(&from);
+            }
+            renamed
+        })
+        .await
+    }
 }

@@ -81,6 +81,43 @@ pub trait Driver: Sized + 'static {
     async fn rename(from: &Path, to: &Path) -> io::Result<()>;
     /// Removes a file.
     async fn remove(path: &Path) -> io::Result<()>;
+
+    /// Creates a new file and writes `head` at its start, as one step for drivers that pay per
+    /// operation (epoll's hand-off to a blocking thread). On error nothing is left at `path`.
+    async fn create_with(path: &Path, head: Vec<u8>) -> BufResult<Self::File, Vec<u8>> {
+        let file = match Self::create(path).await {
+            Ok(file) => file,
+            Err(e) => return (Err(e), head),
+        };
+        let (written, head) = Self::write_vec_at(&file, head, 0).await;
+        match written {
+            Ok(()) => (Ok(file), head),
+            Err(e) => {
+                let _ = Self::close(file).await;
+                let _ = Self::remove(path).await;
+                (Err(e), head)
+            }
+        }
+    }
+
+    /// Finishes a file written in place: fsync (when `sync`), close, rename `from` to `to`, as
+    /// one step. On error the file is closed and nothing is left at `from` or `to`.
+    async fn persist(file: Self::File, sync: bool, from: &Path, to: &Path) -> io::Result<()> {
+        let synced = if sync {
+            Self::sync(&file).await
+        } else {
+            Ok(())
+        };
+        let closed = Self::close(file).await;
+        let renamed = match synced.and(closed) {
+            Ok(()) => Self::rename(from, to).await,
+            Err(e) => Err(e),
+        };
+        if renamed.is_err() {
+            let _ = Self::remove(from).await;
+        }
+        renamed
+    }
 }
 
 /// True when data is waiting on the socket (a non-blocking peek).

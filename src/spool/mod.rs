@@ -193,10 +193,6 @@ impl<D: Driver> Spool<D> {
     ) -> (io::Result<Draft<D>>, Vec<u8>) {
         let mut tmp_path = self.tmp.clone();
         tmp_path.push(format!("{}{}", id.as_str(), self.suffix));
-        let file = match D::create(&tmp_path).await {
-            Ok(file) => file,
-            Err(e) => return (Err(e), scratch),
-        };
         let mut headers = scratch;
         headers.clear();
         write_headers(
@@ -207,20 +203,19 @@ impl<D: Driver> Spool<D> {
             &self.hostname,
             chrono::Utc::now(),
         );
-        let (result, headers) = D::write_vec_at(&file, headers, 0).await;
+        let (created, headers) = D::create_with(&tmp_path, headers).await;
+        let file = match created {
+            Ok(file) => file,
+            Err(e) => return (Err(e), headers),
+        };
         let offset = headers.len() as u64;
-        let mut draft = Draft {
+        let draft = Draft {
             file,
             offset,
             id,
             tmp_path,
             failed: false,
         };
-        if let Err(e) = result {
-            self.abort(draft).await;
-            return (Err(e), headers);
-        }
-        draft.failed = false;
         (Ok(draft), headers)
     }
 
@@ -267,24 +262,14 @@ impl<D: Driver> Spool<D> {
             failed,
             ..
         } = draft;
-        let synced = if failed {
-            Err(io::Error::other("spool write failed"))
-        } else if self.fsync {
-            D::sync(&file).await
-        } else {
-            Ok(())
-        };
-        let closed = D::close(file).await;
-        if let Err(e) = synced.and(closed) {
-            let _ = D::remove(&tmp_path).await;
-            return Err(e);
-        }
         let mut new_path = self.new.clone();
         new_path.push(tmp_path.file_name().unwrap_or_default());
-        if let Err(e) = D::rename(&tmp_path, &new_path).await {
+        if failed {
+            let _ = D::close(file).await;
             let _ = D::remove(&tmp_path).await;
-            return Err(e);
+            return Err(io::Error::other("spool write failed"));
         }
+        D::persist(file, self.fsync, &tmp_path, &new_path).await?;
         if self.fsync {
             if let Err(e) = self.sync_new_dir().await {
                 // Not known to be durable: take it back so a retry cannot duplicate it.
