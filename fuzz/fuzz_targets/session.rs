@@ -1,0 +1,154 @@
+//! Fuzzes the SMTP session through the in-memory driver `Sim`: arbitrary client bytes, cut
+//! into reads at arbitrary points, under a configuration chosen by the input. Properties: no
+//! panic; every reply line is well-formed (three digits, space or hyphen, CRLF); the cut run
+//! equals the uncut run (replies, stored messages, closed); one `queued as` reply per stored
+//! message; and every stored message, relayed as DATA (dot-stuffed, terminated), ends exactly
+//! at its own terminator, so no stored message holds a terminator that was not one.
+//!
+//! Input layout: byte 0 picks the configuration, byte 1 the number of cuts (mod 16), then two
+//! bytes per cut (little-endian offset, taken modulo the length), then the client's bytes.
+
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use ringmx::proto::sim::Sim;
+use ringmx::proto::{BareLf, Config};
+use ringmx::scan::naive;
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&flags, rest)) = data.split_first() else {
+        return;
+    };
+    let Some((&ncuts, rest)) = rest.split_first() else {
+        return;
+    };
+    let ncuts = usize::from(ncuts % 16);
+    if rest.len() < 2 * ncuts {
+        return;
+    }
+    let (cut_bytes, input) = rest.split_at(2 * ncuts);
+    let config = config(flags);
+    let mut cuts: Vec<usize> = cut_bytes
+        .chunks_exact(2)
+        .map(|c| usize::from(u16::from_le_bytes([c[0], c[1]])) % (input.len() + 1))
+        .collect();
+    cuts.sort_unstable();
+
+    let whole = run(&config, input, &[]);
+    check_replies(&whole.replies);
+    let queued = whole
+        .replies
+        .windows(10)
+        .filter(|w| w == b"queued as ")
+        .count();
+    assert_eq!(queued as u64, whole.stored_count);
+    assert_eq!(whole.messages.len() as u64, whole.stored_count);
+    for message in &whole.messages {
+        assert!(message.len() as u64 <= config.max_message_size);
+        check_relayed(message);
+    }
+
+    let split = run(&config, input, &cuts);
+    assert_eq!(
+        split.replies, whole.replies,
+        "replies differ with cuts {cuts:?}"
+    );
+    assert_eq!(
+        split.messages, whole.messages,
+        "messages differ with cuts {cuts:?}"
+    );
+    assert_eq!(split.closed, whole.closed);
+});
+
+/// The configuration picked by `flags`: bare-LF mode, small or default limits, a domain list.
+fn config(flags: u8) -> Config {
+    let small = flags & 2 != 0;
+    Config {
+        bare_lf: if flags & 1 != 0 {
+            BareLf::Normalize
+        } else {
+            BareLf::Reject
+        },
+        max_message_size: if small { 64 } else { 26_214_400 },
+        max_recipients: if small { 2 } else { 100 },
+        max_errors: if small { 3 } else { 10 },
+        max_junk_commands: if small { 3 } else { 100 },
+        domains: if flags & 4 != 0 {
+            vec!["d.example".to_string()]
+        } else {
+            Vec::new()
+        },
+        ..Config::default()
+    }
+}
+
+/// Runs `input` through a fresh `Sim`, cut into reads at the sorted offsets `cuts`.
+fn run(config: &Config, input: &[u8], cuts: &[usize]) -> Sim {
+    let mut sim = Sim::new(config.clone());
+    let mut from = 0;
+    for &cut in cuts.iter().chain(std::iter::once(&input.len())) {
+        sim.feed(&input[from..cut]);
+        from = cut;
+    }
+    sim
+}
+
+/// Asserts that `replies` is a sequence of well-formed reply lines.
+fn check_replies(replies: &[u8]) {
+    let mut rest = replies;
+    let mut continued: Option<&[u8]> = None;
+    while !rest.is_empty() {
+        let lf = rest
+            .iter()
+            .position(|&b| b == b'\n')
+            .expect("reply ends with LF");
+        assert!(lf >= 5 && rest[lf - 1] == b'\r', "reply without CRLF");
+        let line = &rest[..lf - 1];
+        assert!((b'2'..=b'5').contains(&line[0]), "reply class {line:?}");
+        assert!(
+            line[1].is_ascii_digit() && line[2].is_ascii_digit(),
+            "{line:?}"
+        );
+        assert!(line[3] == b' ' || line[3] == b'-', "{line:?}");
+        assert!(!line.contains(&b'\r'), "CR inside a reply {line:?}");
+        if let Some(code) = continued {
+            assert_eq!(code, &line[..3], "multi-line reply changes code");
+        }
+        continued = (line[3] == b'-').then_some(&line[..3]);
+        rest = &rest[lf + 1..];
+    }
+    assert!(continued.is_none(), "multi-line reply never ends");
+}
+
+/// Relays `message` as DATA would (CRLF added if missing, dot-stuffed, terminated) and checks
+/// with the oracle that the data ends exactly at that terminator and, where the message has no
+/// bare LF to normalize, reads back as the same bytes.
+fn check_relayed(message: &[u8]) {
+    let mut body = message.to_vec();
+    if !body.is_empty() && !body.ends_with(b"\r\n") {
+        body.extend_from_slice(b"\r\n");
+    }
+    let mut wire = Vec::with_capacity(body.len() + 16);
+    let mut line_start = true;
+    for (i, &b) in body.iter().enumerate() {
+        if line_start && b == b'.' {
+            wire.push(b'.');
+        }
+        wire.push(b);
+        line_start = b == b'\n' && i > 0 && body[i - 1] == b'\r';
+    }
+    wire.extend_from_slice(b".\r\n");
+    let read = naive::unstuff(&wire, BareLf::Normalize);
+    assert_eq!(
+        read.end,
+        Some(wire.len()),
+        "stored message ends early when relayed"
+    );
+    let has_bare_lf = body
+        .iter()
+        .enumerate()
+        .any(|(i, &b)| b == b'\n' && (i == 0 || body[i - 1] != b'\r'));
+    if !has_bare_lf {
+        assert_eq!(read.data, body, "relayed message reads back differently");
+    }
+}
