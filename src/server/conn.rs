@@ -177,7 +177,10 @@ impl<D: Driver> Conn<'_, D> {
             if closing {
                 // The timeout or shutdown reply is in `out`; the loop top sends it. The read
                 // in flight was cancelled with its buffer.
-                self.large = false;
+                if self.large {
+                    self.shard.give_large(BytesMut::new());
+                    self.large = false;
+                }
                 self.buf = BytesMut::with_capacity(SMALL_BUFFER);
                 continue;
             }
@@ -297,10 +300,11 @@ impl<D: Driver> Conn<'_, D> {
     /// Gives the connection a large buffer while data flows, a small one otherwise.
     fn size_buffer(&mut self, data: bool) {
         if data && !self.large {
-            let mut large = self.shard.take_large();
-            large.extend_from_slice(&self.buf);
-            self.buf = large;
-            self.large = true;
+            if let Some(mut large) = self.shard.take_large() {
+                large.extend_from_slice(&self.buf);
+                self.buf = large;
+                self.large = true;
+            }
         } else if !data && self.large && self.buf.len() <= SMALL_BUFFER / 2 {
             let mut small = BytesMut::with_capacity(SMALL_BUFFER);
             small.extend_from_slice(&self.buf);

@@ -35,8 +35,11 @@ const LISTEN_BACKLOG: i32 = 4096;
 const SMALL_BUFFER: usize = 4 * 1024;
 /// Receive buffer while message data flows.
 const LARGE_BUFFER: usize = 64 * 1024;
-/// Large buffers kept for reuse per shard; past it they are freed (the hard cap on idle memory).
+/// Large buffers kept for reuse per shard; past it they are freed.
 const POOLED_BUFFERS_MAX: usize = 256;
+/// Large buffers in use per shard at once (64 MiB): the hard cap on receive memory; past it a
+/// connection receives its data through its small buffer.
+const LARGE_BUFFERS_MAX: usize = 1024;
 
 /// Where shutdown stands; sent to every shard and connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -123,6 +126,7 @@ pub(crate) struct Shard<D: Driver> {
     pub spool: Option<Spool<D>>,
     pub phase: watch::Receiver<Phase>,
     pool: RefCell<Vec<BytesMut>>,
+    large_in_use: Cell<usize>,
     ids: RefCell<IdGenerator>,
     active: Cell<usize>,
     idle: Notify,
@@ -134,16 +138,24 @@ impl<D: Driver> Shard<D> {
         self.ids.borrow_mut().next(std::time::SystemTime::now())
     }
 
-    /// A large receive buffer from the pool (or a new one).
-    pub fn take_large(&self) -> BytesMut {
-        self.pool
-            .borrow_mut()
-            .pop()
-            .unwrap_or_else(|| BytesMut::with_capacity(LARGE_BUFFER))
+    /// A large receive buffer from the pool (or a new one), unless the shard's cap of large
+    /// buffers in use is reached: the connection then carries on with its small one.
+    pub fn take_large(&self) -> Option<BytesMut> {
+        if self.large_in_use.get() >= LARGE_BUFFERS_MAX {
+            return None;
+        }
+        self.large_in_use.set(self.large_in_use.get() + 1);
+        Some(
+            self.pool
+                .borrow_mut()
+                .pop()
+                .unwrap_or_else(|| BytesMut::with_capacity(LARGE_BUFFER)),
+        )
     }
 
-    /// Returns a large buffer to the pool (dropped when the pool is full).
+    /// Returns a large buffer taken with `take_large` (kept for reuse while the pool has room).
     pub fn give_large(&self, mut buf: BytesMut) {
+        self.large_in_use.set(self.large_in_use.get() - 1);
         let mut pool = self.pool.borrow_mut();
         if pool.len() < POOLED_BUFFERS_MAX && buf.capacity() >= LARGE_BUFFER {
             buf.clear();
@@ -432,6 +444,7 @@ fn run_shard<D: Driver>(
             spool,
             phase,
             pool: RefCell::new(Vec::new()),
+            large_in_use: Cell::new(0),
             ids: RefCell::new(IdGenerator::new(id)),
             active: Cell::new(0),
             idle: Notify::new(),
