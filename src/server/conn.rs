@@ -23,12 +23,17 @@ use crate::{log_debug, log_info};
 /// How a session ended, for its log line.
 #[derive(Clone, Copy, Debug)]
 enum End {
-    Quit,
+    /// The session closed it: QUIT, or a limit's 421.
+    Closed,
+    /// The session's deadline passed (421 4.4.2).
+    Timeout,
+    /// Server shutdown (421 4.3.2, or the grace period ended).
+    Shutdown,
+    /// The client closed the connection.
     PeerClosed,
     ReadError,
+    /// A write failed, or the client read nothing for a whole command timeout.
     WriteError,
-    Closed,
-    Shutdown,
 }
 
 /// Serves one accepted connection to its end.
@@ -124,23 +129,29 @@ impl<D: Driver> Conn<'_, D> {
         out: &mut Output,
         phase: &mut tokio::sync::watch::Receiver<Phase>,
     ) -> End {
-        let mut closing = false;
+        let mut closing: Option<End> = None;
         let mut draining = false;
+        let write_timeout = self.shard.session_config.command_timeout;
         loop {
             if !out.replies.is_empty() {
-                // Send from `scratch`, leaving `out.replies` empty with its capacity.
+                // Send from `scratch`, leaving `out.replies` empty with its capacity. A client
+                // that reads nothing for a whole command timeout is dropped: it cannot hold a
+                // connection (or our reply bytes) forever.
                 self.scratch.clear();
                 std::mem::swap(&mut self.scratch, &mut out.replies);
-                let (result, mut sent) =
-                    D::write_all(stream, std::mem::take(&mut self.scratch)).await;
+                let write = D::write_all(stream, std::mem::take(&mut self.scratch));
+                let (result, mut sent) = tokio::select! {
+                    done = write => done,
+                    _ = tokio::time::sleep(write_timeout) => return End::WriteError,
+                };
                 sent.clear();
                 self.scratch = sent;
                 if result.is_err() {
                     return End::WriteError;
                 }
             }
-            if closing {
-                return if draining { End::Shutdown } else { End::Closed };
+            if let Some(end) = closing {
+                return end;
             }
             self.size_buffer(session.receiving_data());
 
@@ -155,9 +166,9 @@ impl<D: Driver> Conn<'_, D> {
                     _ = sleep_until(deadline) => {
                         if session.handle_timeout(Instant::now(), out) == Step::Close {
                             log_debug!("{}: timeout", self.peer);
-                            closing = true;
+                            closing = Some(End::Timeout);
+                            break (Ok(0), BytesMut::new());
                         }
-                        if closing { break (Ok(0), BytesMut::new()); }
                     }
                     changed = phase.changed(), if !draining || *phase.borrow() != Phase::Stopping => {
                         let now_phase = if changed.is_ok() { *phase.borrow() } else { Phase::Stopping };
@@ -167,14 +178,14 @@ impl<D: Driver> Conn<'_, D> {
                         if !draining {
                             draining = true;
                             if session.handle_shutdown(out) == Step::Close {
-                                closing = true;
+                                closing = Some(End::Shutdown);
                                 break (Ok(0), BytesMut::new());
                             }
                         }
                     }
                 }
             };
-            if closing {
+            if closing.is_some() {
                 // The timeout or shutdown reply is in `out`; the loop top sends it. The read
                 // in flight was cancelled with its buffer.
                 if self.large {
@@ -192,10 +203,7 @@ impl<D: Driver> Conn<'_, D> {
             }
             if let Some(end) = self.process(session, out).await {
                 // The last replies (221, 421) go out at the loop top, then the session ends.
-                closing = true;
-                if matches!(end, End::Quit) {
-                    draining = false;
-                }
+                closing = Some(if draining { End::Shutdown } else { end });
             }
         }
     }
@@ -221,11 +229,11 @@ impl<D: Driver> Conn<'_, D> {
                         Err(()) => session.handle_stored(Err(()), out),
                     };
                     if step == Step::Close {
-                        break Some(End::Closed);
+                        break Some(End::Shutdown);
                     }
                 }
                 Step::Discard => self.discard().await,
-                Step::Close => break Some(End::Quit),
+                Step::Close => break Some(End::Closed),
             }
         };
         self.buf.advance(pos);
