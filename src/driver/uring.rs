@@ -40,9 +40,25 @@ fn runtime(ring_entries: u32) -> io::Result<tokio_uring::Runtime> {
     }
 }
 
+/// A connected socket that is shut down when dropped. tokio-uring closes a descriptor only
+/// once no operation holds it, and a read cancelled by a timeout or by shutdown stays in the
+/// kernel until the peer sends or closes: a silent peer would keep the connection (and the
+/// descriptor) open for ever after our 421. shutdown(2) completes such operations at once, so
+/// the descriptor is closed and the peer sees the close.
+pub struct Stream(tokio_uring::net::TcpStream);
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        // SAFETY: shutdown(2) on the descriptor this stream still owns; it frees nothing.
+        unsafe {
+            libc::shutdown(self.0.as_raw_fd(), libc::SHUT_RDWR);
+        }
+    }
+}
+
 impl Driver for Uring {
     type Listener = tokio_uring::net::TcpListener;
-    type Stream = tokio_uring::net::TcpStream;
+    type Stream = Stream;
     type File = tokio_uring::fs::File;
     const NAME: &'static str = "uring";
 
@@ -62,11 +78,11 @@ impl Driver for Uring {
         let (stream, peer) = listener.accept().await?;
         // Replies are whole and flushed on purpose; Nagle would hold them for an ACK.
         stream.set_nodelay(true)?;
-        Ok((stream, peer))
+        Ok((Stream(stream), peer))
     }
 
     fn stream_fd(stream: &Self::Stream) -> RawFd {
-        stream.as_raw_fd()
+        stream.0.as_raw_fd()
     }
 
     async fn read(stream: &Self::Stream, mut buf: BytesMut) -> BufResult<usize, BytesMut> {
@@ -75,12 +91,12 @@ impl Driver for Uring {
             buf.reserve(1);
         }
         let cap = cap.max(buf.capacity());
-        let (result, slice) = stream.read(buf.slice(len..cap)).await;
+        let (result, slice) = stream.0.read(buf.slice(len..cap)).await;
         (result, slice.into_inner())
     }
 
     async fn write_all(stream: &Self::Stream, buf: Vec<u8>) -> BufResult<(), Vec<u8>> {
-        stream.write_all(buf).await
+        stream.0.write_all(buf).await
     }
 
     async fn create(path: &Path) -> io::Result<Self::File> {
