@@ -1,7 +1,10 @@
 //! The scanner: finds command lines and the end of message data in the receive buffer.
 //!
 //! Everything here returns ranges into the caller's bytes and copies nothing. Message data is
-//! scanned with memchr's SIMD routines, one `\n` search per line; dot-unstuffing is a split of
+//! scanned for `\n` a 64-byte block at a time (`LfFinder`: SSE2 compares into a bit mask, each
+//! block compared once, its LFs handed out with `trailing_zeros`), because a memchr call per
+//! line pays its set-up cost every ~78 bytes and ran at a fifth of a plain memchr pass on
+//! 76-character lines; bare CRs are counted with memchr's count. Dot-unstuffing is a split of
 //! ranges (the stuffed `.` is simply left out of the next range), and the only pieces of output
 //! that are not ranges are two constants: the CRLF that replaces a bare LF in normalize mode and
 //! a CR held back across a read boundary.
@@ -106,6 +109,7 @@ impl DataScanner {
     /// `base`. Stops right after the terminator.
     pub fn scan(&mut self, input: &[u8], base: usize, parts: &mut Vec<Part>) -> Scan {
         let len = input.len();
+        let mut lfs = LfFinder::new(input);
         let mut i = 0; // next byte to examine
         let mut seg = 0; // start of the range of data not yet pushed
                          // A bare CR never ends anything, so CRs need no per-byte look; in reject mode they are
@@ -168,7 +172,7 @@ impl DataScanner {
                         self.state = State::Mid;
                     }
                 }
-                State::Mid => match memchr::memchr(b'\n', &input[i..]) {
+                State::Mid => match lfs.next(i) {
                     None => {
                         self.state = if input.get(len.wrapping_sub(1)) == Some(&b'\r') && len > i {
                             State::MidCr
@@ -177,12 +181,15 @@ impl DataScanner {
                         };
                         break Scan::More;
                     }
-                    Some(off) => {
-                        let lf = i + off;
+                    Some(lf) => {
                         if lf > i && input[lf - 1] == b'\r' {
                             self.crlf_count += 1;
                             i = lf + 1;
-                            self.state = State::LineStart;
+                            // The common case, a line that does not start with a dot, stays
+                            // in this state and goes straight on to the next LF.
+                            if i == len || input[i] == b'.' {
+                                self.state = State::LineStart;
+                            }
                         } else {
                             self.on_bare_lf(parts, base, &mut seg, lf);
                             i = lf + 1;
@@ -218,6 +225,101 @@ impl DataScanner {
             }
         }
     }
+}
+
+/// Finds the LFs of one input in order, one 64-byte block at a time: each block is compared
+/// once into a bit mask, and the LFs in it are handed out from the mask.
+struct LfFinder<'a> {
+    input: &'a [u8],
+    /// Offset of the block `mask` describes (a multiple of 64), or `usize::MAX` before the first.
+    block: usize,
+    /// Bit `j` set: `input[block + j]` is LF.
+    mask: u64,
+}
+
+impl<'a> LfFinder<'a> {
+    fn new(input: &'a [u8]) -> LfFinder<'a> {
+        LfFinder {
+            input,
+            block: usize::MAX,
+            mask: 0,
+        }
+    }
+
+    /// The offset of the first LF at or after `from`, if any.
+    #[inline]
+    fn next(&mut self, from: usize) -> Option<usize> {
+        let mut block = from & !63;
+        if block != self.block {
+            self.block = block;
+            self.mask = lf_mask(self.input, block);
+        }
+        // `from - block` < 64, so the shift cannot overflow.
+        let mut mask = self.mask & (u64::MAX << (from - block));
+        loop {
+            if mask != 0 {
+                return Some(block + mask.trailing_zeros() as usize);
+            }
+            block += 64;
+            if block >= self.input.len() {
+                return None;
+            }
+            self.block = block;
+            self.mask = lf_mask(self.input, block);
+            mask = self.mask;
+        }
+    }
+}
+
+/// Bit `j` set when `input[at + j]` is LF, for the (up to) 64 bytes from `at`.
+#[inline]
+fn lf_mask(input: &[u8], at: usize) -> u64 {
+    let rest = input.get(at..).unwrap_or_default();
+    match rest.first_chunk::<64>() {
+        Some(block) => lf_mask_64(block),
+        None => {
+            // The last, partial block: compared from a zero-padded copy (zeros are not LF).
+            let mut padded = [0u8; 64];
+            padded[..rest.len()].copy_from_slice(rest);
+            lf_mask_64(&padded)
+        }
+    }
+}
+
+/// Bit `j` set when `block[j]` is LF.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+fn lf_mask_64(block: &[u8; 64]) -> u64 {
+    use std::arch::x86_64::{_mm_cmpeq_epi8, _mm_loadu_si128, _mm_movemask_epi8, _mm_set1_epi8};
+    let p = block.as_ptr().cast::<std::arch::x86_64::__m128i>();
+    // SAFETY: SSE2 is part of the x86_64 baseline, and the four unaligned 16-byte loads read
+    // bytes 0..64 of a 64-byte array.
+    unsafe {
+        let lf = _mm_set1_epi8(b'\n' as i8);
+        let m = |k: usize| {
+            let v = _mm_loadu_si128(p.add(k));
+            u64::from(_mm_movemask_epi8(_mm_cmpeq_epi8(v, lf)) as u16)
+        };
+        m(0) | m(1) << 16 | m(2) << 32 | m(3) << 48
+    }
+}
+
+/// Bit `j` set when `block[j]` is LF (portable; the compiler may vectorize it).
+#[cfg(not(target_arch = "x86_64"))]
+#[inline]
+fn lf_mask_64(block: &[u8; 64]) -> u64 {
+    lf_mask_scalar(block)
+}
+
+/// Bit `j` set when `bytes[j]` is LF, one byte at a time (at most 64 bytes).
+#[cfg(any(test, not(target_arch = "x86_64")))]
+#[inline]
+fn lf_mask_scalar(bytes: &[u8]) -> u64 {
+    debug_assert!(bytes.len() <= 64);
+    bytes
+        .iter()
+        .enumerate()
+        .fold(0, |m, (j, &b)| m | (u64::from(b == b'\n') << j))
 }
 
 /// Pushes `input[from..to]` (offset by `base`) unless it is empty.

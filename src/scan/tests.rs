@@ -412,6 +412,43 @@ fn over_long_command_consumes_only_the_limit() {
     assert!(matches!(split_line(&over), Line::TooLong { .. }));
 }
 
+#[test]
+fn lf_finder_finds_what_memchr_finds_from_every_offset() {
+    // LFs at every position of a block, at block edges and past the last full block.
+    let mut input = vec![b'x'; 300];
+    for &p in &[
+        0, 1, 15, 16, 31, 32, 63, 64, 65, 127, 128, 200, 255, 256, 299,
+    ] {
+        input[p] = b'\n';
+    }
+    for len in [0, 1, 63, 64, 65, 128, 129, 256, 299, 300] {
+        let input = &input[..len];
+        let mut finder = LfFinder::new(input);
+        for from in 0..=len {
+            let want = memchr::memchr(b'\n', &input[from..]).map(|o| from + o);
+            assert_eq!(finder.next(from), want, "len {len} from {from}");
+            // A fresh finder (no cached block) agrees too.
+            assert_eq!(
+                LfFinder::new(input).next(from),
+                want,
+                "len {len} from {from}"
+            );
+        }
+    }
+}
+
+proptest! {
+    #[test]
+    fn lf_mask_matches_a_byte_loop(block in prop::collection::vec(
+        prop::sample::select(vec![b'\n', b'\r', b'a', 0x8a, 0x0b]), 64..65)) {
+        let block: &[u8; 64] = block.as_slice().try_into().unwrap();
+        prop_assert_eq!(lf_mask_64(block), lf_mask_scalar(block));
+        let want = block.iter().enumerate().filter(|(_, &b)| b == b'\n')
+            .fold(0u64, |m, (j, _)| m | 1 << j);
+        prop_assert_eq!(lf_mask_64(block), want);
+    }
+}
+
 fn biased_byte() -> impl Strategy<Value = u8> {
     prop_oneof![
         3 => prop::sample::select(vec![b'\r', b'\n', b'.']),
