@@ -613,6 +613,28 @@ pub struct Expected<'a> {
 /// recipient, the folded Received header, then exactly the body. Returns the queue ID named in
 /// the Received header; panics with a readable diff otherwise.
 pub fn check_stored(name: &str, file: &[u8], want: &Expected<'_>) -> String {
+    let (id, stored) = check_trace(name, file, want);
+    if stored != want.body {
+        let at = stored
+            .iter()
+            .zip(want.body)
+            .position(|(a, b)| a != b)
+            .unwrap_or(stored.len().min(want.body.len()));
+        panic!(
+            "{name}: message bytes differ at offset {at} (stored {} bytes, want {}).\n\
+             stored from there: {:?}\nwant from there:   {:?}",
+            stored.len(),
+            want.body.len(),
+            String::from_utf8_lossy(&stored[at..stored.len().min(at + 80)]),
+            String::from_utf8_lossy(&want.body[at..want.body.len().min(at + 80)]),
+        );
+    }
+    id
+}
+
+/// Checks the trace headers of one spool file against `want` (its `body` is ignored) and
+/// returns the queue ID in the Received header and the message bytes that follow them.
+pub fn check_trace<'f>(name: &str, file: &'f [u8], want: &Expected<'_>) -> (String, &'f [u8]) {
     let show = || String::from_utf8_lossy(file).into_owned();
     let mut head = format!("Return-Path: <{}>\r\n", want.sender);
     for rcpt in want.recipients {
@@ -659,23 +681,7 @@ pub fn check_stored(name: &str, file: &[u8], want: &Expected<'_>) -> String {
         date.ends_with(" +0000") && date.len() == "Tue, 03 Jun 2025 10:11:12 +0000".len(),
         "{name}: Received date {date:?}"
     );
-    let stored = &rest[end + 2..];
-    if stored != want.body {
-        let at = stored
-            .iter()
-            .zip(want.body)
-            .position(|(a, b)| a != b)
-            .unwrap_or(stored.len().min(want.body.len()));
-        panic!(
-            "{name}: message bytes differ at offset {at} (stored {} bytes, want {}).\n\
-             stored from there: {:?}\nwant from there:   {:?}",
-            stored.len(),
-            want.body.len(),
-            String::from_utf8_lossy(&stored[at..stored.len().min(at + 80)]),
-            String::from_utf8_lossy(&want.body[at..want.body.len().min(at + 80)]),
-        );
-    }
-    id
+    (id, &rest[end + 2..])
 }
 
 /// Checks that the files in `new/` are exactly the messages `ids` → bodies: every file is
@@ -744,4 +750,53 @@ pub fn start_backend(backend: &str, vars: &[(&str, &str)], test: &str) -> Option
             e.log.join("\n")
         ),
     }
+}
+
+/// Runs an external program to its end, bounded by `timeout` (killed and a panic past it);
+/// returns its status, stdout and stderr.
+pub fn run_bounded(mut command: Command, timeout: Duration) -> (ExitStatus, String, String) {
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {command:?}: {e}"));
+    let drain = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            let _ = pipe.read_to_end(&mut bytes);
+            String::from_utf8_lossy(&bytes).into_owned()
+        })
+    };
+    let out = drain(Box::new(child.stdout.take().expect("piped stdout")));
+    let err = drain(Box::new(child.stderr.take().expect("piped stderr")));
+    let status = match wait_child(&mut child, timeout) {
+        Some(status) => status,
+        None => {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "{command:?} did not finish within {timeout:?}; stderr: {}",
+                err.join().unwrap_or_default()
+            );
+        }
+    };
+    (
+        status,
+        out.join().unwrap_or_default(),
+        err.join().unwrap_or_default(),
+    )
+}
+
+/// The path of `program` if it is on PATH (or, for an absolute path, if it exists).
+pub fn find_program(program: &str) -> Option<PathBuf> {
+    if program.starts_with('/') {
+        let path = PathBuf::from(program);
+        return path.is_file().then_some(path);
+    }
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|dir| Path::new(dir).join(program))
+        .find(|path| path.is_file())
 }
