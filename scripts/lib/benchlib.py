@@ -206,8 +206,12 @@ def ringmx_facts(repo, server_bin):
     m = re.search(r'^\[package\][^\[]*?^version\s*=\s*"([^"]+)"', cargo, re.M | re.S)
     if m:
         version = m.group(1)
-    status = _cmd(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo)
-    commit = _cmd(["git", "rev-parse", "HEAD"], cwd=repo) or _read(os.path.join(repo, ".bench-commit"))
+    pinned = _read(os.path.join(repo, ".bench-commit"))  # an exported tree names its commit
+    if pinned:
+        commit, status = pinned, ""
+    else:
+        status = _cmd(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo)
+        commit = _cmd(["git", "rev-parse", "HEAD"], cwd=repo)
     try:
         built = datetime.datetime.fromtimestamp(os.stat(server_bin).st_mtime, datetime.timezone.utc)
         built = built.isoformat(timespec="seconds")
