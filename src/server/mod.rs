@@ -14,6 +14,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::os::fd::RawFd;
 use std::process::ExitCode;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -40,6 +41,9 @@ const POOLED_BUFFERS_MAX: usize = 256;
 /// Large buffers in use per shard at once (64 MiB): the hard cap on receive memory; past it a
 /// connection receives its data through its small buffer.
 const LARGE_BUFFERS_MAX: usize = 1024;
+
+/// After shutdown begins, how long an accept in flight may take to finish (it ends at once).
+const ACCEPT_DRAIN: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Where shutdown stands; sent to every shard and connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -167,6 +171,15 @@ impl<D: Driver> Shard<D> {
 /// Starts the server and blocks until it has shut down. Returns the process exit status.
 pub fn run(config: ServerConfig) -> ExitCode {
     crate::log::set_level(config.log_level);
+    // The handlers go in before the first connection can be served, so that a SIGTERM at any
+    // moment after start-up drains instead of killing.
+    let signals = match signal_hook::iterator::Signals::new([libc::SIGTERM, libc::SIGINT]) {
+        Ok(signals) => signals,
+        Err(e) => {
+            log_error!("cannot install signal handlers: {e}");
+            return ExitCode::from(1);
+        }
+    };
     let started = match choose_backend(&config) {
         Ok(Uring::NAME) => start::<Uring>(config),
         Ok(_) => start::<Epoll>(config),
@@ -176,15 +189,6 @@ pub fn run(config: ServerConfig) -> ExitCode {
         Ok(server) => server,
         Err(line) => {
             log_error!("{line}");
-            return ExitCode::from(1);
-        }
-    };
-    let signals = match signal_hook::iterator::Signals::new([libc::SIGTERM, libc::SIGINT]) {
-        Ok(signals) => signals,
-        Err(e) => {
-            log_error!("cannot install signal handlers: {e}");
-            server.stop();
-            let _ = server.join();
             return ExitCode::from(1);
         }
     };
@@ -451,12 +455,13 @@ fn run_shard<D: Driver>(
         });
         let mut accepting = Vec::new();
         for listener in listeners {
+            let fd = std::os::fd::AsRawFd::as_raw_fd(&listener);
             let listener = D::listener(listener)?;
             let shard = Rc::clone(&shard);
             let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel::<()>();
             accepting.push(stopped_rx);
             D::spawn(async move {
-                accept_loop(listener, shard).await;
+                accept_loop(listener, fd, shard).await;
                 let _ = stopped_tx.send(());
             });
         }
@@ -475,18 +480,33 @@ fn run_shard<D: Driver>(
     })?
 }
 
-/// Accepts connections until shutdown begins, then drops the listener.
-async fn accept_loop<D: Driver>(listener: D::Listener, shard: Rc<Shard<D>>) {
+/// Accepts connections until shutdown begins, then shuts the listener (descriptor `fd`) down.
+async fn accept_loop<D: Driver>(listener: D::Listener, fd: RawFd, shard: Rc<Shard<D>>) {
     let mut phase = shard.phase.clone();
     loop {
         if *phase.borrow() != Phase::Running {
+            // SAFETY: shutdown(2) on `listener`'s descriptor, open while `listener` lives.
+            unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
             return;
         }
+        let accept = D::accept(&listener);
+        tokio::pin!(accept);
         let accepted = tokio::select! {
-            accepted = D::accept(&listener) => accepted,
-            _ = phase.changed() => continue,
+            biased;
+            accepted = &mut accept => accepted,
+            _ = phase.changed() => {
+                // Dropping the accept is not enough on io_uring: the socket stays open while
+                // the accept is in the kernel, and a connection it takes then is never closed.
+                // Shut the listener down, which ends the accept, and close what it returns.
+                // SAFETY: shutdown(2) on `listener`'s descriptor, open while `listener` lives.
+                unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+                let _ = tokio::time::timeout(ACCEPT_DRAIN, accept).await;
+                return;
+            }
         };
         match accepted {
+            // Accepted as shutdown began: dropping the stream closes it unanswered.
+            Ok(_) if *phase.borrow() != Phase::Running => continue,
             Ok((stream, peer)) => {
                 let shard = Rc::clone(&shard);
                 shard.active.set(shard.active.get() + 1);
