@@ -544,6 +544,28 @@ fn error_limit_counts_refused_messages_and_long_lines() {
 }
 
 #[test]
+fn error_count_starts_again_after_a_delivered_message() {
+    // As Postfix's smtpd_hard_error_limit: errors "without delivering mail".
+    let mut sim = ready_with(|c| c.max_errors = 2);
+    let input = format!("XYZZ\r\nXYZZ\r\n{ENVELOPE}DATA\r\nx\r\n.\r\nXYZZ\r\nXYZZ\r\nXYZZ\r\n");
+    assert_eq!(
+        say(&mut sim, &input),
+        replies(&[
+            UNKNOWN,
+            UNKNOWN,
+            MAIL_OK,
+            RCPT_OK,
+            GO_AHEAD,
+            &queued(1),
+            UNKNOWN,
+            UNKNOWN,
+            TOO_MANY_ERRORS,
+        ])
+    );
+    assert!(sim.closed);
+}
+
+#[test]
 fn junk_limit_closes_with_421_4_7_0() {
     let mut sim = ready_with(|c| c.max_junk_commands = 4);
     let input = "NOOP\r\nRSET\r\nVRFY someone\r\nHELP\r\nNOOP\r\nNOOP\r\n";
