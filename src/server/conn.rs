@@ -133,37 +133,63 @@ impl<D: Driver> Conn<'_, D> {
         let mut draining = false;
         let write_timeout = self.shard.session_config.command_timeout;
         loop {
-            if !out.replies.is_empty() {
-                // Send from `scratch`, leaving `out.replies` empty with its capacity. A client
-                // that reads nothing for a whole command timeout is dropped: it cannot hold a
-                // connection (or our reply bytes) forever.
-                self.scratch.clear();
-                std::mem::swap(&mut self.scratch, &mut out.replies);
-                let write = D::write_all(stream, std::mem::take(&mut self.scratch));
-                let (result, mut sent) = tokio::select! {
-                    done = write => done,
-                    _ = tokio::time::sleep(write_timeout) => return End::WriteError,
-                };
-                sent.clear();
-                self.scratch = sent;
-                if result.is_err() {
-                    return End::WriteError;
-                }
+            // Replies to send go from `scratch`, leaving `out.replies` empty with its capacity.
+            let sending = !out.replies.is_empty();
+            let mut replies = std::mem::take(&mut self.scratch);
+            if sending {
+                replies.clear();
+                std::mem::swap(&mut replies, &mut out.replies);
             }
             if let Some(end) = closing {
+                if sending {
+                    let write = D::write_all(stream, replies);
+                    let _ = tokio::time::timeout(write_timeout, write).await;
+                }
                 return end;
             }
             self.size_buffer(session.receiving_data());
 
-            // Read, racing the deadline and shutdown. The read future keeps its buffer even
-            // while we react to shutdown, so no received byte is ever dropped.
+            // Send the replies and read the next input at once: both operations are handed to
+            // the kernel together. A client that reads nothing for a whole command timeout is
+            // dropped, so it cannot hold a connection (or our reply bytes) for ever. The read
+            // keeps its buffer while we react to the deadline or shutdown, so no received byte
+            // is dropped; input is processed only once the replies before it are out.
             let deadline = session.deadline().map(tokio::time::Instant::from_std);
+            let write_deadline = sending.then(|| tokio::time::Instant::now() + write_timeout);
+            let write = async {
+                if sending {
+                    Some(D::write_all(stream, replies).await)
+                } else {
+                    None
+                }
+            };
             let read = D::read(stream, std::mem::take(&mut self.buf));
+            tokio::pin!(write);
             tokio::pin!(read);
+            let mut write_pending = sending;
+            let mut read_done = None;
             let (result, buf) = loop {
                 tokio::select! {
-                    done = &mut read => break done,
-                    _ = sleep_until(deadline) => {
+                    biased;
+                    written = &mut write, if write_pending => {
+                        write_pending = false;
+                        match written {
+                            Some((Ok(()), sent)) => self.scratch = sent,
+                            Some((Err(_), _)) => return End::WriteError,
+                            None => {}
+                        }
+                        if let Some(done) = read_done.take() {
+                            break done;
+                        }
+                    }
+                    done = &mut read, if read_done.is_none() => {
+                        if !write_pending {
+                            break done;
+                        }
+                        read_done = Some(done);
+                    }
+                    _ = sleep_until(write_deadline), if write_pending => return End::WriteError,
+                    _ = sleep_until(deadline), if !write_pending => {
                         if session.handle_timeout(Instant::now(), out) == Step::Close {
                             log_debug!("{}: timeout", self.peer);
                             closing = Some(End::Timeout);
@@ -185,6 +211,18 @@ impl<D: Driver> Conn<'_, D> {
                     }
                 }
             };
+            if write_pending {
+                // Closing with replies still on their way: let them finish first (a lost
+                // `250` would make the client send its message again).
+                let finish = tokio::time::timeout_at(
+                    write_deadline.unwrap_or_else(tokio::time::Instant::now),
+                    &mut write,
+                );
+                match finish.await {
+                    Ok(Some((Ok(()), sent))) => self.scratch = sent,
+                    _ => return End::WriteError,
+                }
+            }
             if closing.is_some() {
                 // The timeout or shutdown reply is in `out`; the loop top sends it. The read
                 // in flight was cancelled with its buffer.
