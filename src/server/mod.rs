@@ -180,11 +180,14 @@ pub fn run(config: ServerConfig) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let started = match choose_backend(&config) {
-        Ok(Uring::NAME) => start::<Uring>(config),
-        Ok(_) => start::<Epoll>(config),
-        Err(line) => Err(line),
+    let (started, warning) = match choose_backend(&config) {
+        Ok((Uring::NAME, warning)) => (start::<Uring>(config), warning),
+        Ok((_, warning)) => (start::<Epoll>(config), warning),
+        Err(line) => (Err(line), None),
     };
+    if let (Ok(_), Some(warning)) = (&started, warning) {
+        log_warn!("{warning}");
+    }
     let server = match started {
         Ok(server) => server,
         Err(line) => {
@@ -336,11 +339,13 @@ pub fn start<D: Driver>(config: ServerConfig) -> Result<Running, String> {
 }
 
 /// Picks the backend the configuration asks for; `auto` falls back to epoll with a warning.
-fn choose_backend(config: &ServerConfig) -> Result<&'static str, String> {
+/// With `auto` and no io_uring, also returns the warning to log (after the first log line,
+/// which names the backend in use).
+fn choose_backend(config: &ServerConfig) -> Result<(&'static str, Option<String>), String> {
     match config.backend {
-        Backend::Epoll => Ok(Epoll::NAME),
+        Backend::Epoll => Ok((Epoll::NAME, None)),
         Backend::Uring => uring::probe(config.ring_entries)
-            .map(|()| Uring::NAME)
+            .map(|()| (Uring::NAME, None))
             .map_err(|e| {
                 format!(
                     "RINGMX_BACKEND=uring: io_uring cannot be set up: {e}{}",
@@ -348,13 +353,13 @@ fn choose_backend(config: &ServerConfig) -> Result<&'static str, String> {
                 )
             }),
         Backend::Auto => match uring::probe(config.ring_entries) {
-            Ok(()) => Ok(Uring::NAME),
+            Ok(()) => Ok((Uring::NAME, None)),
             Err(e) => {
-                log_warn!(
+                let warning = format!(
                     "io_uring cannot be set up ({e}{}); running on epoll",
                     uring_hint(&e)
                 );
-                Ok(Epoll::NAME)
+                Ok((Epoll::NAME, Some(warning)))
             }
         },
     }
