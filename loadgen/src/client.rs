@@ -285,6 +285,11 @@ impl Slot {
     }
 
     /// Waits (open loop, if allowed) for the next message's time and claims it; None to stop.
+    ///
+    /// When this slot's next message falls at or after the deadline, no message is left for it,
+    /// but the session is still kept: it waits for the deadline (or another bound) and only then
+    /// returns None. Returning early would end the session before the run does, and `run` would
+    /// then open an empty session after another until the deadline.
     async fn claim(&mut self, may_wait: bool) -> Option<Msg> {
         let plan = self.plan.clone();
         loop {
@@ -296,10 +301,12 @@ impl Slot {
                 None => now,
                 Some(due) if due <= now => due,
                 Some(due) => {
-                    if !may_wait || plan.deadline.is_some_and(|d| due >= d) {
+                    if !may_wait {
                         return None;
                     }
-                    let wake = due.min(now + SLEEP_SLICE);
+                    // stopping() above ends the wait at the deadline when `due` lies past it.
+                    let until = plan.deadline.map_or(due, |d| due.min(d));
+                    let wake = until.min(now + SLEEP_SLICE);
                     tokio::time::sleep_until(tokio::time::Instant::from_std(wake)).await;
                     continue;
                 }

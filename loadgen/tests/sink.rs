@@ -166,6 +166,11 @@ fn json_path() -> PathBuf {
 
 /// Runs the load generator with `args` plus --json/--quiet and safety bounds; returns the JSON.
 fn loadgen(port: u16, args: &[&str]) -> Value {
+    loadgen_for(port, "20s", args)
+}
+
+/// As `loadgen`, with `duration` as --duration (the bound when `args` sets no message count).
+fn loadgen_for(port: u16, duration: &str, args: &[&str]) -> Value {
     let path = json_path();
     let target = format!("127.0.0.1:{port}");
     let out = Command::new(env!("CARGO_BIN_EXE_ringmx-loadgen"))
@@ -176,7 +181,7 @@ fn loadgen(port: u16, args: &[&str]) -> Value {
             "--timeout",
             "10s",
             "--duration",
-            "20s",
+            duration,
         ])
         .args(args)
         .arg("--json")
@@ -268,6 +273,44 @@ fn open_loop_count_matches_sink() {
         let v = loadgen(sink.port, &args);
         assert_exact(&v, &sink, 600);
         assert_eq!(v["settings"]["mode"], "open");
+    }
+}
+
+/// Open loop with --messages-per-session 0 keeps one session per connection for the whole run,
+/// also on a connection whose next message is not due before the end (or never due at all):
+/// such a connection used to end its session early and reconnect, empty session after empty
+/// session, until the run's deadline.
+#[test]
+fn open_loop_keeps_one_session_per_connection() {
+    let cases: [(&str, &[&str]); 5] = [
+        ("1s", &["-c", "3", "--rate", "300"]),
+        ("1s", &["-c", "3", "--rate", "300", "--no-pipelining"]),
+        ("1s", &["-c", "3", "--rate", "300", "--bdat", "-t", "2"]),
+        // 4 connections at 2 msg/s for 1 s: only two of them have a message to send.
+        ("1s", &["-c", "4", "--rate", "2"]),
+        // Bounded by a message count instead of the duration.
+        ("20s", &["-c", "3", "--rate", "600", "-n", "300"]),
+    ];
+    for (duration, extra) in cases {
+        let sink = start_sink(SinkConfig::default());
+        let mut args = vec!["--messages-per-session", "0"];
+        args.extend_from_slice(extra);
+        let v = loadgen_for(sink.port, duration, &args);
+        let n = counter(&v, "messages_accepted");
+        assert!(n > 0, "{v}");
+        assert_exact(&v, &sink, n);
+        let conns: u64 = args[args.iter().position(|a| *a == "-c").unwrap() + 1]
+            .parse()
+            .unwrap();
+        assert_eq!(counter(&v, "sessions"), conns, "{args:?}: {v}");
+        assert_eq!(v["latency_us"]["session"]["count"].as_u64(), Some(conns));
+        assert_eq!(v["settings"]["mode"], "open");
+        let bound = if duration == "1s" {
+            "duration"
+        } else {
+            "messages"
+        };
+        assert_eq!(v["stopped_by"], bound, "{args:?}: {v}");
     }
 }
 
