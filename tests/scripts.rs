@@ -368,6 +368,44 @@ fn compare_one_file_baseline_server_and_default_chart_path() {
 }
 
 #[test]
+fn compare_wide_table_and_group_filter() {
+    if !have_python("compare_wide_table_and_group_filter") {
+        return;
+    }
+    let a = fixture("host-a.json");
+    let out = run_script(
+        "compare",
+        &[
+            a.to_str().unwrap(),
+            "--wide",
+            "--group",
+            "matrix",
+            "--no-svg",
+        ],
+        COMPARE_TIMEOUT,
+    );
+    let stdout = text(&out.stdout);
+    assert!(
+        out.status.success(),
+        "compare failed: {stdout}\n{}",
+        text(&out.stderr)
+    );
+    // One row per server and setting, one column per scenario: msgs/s / p99 ms.
+    let row = stdout
+        .lines()
+        .find(|l| l.starts_with("[1]") && l.contains("uring discard shards=2"))
+        .unwrap_or_else(|| panic!("no ringmx row:\n{stdout}"));
+    assert!(
+        row.contains("40 000 / 10.0") && row.contains("5000 / 20.0"),
+        "{row}"
+    );
+    assert!(
+        !stdout.contains("smtp-sink  "),
+        "peers are another group:\n{stdout}"
+    );
+}
+
+#[test]
 fn compare_refuses_what_it_cannot_read() {
     if !have_python("compare_refuses_what_it_cannot_read") {
         return;
