@@ -15,6 +15,7 @@ use std::sync::Arc;
 use bytes::BytesMut;
 
 use super::{BufResult, Driver};
+use crate::scan::Part;
 
 /// The epoll backend.
 pub struct Epoll;
@@ -129,6 +130,33 @@ impl Driver for Epoll {
     ) -> io::Result<()> {
         let file = Arc::clone(file);
         blocking(move || file.write_all_at(bytes, offset)).await
+    }
+
+    async fn write_parts_at(
+        file: &Self::File,
+        buf: BytesMut,
+        parts: &[Part],
+        base: usize,
+        offset: u64,
+    ) -> BufResult<u64, BytesMut> {
+        // One hand-off to the blocking pool for the whole batch; the parts are small ranges.
+        let file = Arc::clone(file);
+        let parts = parts.to_vec();
+        blocking(move || {
+            let mut written = 0u64;
+            for part in &parts {
+                let bytes = match part {
+                    Part::Input(r) => &buf[base + r.start..base + r.end],
+                    Part::Static(bytes) => bytes,
+                };
+                if let Err(e) = file.write_all_at(bytes, offset + written) {
+                    return (Err(e), buf);
+                }
+                written += bytes.len() as u64;
+            }
+            (Ok(written), buf)
+        })
+        .await
     }
 
     async fn sync(file: &Self::File) -> io::Result<()> {

@@ -14,6 +14,7 @@ use std::sync::Mutex;
 use bytes::BytesMut;
 
 use super::{BufResult, Driver};
+use crate::scan::Part;
 
 /// A file operation that can be made to fail.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -181,6 +182,19 @@ impl<D: Driver> Driver for Faulty<D> {
     ) -> io::Result<()> {
         inject(FileOp::Write)?;
         D::write_static_at(file, bytes, offset).await
+    }
+
+    async fn write_parts_at(
+        file: &Self::File,
+        buf: BytesMut,
+        parts: &[Part],
+        base: usize,
+        offset: u64,
+    ) -> BufResult<u64, BytesMut> {
+        if let Err(e) = inject(FileOp::Write) {
+            return (Err(e), buf);
+        }
+        D::write_parts_at(file, buf, parts, base, offset).await
     }
 
     async fn sync(file: &Self::File) -> io::Result<()> {

@@ -21,6 +21,8 @@ use std::path::Path;
 
 use bytes::BytesMut;
 
+use crate::scan::Part;
+
 /// A buffer and the result of the operation that used it.
 pub type BufResult<T, B> = (io::Result<T>, B);
 
@@ -81,6 +83,38 @@ pub trait Driver: Sized + 'static {
     async fn rename(from: &Path, to: &Path) -> io::Result<()>;
     /// Removes a file.
     async fn remove(path: &Path) -> io::Result<()>;
+
+    /// Writes message parts (ranges of `buf` offset by `base`, and constants) back to back at
+    /// `offset`; returns the bytes written. Backends with vectored writes do it in one
+    /// operation (a message body split by dot-unstuffing is many parts).
+    async fn write_parts_at(
+        file: &Self::File,
+        mut buf: BytesMut,
+        parts: &[Part],
+        base: usize,
+        offset: u64,
+    ) -> BufResult<u64, BytesMut> {
+        let mut written = 0;
+        for part in parts {
+            let result = match part {
+                Part::Input(range) => {
+                    let range = base + range.start..base + range.end;
+                    let len = range.len() as u64;
+                    let (result, back) = Self::write_at(file, buf, range, offset + written).await;
+                    buf = back;
+                    result.map(|()| len)
+                }
+                Part::Static(bytes) => Self::write_static_at(file, bytes, offset + written)
+                    .await
+                    .map(|()| bytes.len() as u64),
+            };
+            match result {
+                Ok(len) => written += len,
+                Err(e) => return (Err(e), buf),
+            }
+        }
+        (Ok(written), buf)
+    }
 
     /// Creates a new file and writes `head` at its start, as one step for drivers that pay per
     /// operation (epoll's hand-off to a blocking thread). On error nothing is left at `path`.

@@ -8,11 +8,13 @@ use std::net::SocketAddr;
 use std::ops::Range;
 use std::os::fd::{AsRawFd, RawFd};
 use std::path::Path;
+use std::rc::Rc;
 
 use bytes::BytesMut;
 use tokio_uring::buf::BoundedBuf;
 
 use super::{BufResult, Driver};
+use crate::scan::Part;
 
 /// The io_uring backend.
 pub struct Uring;
@@ -54,6 +56,61 @@ impl Drop for Stream {
             libc::shutdown(self.0.as_raw_fd(), libc::SHUT_RDWR);
         }
     }
+}
+
+/// Most pieces one vectored write takes (the kernel's IOV_MAX).
+const IOV_MAX: usize = 1024;
+
+/// One piece of a vectored file write: a range of a receive buffer shared by all the pieces of
+/// the write (so the buffer is not copied), or a constant.
+enum Piece {
+    Shared(Rc<BytesMut>, Range<usize>),
+    Static(&'static [u8]),
+}
+
+impl Piece {
+    /// The piece's bytes.
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Piece::Shared(buf, range) => &buf[range.clone()],
+            Piece::Static(bytes) => bytes,
+        }
+    }
+}
+
+// SAFETY: the bytes a piece points to live as long as the piece (its `Rc` keeps the buffer
+// alive and nobody can mutate a buffer that is shared), and they are all initialised.
+unsafe impl tokio_uring::buf::IoBuf for Piece {
+    fn stable_ptr(&self) -> *const u8 {
+        self.bytes().as_ptr()
+    }
+
+    fn bytes_init(&self) -> usize {
+        self.bytes().len()
+    }
+
+    fn bytes_total(&self) -> usize {
+        self.bytes().len()
+    }
+}
+
+/// Drops the first `n` bytes of `pieces` (the part a short vectored write did write).
+fn consume(pieces: &mut Vec<Piece>, mut n: usize) {
+    let mut whole = 0;
+    for piece in pieces.iter_mut() {
+        let len = piece.bytes().len();
+        if n >= len {
+            n -= len;
+            whole += 1;
+            continue;
+        }
+        match piece {
+            Piece::Shared(_, range) => range.start += n,
+            Piece::Static(bytes) => *bytes = &bytes[n..],
+        }
+        break;
+    }
+    pieces.drain(..whole);
 }
 
 impl Driver for Uring {
@@ -133,6 +190,56 @@ impl Driver for Uring {
         file.write_all_at(bytes, offset).await.0
     }
 
+    async fn write_parts_at(
+        file: &Self::File,
+        buf: BytesMut,
+        parts: &[Part],
+        base: usize,
+        offset: u64,
+    ) -> BufResult<u64, BytesMut> {
+        let shared = Rc::new(buf);
+        let mut written = 0u64;
+        let mut result = Ok(());
+        for chunk in parts.chunks(IOV_MAX) {
+            let mut pieces: Vec<Piece> = chunk
+                .iter()
+                .map(|part| match part {
+                    Part::Input(r) => {
+                        Piece::Shared(Rc::clone(&shared), base + r.start..base + r.end)
+                    }
+                    Part::Static(bytes) => Piece::Static(bytes),
+                })
+                .filter(|piece| !piece.bytes().is_empty())
+                .collect();
+            // A short write (a full disk) leaves the rest to write again: drop what was
+            // written and go on, until all is written or the kernel reports an error.
+            while !pieces.is_empty() {
+                let (done, back) = file.writev_at(pieces, offset + written).await;
+                pieces = back;
+                let n = match done {
+                    Ok(0) => Err(io::Error::from(io::ErrorKind::WriteZero)),
+                    other => other,
+                };
+                match n {
+                    Ok(n) => {
+                        written += n as u64;
+                        consume(&mut pieces, n);
+                    }
+                    Err(e) => {
+                        result = Err(e);
+                        break;
+                    }
+                }
+            }
+            if result.is_err() {
+                break;
+            }
+        }
+        // Every piece is dropped: the buffer is ours alone again (the copy cannot happen).
+        let buf = Rc::try_unwrap(shared).unwrap_or_else(|shared| BytesMut::from(&shared[..]));
+        (result.map(|()| written), buf)
+    }
+
     async fn sync(file: &Self::File) -> io::Result<()> {
         file.sync_all().await
     }
@@ -147,5 +254,34 @@ impl Driver for Uring {
 
     async fn remove(path: &Path) -> io::Result<()> {
         tokio_uring::fs::remove_file(path).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The bytes left in `pieces`, concatenated.
+    fn left(pieces: &[Piece]) -> Vec<u8> {
+        pieces.iter().flat_map(|p| p.bytes().to_vec()).collect()
+    }
+
+    #[test]
+    fn consume_drops_exactly_what_a_short_write_wrote() {
+        let buf = Rc::new(BytesMut::from(&b"0123456789"[..]));
+        let make = || {
+            vec![
+                Piece::Shared(Rc::clone(&buf), 0..4),
+                Piece::Static(b"\r\n"),
+                Piece::Shared(Rc::clone(&buf), 6..10),
+            ]
+        };
+        let all = left(&make());
+        for n in 0..=all.len() {
+            let mut pieces = make();
+            consume(&mut pieces, n);
+            assert_eq!(left(&pieces), all[n..], "n = {n}");
+            assert!(pieces.iter().all(|p| !p.bytes().is_empty()), "n = {n}");
+        }
     }
 }

@@ -14,7 +14,6 @@
 use std::cell::Cell;
 use std::io::{self, Write as _};
 use std::net::IpAddr;
-use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -226,28 +225,15 @@ impl<D: Driver> Spool<D> {
         draft: &mut Draft<D>,
         parts: &[Part],
         base: usize,
-        mut buf: BytesMut,
+        buf: BytesMut,
     ) -> BytesMut {
-        for part in parts {
-            if draft.failed {
-                break;
-            }
-            let result = match part {
-                Part::Input(range) => {
-                    let range: Range<usize> = base + range.start..base + range.end;
-                    let len = range.len() as u64;
-                    let (result, back) = D::write_at(&draft.file, buf, range, draft.offset).await;
-                    buf = back;
-                    result.map(|()| len)
-                }
-                Part::Static(bytes) => D::write_static_at(&draft.file, bytes, draft.offset)
-                    .await
-                    .map(|()| bytes.len() as u64),
-            };
-            match result {
-                Ok(len) => draft.offset += len,
-                Err(_) => draft.failed = true,
-            }
+        if draft.failed {
+            return buf;
+        }
+        let (written, buf) = D::write_parts_at(&draft.file, buf, parts, base, draft.offset).await;
+        match written {
+            Ok(len) => draft.offset += len,
+            Err(_) => draft.failed = true,
         }
         buf
     }
