@@ -488,3 +488,44 @@ proptest! {
         check_strict(&stream, &cuts, BareLf::Normalize);
     }
 }
+
+proptest! {
+    /// In reject mode the CRs counted block by block equal the CRs in the bytes consumed, for
+    /// any split into reads and any mix of CR, LF, dots and long runs (blocks with no LF).
+    #[test]
+    fn cr_count_equals_the_crs_consumed(
+        pieces in prop::collection::vec(
+            prop_oneof![
+                prop::sample::select(vec![&b"\r"[..], b"\n", b"\r\n", b".", b"\r\n.", b"x"]),
+                Just(&b"yyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyy\r\r"[..]),
+            ],
+            0..120,
+        ),
+        cuts in prop::collection::vec(0usize..2000, 0..8),
+        terminated in any::<bool>(),
+    ) {
+        let mut stream: Vec<u8> = pieces.concat();
+        if terminated {
+            stream.extend_from_slice(b"\r\n.\r\n");
+        }
+        let mut bounds: Vec<usize> = cuts.into_iter().filter(|&c| c < stream.len()).collect();
+        bounds.sort_unstable();
+        bounds.dedup();
+        bounds.push(stream.len());
+        let mut scanner = DataScanner::new(BareLf::Reject);
+        let mut parts = Vec::new();
+        let mut from = 0;
+        for to in bounds {
+            let consumed = match scanner.scan(&stream[from..to], 0, &mut parts) {
+                Scan::More => to,
+                Scan::End(n) => from + n,
+            };
+            let want = stream[..consumed].iter().filter(|&&b| b == b'\r').count() as u64;
+            prop_assert_eq!(scanner.cr_count, want);
+            if consumed < to {
+                break;
+            }
+            from = to;
+        }
+    }
+}
