@@ -318,7 +318,14 @@ pub fn start<D: Driver>(config: ServerConfig) -> Result<Running, String> {
                 if config.pin && !config.cpus.is_empty() {
                     pin_to_cpu(config.cpus[id % config.cpus.len()]);
                 }
-                let result = run_shard::<D>(id, config, shared, phase, shard_listeners);
+                // A panic is a bug: it is reported like a failed shard, which stops the whole
+                // server with exit status 1 for its supervisor to restart (acknowledged mail is
+                // on disk), rather than leaving the server running one shard short.
+                let run = std::panic::AssertUnwindSafe(|| {
+                    run_shard::<D>(id, config, shared, phase, shard_listeners)
+                });
+                let result = std::panic::catch_unwind(run)
+                    .unwrap_or_else(|_| Err(io::Error::other("the shard panicked")));
                 let _ = done.send((id, result));
             });
         match spawned {
