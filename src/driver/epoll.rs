@@ -6,7 +6,6 @@
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::ops::Range;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
@@ -108,28 +107,9 @@ impl Driver for Epoll {
         std::fs::File::open(path).map(Arc::new)
     }
 
-    async fn write_at(
-        file: &Self::File,
-        buf: BytesMut,
-        range: Range<usize>,
-        offset: u64,
-    ) -> BufResult<(), BytesMut> {
-        let file = Arc::clone(file);
-        blocking(move || (file.write_all_at(&buf[range], offset), buf)).await
-    }
-
     async fn write_vec_at(file: &Self::File, buf: Vec<u8>, offset: u64) -> BufResult<(), Vec<u8>> {
         let file = Arc::clone(file);
         blocking(move || (file.write_all_at(&buf, offset), buf)).await
-    }
-
-    async fn write_static_at(
-        file: &Self::File,
-        bytes: &'static [u8],
-        offset: u64,
-    ) -> io::Result<()> {
-        let file = Arc::clone(file);
-        blocking(move || file.write_all_at(bytes, offset)).await
     }
 
     async fn write_parts_at(

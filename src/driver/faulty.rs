@@ -6,7 +6,6 @@
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::ops::Range;
 use std::os::fd::RawFd;
 use std::path::Path;
 use std::sync::Mutex;
@@ -156,32 +155,11 @@ impl<D: Driver> Driver for Faulty<D> {
         D::open_dir(path)
     }
 
-    async fn write_at(
-        file: &Self::File,
-        buf: BytesMut,
-        range: Range<usize>,
-        offset: u64,
-    ) -> BufResult<(), BytesMut> {
-        if let Err(e) = inject(FileOp::Write) {
-            return (Err(e), buf);
-        }
-        D::write_at(file, buf, range, offset).await
-    }
-
     async fn write_vec_at(file: &Self::File, buf: Vec<u8>, offset: u64) -> BufResult<(), Vec<u8>> {
         if let Err(e) = inject(FileOp::Write) {
             return (Err(e), buf);
         }
         D::write_vec_at(file, buf, offset).await
-    }
-
-    async fn write_static_at(
-        file: &Self::File,
-        bytes: &'static [u8],
-        offset: u64,
-    ) -> io::Result<()> {
-        inject(FileOp::Write)?;
-        D::write_static_at(file, bytes, offset).await
     }
 
     async fn write_parts_at(

@@ -15,7 +15,6 @@ pub mod uring;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::ops::Range;
 use std::os::fd::RawFd;
 use std::path::Path;
 
@@ -56,21 +55,8 @@ pub trait Driver: Sized + 'static {
     async fn create(path: &Path) -> io::Result<Self::File>;
     /// Opens a directory so that it can be fsync'd.
     fn open_dir(path: &Path) -> io::Result<Self::File>;
-    /// Writes `buf[range]` at `offset`.
-    async fn write_at(
-        file: &Self::File,
-        buf: BytesMut,
-        range: Range<usize>,
-        offset: u64,
-    ) -> BufResult<(), BytesMut>;
     /// Writes all of `buf` at `offset`.
     async fn write_vec_at(file: &Self::File, buf: Vec<u8>, offset: u64) -> BufResult<(), Vec<u8>>;
-    /// Writes constant bytes at `offset`.
-    async fn write_static_at(
-        file: &Self::File,
-        bytes: &'static [u8],
-        offset: u64,
-    ) -> io::Result<()>;
     /// Flushes the file's data and metadata to stable storage.
     async fn sync(file: &Self::File) -> io::Result<()>;
     /// Flushes a directory opened with `open_dir` (its entries: renames into it).
@@ -89,32 +75,11 @@ pub trait Driver: Sized + 'static {
     /// operation (a message body split by dot-unstuffing is many parts).
     async fn write_parts_at(
         file: &Self::File,
-        mut buf: BytesMut,
+        buf: BytesMut,
         parts: &[Part],
         base: usize,
         offset: u64,
-    ) -> BufResult<u64, BytesMut> {
-        let mut written = 0;
-        for part in parts {
-            let result = match part {
-                Part::Input(range) => {
-                    let range = base + range.start..base + range.end;
-                    let len = range.len() as u64;
-                    let (result, back) = Self::write_at(file, buf, range, offset + written).await;
-                    buf = back;
-                    result.map(|()| len)
-                }
-                Part::Static(bytes) => Self::write_static_at(file, bytes, offset + written)
-                    .await
-                    .map(|()| bytes.len() as u64),
-            };
-            match result {
-                Ok(len) => written += len,
-                Err(e) => return (Err(e), buf),
-            }
-        }
-        (Ok(written), buf)
-    }
+    ) -> BufResult<u64, BytesMut>;
 
     /// Creates a new file and writes `head` at its start, as one step for drivers that pay per
     /// operation (epoll's hand-off to a blocking thread). On error nothing is left at `path`.

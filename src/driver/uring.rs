@@ -168,26 +168,8 @@ impl Driver for Uring {
         Ok(tokio_uring::fs::File::from_std(std::fs::File::open(path)?))
     }
 
-    async fn write_at(
-        file: &Self::File,
-        buf: BytesMut,
-        range: Range<usize>,
-        offset: u64,
-    ) -> BufResult<(), BytesMut> {
-        let (result, slice) = file.write_all_at(buf.slice(range), offset).await;
-        (result, slice.into_inner())
-    }
-
     async fn write_vec_at(file: &Self::File, buf: Vec<u8>, offset: u64) -> BufResult<(), Vec<u8>> {
         file.write_all_at(buf, offset).await
-    }
-
-    async fn write_static_at(
-        file: &Self::File,
-        bytes: &'static [u8],
-        offset: u64,
-    ) -> io::Result<()> {
-        file.write_all_at(bytes, offset).await.0
     }
 
     async fn write_parts_at(
