@@ -13,7 +13,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::log::Level;
+use crate::log::{Level, LogFormat};
 use crate::scan::BareLf;
 
 /// Every variable as (name, default, meaning), in SPEC §3's order. A default that is a literal
@@ -129,6 +129,26 @@ pub const VARIABLES: &[(&str, &str, &str)] = &[
         "io_uring submission queue size per shard",
     ),
     ("RINGMX_LOG", "info", "error, warn, info or debug"),
+    (
+        "RINGMX_LOG_FORMAT",
+        "text",
+        "text or json (one JSON object per line, same fields)",
+    ),
+    (
+        "RINGMX_PROXY_FROM",
+        "",
+        "networks (CIDR list) whose connections must begin with a PROXY v1 or v2 header (empty: off)",
+    ),
+    (
+        "RINGMX_PROXY_TIMEOUT_SECS",
+        "5",
+        "time allowed for that header",
+    ),
+    (
+        "RINGMX_METRICS_LISTEN",
+        "",
+        "address of the Prometheus endpoint, e.g. 127.0.0.1:9425 (empty: off)",
+    ),
 ];
 
 /// The prefix that marks a variable as ringmx's.
@@ -166,6 +186,8 @@ const DOMAINS_MAX: usize = 10_000;
 const RING_ENTRIES_MIN: u64 = 8;
 /// See `RING_ENTRIES_MIN`.
 const RING_ENTRIES_MAX: u64 = 32_768;
+/// PROXY header timeout: at least 1 s; a balancer sends its header at once, a minute is plenty.
+const PROXY_TIMEOUT_SECS_MAX: u64 = 60;
 /// Values are quoted in error lines up to this many characters, so the line stays readable.
 const ERROR_VALUE_CHARS_MAX: usize = 200;
 
@@ -369,6 +391,14 @@ pub struct ServerConfig {
     pub ring_entries: u32,
     /// The log level.
     pub log_level: Level,
+    /// How log lines are written: text or JSON.
+    pub log_format: LogFormat,
+    /// Networks whose connections must begin with a PROXY header (empty: none).
+    pub proxy_from: Vec<IpNet>,
+    /// Time allowed for that header.
+    pub proxy_timeout: Duration,
+    /// Where the Prometheus endpoint listens (None: off).
+    pub metrics_listen: Option<SocketAddr>,
     /// The settings each SMTP session obeys.
     pub session: crate::proto::Config,
 }
@@ -388,6 +418,11 @@ impl ServerConfig {
             on_off(self.fsync),
             self.backend.as_str(),
         )
+    }
+
+    /// Whether a connection from `ip` must begin with a PROXY header.
+    pub fn is_proxy_source(&self, ip: IpAddr) -> bool {
+        self.proxy_from.iter().any(|net| net.contains(ip))
     }
 
     /// Whether the per-IP connection limit applies to a client at `ip`.
@@ -561,6 +596,22 @@ pub fn from_vars<I: IntoIterator<Item = (String, String)>>(
     let log_level = env.get("RINGMX_LOG", |s| {
         s.parse::<Level>().map_err(|e| e.to_string())
     })?;
+    let log_format = env.get("RINGMX_LOG_FORMAT", |s| {
+        one_of(s, &[("text", LogFormat::Text), ("json", LogFormat::Json)])
+    })?;
+    let proxy_from = env.get("RINGMX_PROXY_FROM", parse_nets)?;
+    let proxy_timeout = env.get("RINGMX_PROXY_TIMEOUT_SECS", |s| {
+        number(s, 1, PROXY_TIMEOUT_SECS_MAX)
+    })?;
+    let metrics_listen = env.get("RINGMX_METRICS_LISTEN", |s| {
+        if s.is_empty() {
+            return Ok(None);
+        }
+        s.parse::<SocketAddr>().map(Some).map_err(|_| {
+            "expected an address:port such as 127.0.0.1:9425 or [::1]:9425, or empty for off"
+                .to_string()
+        })
+    })?;
 
     let hostname = match vars.get("RINGMX_HOSTNAME") {
         Some(value) => {
@@ -623,6 +674,10 @@ pub fn from_vars<I: IntoIterator<Item = (String, String)>>(
         backend,
         ring_entries,
         log_level,
+        log_format,
+        proxy_from,
+        proxy_timeout: Duration::from_secs(proxy_timeout),
+        metrics_listen,
         session,
     })
 }
@@ -924,6 +979,11 @@ mod tests {
         assert_eq!(c.backend, Backend::Auto);
         assert_eq!(c.ring_entries, 1024);
         assert_eq!(c.log_level, Level::Info);
+        assert_eq!(c.log_format, LogFormat::Text);
+        assert!(c.proxy_from.is_empty());
+        assert!(!c.is_proxy_source(ip("127.0.0.1")));
+        assert_eq!(c.proxy_timeout, Duration::from_secs(5));
+        assert_eq!(c.metrics_listen, None);
         let s = &c.session;
         let d = crate::proto::Config::default();
         assert_eq!(s.hostname, "mx.example.com");
@@ -990,7 +1050,7 @@ mod tests {
             let line = refused(name, "\u{1}garbage");
             assert!(!line.contains("unknown variable"), "{line}");
         }
-        assert_eq!(VARIABLES.len(), 25);
+        assert_eq!(VARIABLES.len(), 29);
     }
 
     #[test]
@@ -1273,6 +1333,33 @@ mod tests {
             "RINGMX_LIMIT_EXEMPT=\"10.0.0.1/8\": \"10.0.0.1/8\" has host bits set past the /8; \
              expected networks such as 10.0.0.0/8 or 2001:db8::/32"
         );
+    }
+
+    #[test]
+    fn proxy_metrics_and_log_format() {
+        let c = config(&[
+            ("RINGMX_PROXY_FROM", "10.0.0.0/8, 2001:db8::/32"),
+            ("RINGMX_PROXY_TIMEOUT_SECS", "2"),
+            ("RINGMX_METRICS_LISTEN", "[::1]:9425"),
+            ("RINGMX_LOG_FORMAT", "JSON"),
+        ])
+        .unwrap();
+        assert_eq!(c.proxy_from, vec![net("10.0.0.0/8"), net("2001:db8::/32")]);
+        assert!(c.is_proxy_source(ip("10.1.2.3")));
+        assert!(c.is_proxy_source(ip("::ffff:10.1.2.3")));
+        assert!(c.is_proxy_source(ip("2001:db8::25")));
+        assert!(!c.is_proxy_source(ip("192.0.2.1")));
+        assert_eq!(c.proxy_timeout, Duration::from_secs(2));
+        assert_eq!(c.metrics_listen, Some("[::1]:9425".parse().unwrap()));
+        assert_eq!(c.log_format, LogFormat::Json);
+        refused("RINGMX_PROXY_FROM", "10.0.0.1/8");
+        refused("RINGMX_PROXY_FROM", "10.0.0.0/8,,");
+        refused("RINGMX_PROXY_TIMEOUT_SECS", "0");
+        refused("RINGMX_PROXY_TIMEOUT_SECS", "61");
+        refused("RINGMX_METRICS_LISTEN", "9425");
+        refused("RINGMX_METRICS_LISTEN", "localhost:9425");
+        let line = refused("RINGMX_LOG_FORMAT", "logfmt");
+        assert!(line.contains("expected text or json"), "{line}");
     }
 
     #[test]

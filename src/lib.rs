@@ -8,6 +8,7 @@ pub mod config;
 pub mod driver;
 pub mod log;
 pub mod proto;
+pub mod proxy;
 pub mod scan;
 pub mod server;
 pub mod spool;
