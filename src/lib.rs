@@ -7,6 +7,7 @@
 pub mod config;
 pub mod driver;
 pub mod log;
+pub mod metrics;
 pub mod proto;
 pub mod proxy;
 pub mod scan;
