@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::{find_program, run_bounded};
+use super::{find_program, run_bounded, Client, Server, READ_TIMEOUT};
 
 /// How long a peer may take to come up.
 const PEER_START_TIMEOUT: Duration = Duration::from_secs(10);
@@ -21,7 +21,13 @@ const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
 /// `program` on PATH (or at its absolute path); `None` after a SKIP line, or a panic under
 /// `CI=true`.
 pub fn peer(program: &str, package: &str, test: &str) -> Option<PathBuf> {
-    match find_program(program) {
+    let found = find_program(program).or_else(|| {
+        ["/usr/sbin", "/usr/bin"]
+            .iter()
+            .map(|dir| Path::new(dir).join(program))
+            .find(|path| path.is_file())
+    });
+    match found {
         Some(path) => Some(path),
         None if std::env::var("CI").is_ok_and(|v| v == "true") => {
             panic!("{test}: {program} is missing under CI=true (apt-get install {package})")
@@ -235,4 +241,54 @@ pub fn connect_from(from: &str, to: SocketAddr) -> TcpStream {
         .connect_timeout(&to.into(), HTTP_TIMEOUT)
         .unwrap_or_else(|e| panic!("connect {from} -> {to}: {e}"));
     socket.into()
+}
+
+/// A `Client` over an already connected stream (such as one from `connect_from`).
+pub fn client_on(stream: TcpStream) -> Client {
+    stream.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
+    stream.set_write_timeout(Some(READ_TIMEOUT)).unwrap();
+    stream.set_nodelay(true).unwrap();
+    let reader = std::io::BufReader::new(stream.try_clone().unwrap());
+    Client { stream, reader }
+}
+
+/// The `Received:` header of a stored message, unfolded onto one line.
+pub fn received(file: &[u8]) -> String {
+    let text = String::from_utf8_lossy(file);
+    let start = text.find("\r\nReceived: ").expect("a Received header") + 2;
+    let mut header = String::new();
+    for (i, line) in text[start..].split("\r\n").enumerate() {
+        if i > 0 && !line.starts_with([' ', '\t']) {
+            break;
+        }
+        header.push_str(line);
+    }
+    header
+}
+
+/// The metrics endpoint's address, from the server's log line `metrics endpoint at http://ADDR/metrics`.
+pub fn metrics_addr(server: &Server) -> SocketAddr {
+    let deadline = Instant::now() + PEER_START_TIMEOUT;
+    loop {
+        let found = server.log().iter().find_map(|line| {
+            let rest = line.split("metrics endpoint at http://").nth(1)?;
+            rest.split('/').next()?.parse().ok()
+        });
+        if let Some(addr) = found {
+            return addr;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no metrics line in:\n{}",
+            server.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// One scrape of the server's metrics.
+pub fn scrape(server: &Server) -> String {
+    let response = http(metrics_addr(server), "GET", "/metrics");
+    assert_eq!(response.status, 200, "{response:?}");
+    response.body
 }
