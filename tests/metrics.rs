@@ -6,7 +6,8 @@ mod common;
 
 use std::sync::Arc;
 
-use common::ops::{http, http_raw, peer, promtool_check, sample};
+use common::ops::{http, http_raw, metrics_addr, peer, promtool_check, sample, scrape};
+use common::{exited_with, run_to_exit, send_lockstep, transaction, Client, Server};
 use ringmx::metrics::http::Endpoint;
 use ringmx::metrics::{Connection, Metrics, Tls};
 
@@ -107,4 +108,209 @@ fn promtool_accepts_the_output() {
     let endpoint = endpoint(&metrics);
     let body = http(endpoint.local_addr(), "GET", "/metrics").body;
     promtool_check(&promtool, &body).unwrap_or_else(|e| panic!("{e}\n{body}"));
+}
+
+/// The sample `series` in `text`, which must be there.
+fn get(text: &str, series: &str) -> f64 {
+    sample(text, series).unwrap_or_else(|| panic!("{series} missing:\n{text}"))
+}
+
+/// `after - before` for `series`.
+fn delta(before: &str, after: &str, series: &str) -> f64 {
+    get(after, series) - get(before, series)
+}
+
+/// Waits until the server's open sessions are back to `want` (a session's end is counted
+/// just after its last reply is sent).
+fn wait_sessions(server: &Server, want: f64) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let text = scrape(server);
+        if get(&text, "ringmx_sessions_active") == want {
+            return text;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "sessions never reached {want}:\n{text}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn counters_rise_by_exactly_what_a_session_sent() {
+    let server = Server::start(&[("RINGMX_METRICS_LISTEN", "127.0.0.1:0")]);
+    let before = scrape(&server);
+    assert_eq!(get(&before, "ringmx_sessions_active"), 0.0);
+    let mut sent = 0usize;
+    let mut client = Client::greeted(server.addr());
+    let ehlo = b"EHLO client.example\r\n";
+    client.send(ehlo);
+    client.expect("250");
+    sent += ehlo.len();
+    // Two messages in lockstep (2 and 1 recipients), one pipelined with 3 recipients.
+    let bodies: [&[u8]; 3] = [
+        b"Subject: one\r\n\r\nfirst\r\n",
+        b"Subject: two\r\n\r\n.dot\r\nsecond\r\n",
+        b"Subject: three\r\n\r\nthird\r\n",
+    ];
+    send_lockstep(
+        &mut client,
+        "a@x.example",
+        &["b@y.example", "c@y.example"],
+        bodies[0],
+    );
+    send_lockstep(&mut client, "a@x.example", &["d@y.example"], bodies[1]);
+    for (rcpts, body) in [(2usize, bodies[0]), (1, bodies[1])] {
+        // MAIL, RCPTs, DATA, the stuffed body, as send_lockstep wrote them.
+        let mut bytes = "MAIL FROM:<a@x.example>\r\n".len();
+        bytes += rcpts * "RCPT TO:<b@y.example>\r\n".len();
+        bytes += "DATA\r\n".len() + common::dot_stuffed(body).len();
+        sent += bytes;
+    }
+    let pipelined = transaction(
+        "a@x.example",
+        &["e@y.example", "f@y.example", "g@y.example"],
+        bodies[2],
+    );
+    client.send(&pipelined);
+    sent += pipelined.len();
+    for _ in 0..4 {
+        client.expect("250 2.1.");
+    }
+    client.expect("354");
+    client.expect_queued();
+    // Two errors, then QUIT.
+    let junk = b"FOO\r\nRCPT TO:<x@y.example>\r\nQUIT\r\n";
+    client.send(junk);
+    sent += junk.len();
+    client.expect("500");
+    client.expect("503");
+    client.expect("221");
+    drop(client);
+    let after = wait_sessions(&server, 0.0);
+    let d = |series: &str| delta(&before, &after, series);
+    assert_eq!(d("ringmx_connections_total{result=\"accepted\"}"), 1.0);
+    assert_eq!(d("ringmx_messages_total"), 3.0);
+    assert_eq!(d("ringmx_recipients_total"), 6.0);
+    assert_eq!(d("ringmx_bytes_received_total"), sent as f64);
+    assert_eq!(d("ringmx_replies_total{code=\"220\"}"), 1.0);
+    // EHLO, 3 MAIL, 6 RCPT, 3 stored.
+    assert_eq!(d("ringmx_replies_total{code=\"250\"}"), 13.0);
+    assert_eq!(d("ringmx_replies_total{code=\"354\"}"), 3.0);
+    assert_eq!(d("ringmx_replies_total{code=\"500\"}"), 1.0);
+    assert_eq!(d("ringmx_replies_total{code=\"503\"}"), 1.0);
+    assert_eq!(d("ringmx_replies_total{code=\"221\"}"), 1.0);
+    assert_eq!(d("ringmx_message_store_seconds_count"), 3.0);
+    assert!(d("ringmx_message_store_seconds_sum") > 0.0);
+    // Each message's file fsync, and at least one directory fsync.
+    assert!(d("ringmx_fsync_seconds_count") >= 4.0, "{after}");
+    assert!(get(&after, "ringmx_spool_free_bytes") > 0.0);
+    for refused in ["refused_limit", "refused_per_ip", "refused_shutdown"] {
+        let series = format!("ringmx_connections_total{{result=\"{refused}\"}}");
+        assert_eq!(d(&series), 0.0, "{series}");
+    }
+}
+
+#[test]
+fn refused_connections_are_counted_by_reason() {
+    let server = Server::start(&[
+        ("RINGMX_METRICS_LISTEN", "127.0.0.1:0"),
+        ("RINGMX_LIMIT_EXEMPT", ""),
+        ("RINGMX_MAX_CONNECTIONS_PER_IP", "1"),
+    ]);
+    let held = Client::greeted(server.addr());
+    for _ in 0..2 {
+        let mut refused = Client::connect(server.addr());
+        refused.expect("421 4.7.0");
+    }
+    let text = wait_sessions(&server, 1.0);
+    assert_eq!(
+        get(&text, "ringmx_connections_total{result=\"refused_per_ip\"}"),
+        2.0
+    );
+    assert_eq!(
+        get(&text, "ringmx_connections_total{result=\"accepted\"}"),
+        1.0
+    );
+    assert_eq!(get(&text, "ringmx_replies_total{code=\"421\"}"), 2.0);
+    drop(held);
+    let server = Server::start(&[
+        ("RINGMX_METRICS_LISTEN", "127.0.0.1:0"),
+        ("RINGMX_MAX_CONNECTIONS", "1"),
+    ]);
+    let _held = Client::greeted(server.addr());
+    let mut refused = Client::connect(server.addr());
+    refused.expect("421 4.3.2");
+    let text = scrape(&server);
+    assert_eq!(
+        get(&text, "ringmx_connections_total{result=\"refused_limit\"}"),
+        1.0
+    );
+}
+
+#[test]
+fn promtool_accepts_the_servers_output_and_smtp_port_does_not_serve_it() {
+    let server = Server::start(&[("RINGMX_METRICS_LISTEN", "127.0.0.1:0")]);
+    let mut client = Client::ehlo(server.addr());
+    send_lockstep(
+        &mut client,
+        "a@x.example",
+        &["b@y.example"],
+        b"Subject: x\r\n\r\nx\r\n",
+    );
+    // The SMTP port is not an HTTP port: an HTTP request there gets an SMTP refusal (500, or
+    // 421 where HTTP verbs close the session), never metrics.
+    let mut smtp = Client::greeted(server.addr());
+    smtp.send(b"GET /metrics HTTP/1.1\r\n\r\n");
+    let reply = smtp.read_reply();
+    assert!(
+        reply.starts_with("500 ") || reply.starts_with("421 "),
+        "{reply}"
+    );
+    let addr = metrics_addr(&server);
+    assert_ne!(addr.port(), server.addr().port());
+    assert_eq!(http(addr, "GET", "/").status, 404);
+    assert_eq!(http(addr, "POST", "/metrics").status, 405);
+    let text = scrape(&server);
+    let info = format!(
+        "ringmx_build_info{{version=\"{}\",backend=",
+        env!("CARGO_PKG_VERSION")
+    );
+    assert!(text.contains(&info), "{text}");
+    let Some(promtool) = peer(
+        "promtool",
+        "prometheus",
+        "promtool_accepts_the_servers_output",
+    ) else {
+        return;
+    };
+    promtool_check(&promtool, &text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+}
+
+#[test]
+fn metrics_listen_errors_stop_start_up() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let spool = tempfile::tempdir().unwrap();
+    let spool = spool.path().display().to_string();
+    let (status, log) = run_to_exit(
+        &[
+            ("RINGMX_LISTEN", "127.0.0.1:0"),
+            ("RINGMX_SPOOL", &spool),
+            ("RINGMX_METRICS_LISTEN", &addr),
+        ],
+        std::time::Duration::from_secs(10),
+    );
+    assert!(exited_with(status, 1), "{status:?} {log:?}");
+    assert!(
+        log.iter()
+            .any(|l| l.contains("RINGMX_METRICS_LISTEN") && l.contains(&addr)),
+        "{log:?}"
+    );
+    let (status, log) = run_to_exit(
+        &[("RINGMX_METRICS_LISTEN", "localhost:9425")],
+        std::time::Duration::from_secs(10),
+    );
+    assert!(exited_with(status, 2), "{status:?} {log:?}");
 }
