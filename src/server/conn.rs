@@ -228,11 +228,14 @@ pub(crate) async fn serve<D: Driver>(
     drop(admission);
     let duration_ms = started.elapsed().as_millis() as u64;
     let messages = conn.session.messages_stored();
+    // The balancer a PROXY header came through, if any.
+    let via = (peer != socket_peer).then_some(socket_peer);
     log_event!(
         Info,
         "session_end",
         {
             peer: peer,
+            via: via,
             end: end.as_str(),
             duration_ms: duration_ms,
             messages: messages,
