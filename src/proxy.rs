@@ -427,6 +427,50 @@ mod tests {
         assert!(matches!(parse(&bad), Parsed::Malformed(_)));
     }
 
+    proptest::proptest! {
+        /// Any bytes: no panic; `Incomplete` only below the bound; a header's length is within
+        /// the input and the bound.
+        #[test]
+        fn arbitrary_bytes(input in proptest::collection::vec(proptest::num::u8::ANY, 0..2200)) {
+            match parse(&input) {
+                Parsed::Incomplete => proptest::prop_assert!(input.len() < HEADER_BYTES_MAX),
+                Parsed::Header { len, .. } => {
+                    proptest::prop_assert!(len <= input.len() && len <= HEADER_BYTES_MAX)
+                }
+                Parsed::Malformed(_) => {}
+            }
+        }
+
+        /// A valid header followed by anything: every cut before its end is `Incomplete`, and
+        /// from its end on the answer is the header, whatever follows.
+        #[test]
+        fn valid_header_then_anything(
+            v2_form in proptest::bool::ANY,
+            a in proptest::num::u32::ANY,
+            port in proptest::num::u16::ANY,
+            tail in proptest::collection::vec(proptest::num::u8::ANY, 0..64),
+        ) {
+            let src = SocketAddr::new(IpAddr::V4(a.into()), port);
+            let dst: SocketAddr = "192.0.2.1:25".parse().unwrap();
+            let header = if v2_form {
+                v2_header(src, dst, &[(0x04, &tail)])
+            } else {
+                format!("PROXY TCP4 {} {} {} 25\r\n", src.ip(), dst.ip(), port).into_bytes()
+            };
+            let mut input = header.clone();
+            input.extend_from_slice(&tail);
+            for cut in 0..header.len() {
+                proptest::prop_assert_eq!(parse(&input[..cut]), Parsed::Incomplete);
+            }
+            for end in header.len()..=input.len() {
+                proptest::prop_assert_eq!(
+                    parse(&input[..end]),
+                    Parsed::Header { len: header.len(), client: Some(src) }
+                );
+            }
+        }
+    }
+
     #[test]
     fn any_input_gives_an_answer_without_panicking() {
         // Every short input over a few interesting bytes: never a panic, and Incomplete only
