@@ -395,3 +395,27 @@ fn outside_the_trusted_networks_proxy_is_an_unknown_command() {
         assert_eq!(proxy_count(&text, result), 0.0, "{result}");
     }
 }
+
+#[test]
+fn on_epoll_too() {
+    let server = server("127.0.0.0/8", &[("RINGMX_BACKEND", "epoll")]);
+    let dst = server.addr();
+    let mut client = Client::connect(dst);
+    let src: SocketAddr = "198.51.100.10:5555".parse().unwrap();
+    let mut bytes = v2_header(src, dst, &[(0x05, b"id-2")]);
+    bytes.extend_from_slice(b"EHLO c.example\r\n");
+    let (first, rest) = bytes.split_at(10);
+    client.send(first);
+    std::thread::sleep(Duration::from_millis(100));
+    client.send(rest);
+    client.expect("220 ");
+    client.expect("250");
+    let header = send_one(&server, &mut client, "epoll");
+    assert!(header.contains("[198.51.100.10]"), "{header}");
+    let mut late = TcpStream::connect(dst).unwrap();
+    closed_silently(&mut late).unwrap();
+    let text = scrape(&server);
+    assert_eq!(proxy_count(&text, "ok"), 1.0, "{text}");
+    assert_eq!(proxy_count(&text, "timeout"), 1.0, "{text}");
+    assert!(server.log_text().contains("backend epoll"));
+}
