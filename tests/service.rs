@@ -135,7 +135,8 @@ fn env_file_names_every_variable_with_an_accepted_value() {
             );
         }
     }
-    for (name, _, _) in ringmx::config::VARIABLES {
+    for variable in ringmx::config::VARIABLES {
+        let name = variable.name;
         assert!(
             lines.iter().any(|(n, _)| n == name),
             "{name} is not in dist/ringmx.env"
@@ -145,7 +146,7 @@ fn env_file_names_every_variable_with_an_accepted_value() {
     // certificate and key, whose example paths exist only on an operator's host).
     let known: Vec<(String, String)> = lines
         .into_iter()
-        .filter(|(n, _)| ringmx::config::VARIABLES.iter().any(|(k, _, _)| k == n))
+        .filter(|(n, _)| ringmx::config::VARIABLES.iter().any(|v| v.name == n))
         .filter(|(n, _)| !n.starts_with("RINGMX_TLS_CERT") && !n.starts_with("RINGMX_TLS_KEY"))
         .collect();
     for pair in &known {
