@@ -280,7 +280,7 @@ fn local_unknown_and_ipv6_clients() {
 #[test]
 fn v2_over_an_ipv6_connection() {
     if !ipv6_loopback_available() {
-        eprintln!("SKIP v2_over_an_ipv6_connection: no IPv6 loopback");
+        common::skip_or_fail("v2_over_an_ipv6_connection", "no IPv6 loopback");
         return;
     }
     let server = server("::1/128", &[("RINGMX_LISTEN", "[::1]:0")]);

@@ -27,16 +27,13 @@ pub fn peer(program: &str, package: &str, test: &str) -> Option<PathBuf> {
             .map(|dir| Path::new(dir).join(program))
             .find(|path| path.is_file())
     });
-    match found {
-        Some(path) => Some(path),
-        None if std::env::var("CI").is_ok_and(|v| v == "true") => {
-            panic!("{test}: {program} is missing under CI=true (apt-get install {package})")
-        }
-        None => {
-            eprintln!("SKIP {test}: {program} is not installed (apt-get install {package})");
-            None
-        }
+    if found.is_none() {
+        super::skip_or_fail(
+            test,
+            &format!("{program} is not installed (apt-get install {package})"),
+        );
     }
+    found
 }
 
 /// A free TCP port on 127.0.0.1 (bound and released; the caller binds it again at once).
