@@ -236,7 +236,11 @@ impl ShardMetrics {
     /// Counts every reply in `replies`, bytes as sent (CRLF-ended lines; a multi-line reply
     /// counts once, at its last line `xyz ` or `xyz`).
     pub fn replies(&self, replies: &[u8]) {
-        for line in replies.split(|&b| b == b'\n') {
+        let mut start = 0;
+        let ends = memchr::memchr_iter(b'\n', replies).chain([replies.len()]);
+        for end in ends {
+            let line = &replies[start..end];
+            start = end + 1;
             let line = line.strip_suffix(b"\r").unwrap_or(line);
             let last_line = line.len() == 3 || (line.len() > 3 && line[3] == b' ');
             if last_line && line[..3].iter().all(u8::is_ascii_digit) {
