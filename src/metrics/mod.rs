@@ -236,18 +236,18 @@ impl ShardMetrics {
     /// Counts every reply in `replies`, bytes as sent (CRLF-ended lines; a multi-line reply
     /// counts once, at its last line `xyz ` or `xyz`).
     pub fn replies(&self, replies: &[u8]) {
-        let mut start = 0;
-        let ends = memchr::memchr_iter(b'\n', replies).chain([replies.len()]);
-        for end in ends {
-            let line = &replies[start..end];
-            start = end + 1;
-            let line = line.strip_suffix(b"\r").unwrap_or(line);
-            let last_line = line.len() == 3 || (line.len() > 3 && line[3] == b' ');
-            if last_line && line[..3].iter().all(u8::is_ascii_digit) {
-                let code = line[..3]
-                    .iter()
-                    .fold(0u16, |n, d| n * 10 + u16::from(d - b'0'));
+        let mut rest = replies;
+        while let [a, b, c, after @ ..] = rest {
+            // A reply's last line is `xyz` + space (or nothing) + text; `xyz-` continues it.
+            let last_line = matches!(after.first(), None | Some(b' ' | b'\r' | b'\n'));
+            if last_line && a.is_ascii_digit() && b.is_ascii_digit() && c.is_ascii_digit() {
+                let code =
+                    u16::from(a - b'0') * 100 + u16::from(b - b'0') * 10 + u16::from(c - b'0');
                 self.reply(code);
+            }
+            match memchr::memchr(b'\n', after) {
+                Some(end) => rest = &after[end + 1..],
+                None => break,
             }
         }
     }

@@ -522,11 +522,13 @@ impl<D: Driver> Conn<'_, D> {
                 Step::Read => break Fed::NeedInput,
                 Step::Begin => self.begin().await,
                 Step::Store => {
+                    // Timed from the read that brought the end of data (the feed's `now`: no
+                    // extra clock read) to the verdict.
                     let timing = self
                         .shard
                         .metrics
                         .as_ref()
-                        .map(|_| (Instant::now(), self.session.envelope().recipient_count()));
+                        .map(|_| (now, self.session.envelope().recipient_count()));
                     let stored = self.store().await;
                     if let (Some(metrics), Some((started, recipients)), Ok(_)) =
                         (&self.shard.metrics, timing, &stored)
