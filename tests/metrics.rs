@@ -314,3 +314,30 @@ fn metrics_listen_errors_stop_start_up() {
     );
     assert!(exited_with(status, 2), "{status:?} {log:?}");
 }
+
+#[test]
+fn idle_connections_cannot_hold_the_endpoint() {
+    let metrics = Metrics::new(1, None, "uring");
+    let endpoint = endpoint(&metrics);
+    let addr = endpoint.local_addr();
+    // More idle connections than the endpoint serves at once, none sending a byte.
+    let idle: Vec<std::net::TcpStream> = (0..80)
+        .map(|_| std::net::TcpStream::connect(addr).unwrap())
+        .collect();
+    // They are dropped after the request-head timeout and a scrape gets through again.
+    let served = common::poll(std::time::Duration::from_secs(15), || {
+        use std::io::{Read, Write};
+        let Ok(mut s) = std::net::TcpStream::connect(addr) else {
+            return false;
+        };
+        let _ = s.set_read_timeout(Some(std::time::Duration::from_secs(5)));
+        if s.write_all(b"GET /metrics HTTP/1.1\r\n\r\n").is_err() {
+            return false;
+        }
+        let mut response = String::new();
+        let _ = s.read_to_string(&mut response);
+        response.starts_with("HTTP/1.1 200 OK")
+    });
+    assert!(served, "the endpoint never served again");
+    drop(idle);
+}

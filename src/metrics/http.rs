@@ -21,7 +21,10 @@ use super::Metrics;
 
 /// Largest request head read (request line and headers); Prometheus sends a few hundred bytes.
 const REQUEST_BYTES_MAX: usize = 8 * 1024;
-/// Time a client has to send its request head and read the answer.
+/// Time a client has to send its request head (a scraper sends it at once), so that idle
+/// connections cannot hold the endpoint's slots for long.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(2);
+/// Time a client has for the whole exchange, reading the answer included.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connections served at once; past it new ones are closed at once.
 const CONNECTIONS_MAX: usize = 64;
@@ -201,18 +204,26 @@ async fn serve(listener: std::net::TcpListener, metrics: Arc<Metrics>) {
 async fn serve_one(mut stream: tokio::net::TcpStream, metrics: &Arc<Metrics>) -> io::Result<()> {
     let mut head = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
-    loop {
-        let room = (REQUEST_BYTES_MAX - head.len()).min(chunk.len());
-        let n = stream.read(&mut chunk[..room]).await?;
-        if n == 0 {
-            return Ok(());
+    let read_head = async {
+        loop {
+            let room = (REQUEST_BYTES_MAX - head.len()).min(chunk.len());
+            let n = stream.read(&mut chunk[..room]).await?;
+            if n == 0 {
+                return Ok(None);
+            }
+            head.extend_from_slice(&chunk[..n]);
+            if let Answer::Respond(out) = answer(&head, || metrics.render()) {
+                return Ok::<_, io::Error>(Some(out));
+            }
         }
-        head.extend_from_slice(&chunk[..n]);
-        if let Answer::Respond(out) = answer(&head, || metrics.render()) {
-            stream.write_all(&out).await?;
-            return stream.shutdown().await;
-        }
-    }
+    };
+    let out = match tokio::time::timeout(HEAD_TIMEOUT, read_head).await {
+        Ok(Ok(Some(out))) => out,
+        Ok(Ok(None)) | Err(_) => return Ok(()),
+        Ok(Err(e)) => return Err(e),
+    };
+    stream.write_all(&out).await?;
+    stream.shutdown().await
 }
 
 #[cfg(test)]
