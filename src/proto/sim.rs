@@ -1,11 +1,22 @@
 //! An in-memory driver for the session: feeds bytes, obeys each `Step` like the real drivers
 //! do, and keeps the replies and the stored messages. Used by the transcript and property
 //! tests, the fuzz targets and the session benchmark; it does no I/O.
+//!
+//! Like the real drivers it renders a message's trace headers when its file would be created
+//! (with the message's first data, or at the store when it has none), so a test can check
+//! that the headers name every recipient that got `250`, however the input was split.
 
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::Instant;
 
+use chrono::{DateTime, Utc};
+
+use super::trace::{write_trace, Trace};
 use super::{Config, Output, Part, Session, Step};
+
+/// The client address written in the simulated trace headers.
+pub const SIM_CLIENT: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1));
 
 /// A session wired to an in-memory spool.
 pub struct Sim {
@@ -17,6 +28,12 @@ pub struct Sim {
     pub replies: Vec<u8>,
     /// Every stored message's data, in order (unless `keep_messages` is off).
     pub messages: Vec<Vec<u8>>,
+    /// Every stored message's trace headers, rendered when its file would have been created.
+    pub headers: Vec<Vec<u8>>,
+    /// Every stored message's recipients as the session's envelope held them at the store.
+    pub recipients: Vec<Vec<String>>,
+    /// The trace headers of the message being received, once begun.
+    current_headers: Option<Vec<u8>>,
     /// The message being received (its bytes when `keep_messages`, and its length).
     current: Vec<u8>,
     current_len: u64,
@@ -45,6 +62,9 @@ impl Sim {
             pending: Vec::new(),
             replies: Vec::new(),
             messages: Vec::new(),
+            headers: Vec::new(),
+            recipients: Vec::new(),
+            current_headers: None,
             current: Vec::new(),
             current_len: 0,
             keep_messages: true,
@@ -76,6 +96,7 @@ impl Sim {
             match step {
                 Step::Read => break,
                 Step::Store => {
+                    self.begin();
                     self.next_id();
                     let ok = !std::mem::take(&mut self.fail_next_store);
                     if ok {
@@ -83,6 +104,11 @@ impl Sim {
                         self.stored_bytes += self.current_len;
                         if self.keep_messages {
                             self.messages.push(std::mem::take(&mut self.current));
+                            self.headers
+                                .push(self.current_headers.take().unwrap_or_default());
+                            let envelope = self.session.envelope();
+                            self.recipients
+                                .push(envelope.recipients().map(str::to_owned).collect());
                         }
                     }
                     self.discard();
@@ -131,6 +157,9 @@ impl Sim {
 
     /// Appends the body parts of the last call (ranges of `pending[base..]`).
     fn take_body(&mut self, base: usize) {
+        if !self.out.body.is_empty() {
+            self.begin();
+        }
         if self.keep_messages {
             for part in &self.out.body {
                 match part {
@@ -150,10 +179,32 @@ impl Sim {
         self.out.body.clear();
     }
 
+    /// "Creates the file" of the message being received if not yet done: renders its trace
+    /// headers from the envelope as it is now, as the real drivers do.
+    fn begin(&mut self) {
+        if !self.keep_messages || self.current_headers.is_some() {
+            return;
+        }
+        let mut id = self.id;
+        Self::increment(&mut id);
+        let mut headers = Vec::new();
+        let trace = Trace {
+            envelope: self.session.envelope(),
+            client: SIM_CLIENT,
+            hostname: "sim.example",
+            queue_id: std::str::from_utf8(&id).unwrap_or("0"),
+            time: DateTime::<Utc>::UNIX_EPOCH,
+            tls: None,
+        };
+        write_trace(&mut headers, &trace);
+        self.current_headers = Some(headers);
+    }
+
     /// Forgets the message being received.
     fn discard(&mut self) {
         self.current.clear();
         self.current_len = 0;
+        self.current_headers = None;
     }
 
     /// "Sends" the replies.
@@ -164,7 +215,12 @@ impl Sim {
 
     /// A new queue ID (8 decimal digits).
     fn next_id(&mut self) {
-        for d in self.id.iter_mut().rev() {
+        Self::increment(&mut self.id);
+    }
+
+    /// Counts an 8-digit decimal ID up by one.
+    fn increment(id: &mut [u8; 8]) {
+        for d in id.iter_mut().rev() {
             if *d == b'9' {
                 *d = b'0';
             } else {

@@ -99,7 +99,8 @@ pub fn prepare(root: &Path) -> io::Result<usize> {
     Ok(removed)
 }
 
-/// Writes the trace headers that precede the message bytes.
+/// Writes the trace headers that precede the message bytes (rendered by
+/// `proto::trace::write_trace`).
 pub fn write_headers(
     out: &mut Vec<u8>,
     envelope: &Envelope<'_>,
@@ -108,27 +109,15 @@ pub fn write_headers(
     hostname: &str,
     now: chrono::DateTime<chrono::Utc>,
 ) {
-    let _ = write!(out, "Return-Path: <{}>\r\n", envelope.sender);
-    for rcpt in envelope.recipients() {
-        let _ = write!(out, "Delivered-To: {rcpt}\r\n");
-    }
-    let helo = if envelope.helo.is_empty() {
-        "unknown"
-    } else {
-        envelope.helo
+    let trace = crate::proto::trace::Trace {
+        envelope: *envelope,
+        client: peer,
+        hostname,
+        queue_id: id.as_str(),
+        time: now,
+        tls: None,
     };
-    let _ = write!(
-        out,
-        "Received: from {helo} ([{peer}])\r\n\tby {hostname} (ringmx) with {} id {}",
-        envelope.protocol,
-        id.as_str()
-    );
-    if envelope.recipient_count() == 1 {
-        if let Some(rcpt) = envelope.recipients().next() {
-            let _ = write!(out, "\r\n\tfor <{rcpt}>");
-        }
-    }
-    let _ = write!(out, "; {}\r\n", now.format("%a, %d %b %Y %H:%M:%S +0000"));
+    crate::proto::trace::write_trace(out, &trace);
 }
 
 /// One shard's spool: paths, ID generator and the shared directory fsync.
