@@ -71,12 +71,15 @@ fn allocations_during(f: impl FnOnce()) -> u64 {
     ALLOCATIONS.with(|n| n.get())
 }
 
-/// A session driven to `Step::Store` with `input`.
+/// A session driven to `Step::Store` with `input` (through its `Step::Begin`).
 fn at_store(input: &str) -> Session {
     let mut session = Session::new(Arc::new(Config::default()), Instant::now());
     let mut out = Output::new();
-    let (n, step) = session.handle_input(input.as_bytes(), Instant::now(), &mut out);
-    assert_eq!((n, step), (input.len(), Step::Store));
+    let (begun, step) = session.handle_input(input.as_bytes(), Instant::now(), &mut out);
+    assert_eq!(step, Step::Begin);
+    let rest = &input.as_bytes()[begun..];
+    let (n, step) = session.handle_input(rest, Instant::now(), &mut out);
+    assert_eq!((begun + n, step), (input.len(), Step::Store));
     session
 }
 
@@ -109,12 +112,13 @@ fn write_trace_allocates_nothing() {
             for &client in &clients {
                 for &tls in &tls {
                     out.clear();
+                    let envelope = session.envelope();
                     let trace = Trace {
-                        envelope: session.envelope(),
-                        client,
+                        envelope: &envelope,
+                        peer: client,
                         hostname: "mx.ringmx.test",
-                        queue_id: "0123456789ABCDEF0000",
-                        time,
+                        id: "0123456789ABCDEF0000",
+                        now: time,
                         tls,
                     };
                     write_trace(&mut out, &trace);

@@ -2,9 +2,9 @@
 //! do, and keeps the replies and the stored messages. Used by the transcript and property
 //! tests, the fuzz targets and the session benchmark; it does no I/O.
 //!
-//! Like the real drivers it renders a message's trace headers when its file would be created
-//! (with the message's first data, or at the store when it has none), so a test can check
-//! that the headers name every recipient that got `250`, however the input was split.
+//! Like the real drivers it renders a message's trace headers at `Step::Begin`, when the
+//! sink's file is created, so a test can check that the headers name every recipient that got
+//! `250`, however the input was split.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
@@ -13,7 +13,7 @@ use std::time::Instant;
 use chrono::{DateTime, Utc};
 
 use super::trace::{write_trace, Trace};
-use super::{Config, Output, Part, Session, Step};
+use super::{Config, Output, Part, Session, Step, StoreError, REPLY_BUFFER_MAX};
 
 /// The client address written in the simulated trace headers.
 pub const SIM_CLIENT: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1));
@@ -47,6 +47,10 @@ pub struct Sim {
     pub fail_next_store: bool,
     /// The session asked to close.
     pub closed: bool,
+    /// A message was begun (`Step::Begin`) and not yet stored or discarded.
+    open: bool,
+    /// Most reply bytes ever waiting at once.
+    pub replies_waiting_max: usize,
     now: Instant,
     id: [u8; 8],
 }
@@ -72,6 +76,8 @@ impl Sim {
             stored_count: 0,
             fail_next_store: false,
             closed: false,
+            open: false,
+            replies_waiting_max: 0,
             now,
             id: *b"00000000",
         };
@@ -93,10 +99,20 @@ impl Sim {
                     .handle_input(&self.pending[pos..], self.now, &mut self.out);
             self.take_body(pos);
             pos += n;
+            self.replies_waiting_max = self.replies_waiting_max.max(self.out.replies.len());
             match step {
+                Step::Read if self.out.replies.len() >= REPLY_BUFFER_MAX => {
+                    // Replies full: send them, then feed the rest again.
+                    self.flush();
+                }
                 Step::Read => break,
-                Step::Store => {
+                Step::Begin => {
+                    assert!(!self.open, "Step::Begin while a message is open");
+                    self.open = true;
                     self.begin();
+                }
+                Step::Store => {
+                    assert!(self.open, "Step::Store without Step::Begin");
                     self.next_id();
                     let ok = !std::mem::take(&mut self.fail_next_store);
                     if ok {
@@ -113,7 +129,7 @@ impl Sim {
                     }
                     self.discard();
                     let id = std::str::from_utf8(&self.id).unwrap_or("0");
-                    let result = if ok { Ok(id) } else { Err(()) };
+                    let result = if ok { Ok(id) } else { Err(StoreError::Failed) };
                     if self.session.handle_stored(result, &mut self.out) == Step::Close {
                         self.closed = true;
                         break;
@@ -157,9 +173,10 @@ impl Sim {
 
     /// Appends the body parts of the last call (ranges of `pending[base..]`).
     fn take_body(&mut self, base: usize) {
-        if !self.out.body.is_empty() {
-            self.begin();
-        }
+        assert!(
+            self.out.body.is_empty() || self.open,
+            "message data without Step::Begin"
+        );
         if self.keep_messages {
             for part in &self.out.body {
                 match part {
@@ -179,21 +196,22 @@ impl Sim {
         self.out.body.clear();
     }
 
-    /// "Creates the file" of the message being received if not yet done: renders its trace
-    /// headers from the envelope as it is now, as the real drivers do.
+    /// "Begins" the message in the sink: renders its trace headers from the envelope as it
+    /// is now, as the real drivers do.
     fn begin(&mut self) {
-        if !self.keep_messages || self.current_headers.is_some() {
+        if !self.keep_messages {
             return;
         }
         let mut id = self.id;
         Self::increment(&mut id);
         let mut headers = Vec::new();
+        let envelope = self.session.envelope();
         let trace = Trace {
-            envelope: self.session.envelope(),
-            client: SIM_CLIENT,
+            envelope: &envelope,
+            peer: SIM_CLIENT,
             hostname: "sim.example",
-            queue_id: std::str::from_utf8(&id).unwrap_or("0"),
-            time: DateTime::<Utc>::UNIX_EPOCH,
+            id: std::str::from_utf8(&id).unwrap_or("0"),
+            now: DateTime::<Utc>::UNIX_EPOCH,
             tls: None,
         };
         write_trace(&mut headers, &trace);
@@ -202,6 +220,7 @@ impl Sim {
 
     /// Forgets the message being received.
     fn discard(&mut self) {
+        self.open = false;
         self.current.clear();
         self.current_len = 0;
         self.current_headers = None;

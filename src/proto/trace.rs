@@ -31,15 +31,15 @@ pub struct TlsFacts {
 #[derive(Clone, Copy, Debug)]
 pub struct Trace<'a> {
     /// The envelope: HELO name, sender, recipients, protocol.
-    pub envelope: Envelope<'a>,
+    pub envelope: &'a Envelope<'a>,
     /// The client's address (from a PROXY header where one is trusted).
-    pub client: IpAddr,
+    pub peer: IpAddr,
     /// This server's name.
     pub hostname: &'a str,
     /// The queue ID, as in the `250` reply and the file name.
-    pub queue_id: &'a str,
+    pub id: &'a str,
     /// When the message was received.
-    pub time: DateTime<Utc>,
+    pub now: DateTime<Utc>,
     /// Set when the session runs inside TLS.
     pub tls: Option<TlsFacts>,
 }
@@ -51,7 +51,7 @@ const MONTHS: [&str; 12] = [
 
 /// Appends the trace headers for `t` to `out`.
 pub fn write_trace(out: &mut Vec<u8>, t: &Trace<'_>) {
-    let envelope = &t.envelope;
+    let envelope = t.envelope;
     out.extend_from_slice(b"Return-Path: <");
     out.extend_from_slice(envelope.sender.as_bytes());
     out.extend_from_slice(b">\r\n");
@@ -68,7 +68,7 @@ pub fn write_trace(out: &mut Vec<u8>, t: &Trace<'_>) {
         write_sanitized(out, envelope.helo);
     }
     out.extend_from_slice(b" (");
-    write_address_literal(out, t.client);
+    write_address_literal(out, t.peer);
     out.extend_from_slice(b")\r\n");
     if let Some(tls) = &t.tls {
         out.extend_from_slice(b"\t(using ");
@@ -86,7 +86,7 @@ pub fn write_trace(out: &mut Vec<u8>, t: &Trace<'_>) {
         out.push(b'S');
     }
     out.extend_from_slice(b" id ");
-    out.extend_from_slice(t.queue_id.as_bytes());
+    out.extend_from_slice(t.id.as_bytes());
     if envelope.recipient_count() == 1 {
         if let Some(rcpt) = envelope.recipients().next() {
             out.extend_from_slice(b"\r\n\tfor <");
@@ -95,7 +95,7 @@ pub fn write_trace(out: &mut Vec<u8>, t: &Trace<'_>) {
         }
     }
     out.extend_from_slice(b"; ");
-    write_date(out, t.time);
+    write_date(out, t.now);
     out.extend_from_slice(b"\r\n");
 }
 
@@ -147,12 +147,21 @@ mod tests {
     use std::sync::Arc;
     use std::time::Instant;
 
-    /// Drives a session to `Step::Store` with `input` and returns it.
+    /// Drives a session to `Step::Store` with `input` (through its `Step::Begin`) and
+    /// returns it.
     fn stored(input: &str) -> Session {
         let mut session = Session::new(Arc::new(Config::default()), Instant::now());
         let mut out = Output::new();
-        let (n, step) = session.handle_input(input.as_bytes(), Instant::now(), &mut out);
-        assert_eq!((n, step), (input.len(), Step::Store), "{:?}", out.replies);
+        let (begun, step) = session.handle_input(input.as_bytes(), Instant::now(), &mut out);
+        assert_eq!(step, Step::Begin, "{:?}", out.replies);
+        let rest = &input.as_bytes()[begun..];
+        let (n, step) = session.handle_input(rest, Instant::now(), &mut out);
+        assert_eq!(
+            (begun + n, step),
+            (input.len(), Step::Store),
+            "{:?}",
+            out.replies
+        );
         session
     }
 
@@ -166,11 +175,11 @@ mod tests {
         write_trace(
             &mut out,
             &Trace {
-                envelope: session.envelope(),
-                client,
+                envelope: &session.envelope(),
+                peer: client,
                 hostname: "mx.example",
-                queue_id: "0123ABCD",
-                time: time(),
+                id: "0123ABCD",
+                now: time(),
                 tls,
             },
         );
