@@ -117,13 +117,17 @@ fn check_recipients(sim: &Sim) {
         }
     }
     assert_eq!(oks_per_message.len(), sim.headers.len());
-    for ((headers, recipients), oks) in sim.headers.iter().zip(&sim.recipients).zip(oks_per_message) {
+    for ((headers, recipients), oks) in sim.headers.iter().zip(&sim.recipients).zip(oks_per_message)
+    {
         let text = String::from_utf8_lossy(headers);
         let delivered: Vec<&str> = text
             .split("\r\n")
             .filter_map(|line| line.strip_prefix("Delivered-To: "))
             .collect();
-        assert_eq!(&delivered, recipients, "Delivered-To vs the envelope at the store");
+        assert_eq!(
+            &delivered, recipients,
+            "Delivered-To vs the envelope at the store"
+        );
         assert_eq!(delivered.len(), oks, "Delivered-To vs RCPTs answered 250");
     }
 }
