@@ -6,7 +6,8 @@
 //! read gets `501` and the connection is closed, so the chunk is never run as commands; mail
 //! commands before HELO/EHLO get `503` (a BDAT's chunk is consumed first); after plain HELO
 //! MAIL parameters get `555`; an HTTP request gets `421 4.7.0` and is closed with nothing
-//! stored, whatever its body holds; repeated EHLO is junk; SMTPUTF8 addresses with bidi
+//! stored, whatever its body holds; repeated EHLO and empty chunks are junk, recipients 1,000
+//! past the limit are errors; SMTPUTF8 addresses with bidi
 //! controls or invalid IDNA are refused; the `Received:` header sanitises the HELO name and
 //! writes IPv6 clients as `[IPv6:...]`.
 
@@ -198,6 +199,42 @@ fn repeated_ehlo_is_junk() {
             assert_eq!(client.read_until_closed(), "");
         },
     );
+}
+
+#[test]
+fn empty_chunks_are_junk_and_recipients_far_past_the_limit_are_errors() {
+    let vars = [
+        ("RINGMX_MAX_JUNK_COMMANDS", "2"),
+        ("RINGMX_MAX_RECIPIENTS", "1"),
+        ("RINGMX_MAX_ERRORS", "1"),
+    ];
+    on_both_backends("junk_and_overshoot", &vars, |server| {
+        let mut client = Client::ehlo(server.addr());
+        client.send(b"MAIL FROM:<a@b.example>\r\nRCPT TO:<c@d.example>\r\n");
+        client.expect("250 2.1.0");
+        client.expect("250 2.1.5");
+        client.send(b"BDAT 0\r\nBDAT 0\r\nBDAT 00\r\n");
+        client.expect("250 2.0.0 Ok: 0 octets");
+        client.expect("250 2.0.0 Ok: 0 octets");
+        client.expect("421 4.7.0");
+        assert_eq!(client.read_until_closed(), "");
+
+        // 1 recipient + 1000 more are answered 452 without counting; the next two are
+        // errors: the first is tolerated (RINGMX_MAX_ERRORS=1), the second closes.
+        let mut client = Client::ehlo(server.addr());
+        let mut burst = b"MAIL FROM:<a@b.example>\r\n".to_vec();
+        for _ in 0..1003 {
+            burst.extend_from_slice(b"RCPT TO:<c@d.example>\r\n");
+        }
+        client.send(&burst);
+        client.expect("250 2.1.0");
+        client.expect("250 2.1.5");
+        for _ in 0..1001 {
+            client.expect("452 4.5.3");
+        }
+        client.expect("421 4.7.0");
+        assert_eq!(client.read_until_closed(), "");
+    });
 }
 
 #[test]
