@@ -312,14 +312,14 @@ impl<D: Driver> Conn<'_, D> {
         replies
     }
 
-    /// Takes back the buffer of a finished write. A reply buffer grows to at most
-    /// `REPLY_BUFFER_MAX` plus one batch (rounded up by `Vec` to twice that) in steady
-    /// pipelining, which is kept so that a busy session does not allocate; one that grew
-    /// past it (a single batch larger than the bound) returns to its idle size.
+    /// Takes back the buffer of a finished write. The session keeps a reply buffer within
+    /// `REPLY_BUFFER_MAX`, a capacity kept so that a busy pipelining session allocates
+    /// nothing; one that grew past it (replies of a shutdown or error on top of a full
+    /// buffer) returns to its idle size.
     fn end_write(&mut self, mut sent: Vec<u8>) {
-        if sent.capacity() > 2 * REPLY_BUFFER_MAX {
+        if sent.capacity() > REPLY_BUFFER_MAX {
             sent = Vec::with_capacity(REPLY_BUFFER_IDLE);
-            if self.out.replies.is_empty() && self.out.replies.capacity() > 2 * REPLY_BUFFER_MAX {
+            if self.out.replies.is_empty() && self.out.replies.capacity() > REPLY_BUFFER_MAX {
                 self.out.replies = Vec::with_capacity(REPLY_BUFFER_IDLE);
             }
         }
@@ -340,7 +340,7 @@ impl<D: Driver> Conn<'_, D> {
             }
             pos += n;
             match step {
-                Step::Read if self.out.replies.len() >= REPLY_BUFFER_MAX => break Fed::RepliesFull,
+                Step::Read if self.out.replies_full() => break Fed::RepliesFull,
                 Step::Read => break Fed::NeedInput,
                 Step::Begin => self.begin().await,
                 Step::Store => {
