@@ -28,7 +28,14 @@ fn read_reply(s: &mut TcpStream, r: &mut ReplyReader) -> Result<(u16, Vec<String
             Ok(None) => {}
             Err(e) => return Err(format!("bad reply from server: {e:?}")),
         }
-        let n = s.read(r.spare()).map_err(|e| format!("read: {e}"))?;
+        // A Ctrl-C interrupts a read with a timeout even under SA_RESTART: read again (the
+        // handler has set its flag; a second Ctrl-C exits at once).
+        let n = loop {
+            match s.read(r.spare()) {
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                other => break other.map_err(|e| format!("read: {e}"))?,
+            }
+        };
         if n == 0 {
             return Err("server closed the connection".into());
         }
