@@ -1,8 +1,9 @@
 //! Command-line options and their checked conversion into run settings.
 //! Every value a user gives is parsed and bounded here, once, so the run path never has to
 //! second-guess its inputs: sizes with k/m suffixes or ranges, durations like `30s`, rates.
+use crate::proxy::ProxyVersion;
 use clap::Parser;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -111,6 +112,16 @@ pub struct Args {
     #[arg(short = 'q', long)]
     pub quiet: bool,
 
+    /// Send a PROXY protocol header first on every connection (v1 text, v2 binary), as a TCP
+    /// balancer in front of the server would, with the connection's real local and peer addresses.
+    #[arg(long, value_name = "v1|v2")]
+    pub proxy: Option<String>,
+
+    /// Bind each connection to one of these local addresses, round robin, so the server sees as
+    /// many clients (e.g. 127.0.0.2,127.0.0.3: all of 127/8 is loopback on Linux).
+    #[arg(long, value_name = "ADDR,...", value_delimiter = ',')]
+    pub source: Vec<String>,
+
     /// Longest wait for any one reply or write before the session counts a timeout.
     #[arg(long, default_value = "30s", value_name = "TIME")]
     pub timeout: String,
@@ -162,6 +173,9 @@ pub struct Settings {
     pub json: Option<PathBuf>,
     pub quiet: bool,
     pub timeout: Duration,
+    pub proxy: Option<ProxyVersion>,
+    /// Local addresses to bind connections to, round robin (empty: the kernel picks).
+    pub sources: Vec<IpAddr>,
 }
 
 impl Settings {
@@ -230,6 +244,28 @@ impl Settings {
                 .ok_or_else(|| format!("--target {t}: resolves to no address"))?;
             target_addrs.push(addr);
         }
+        let proxy = a
+            .proxy
+            .as_deref()
+            .map(|p| ProxyVersion::parse(p).map_err(|e| format!("--proxy {p}: {e}")))
+            .transpose()?;
+        let mut sources = Vec::with_capacity(a.source.len());
+        for src in &a.source {
+            let ip: IpAddr = src
+                .trim()
+                .parse()
+                .map_err(|_| format!("--source {src}: not an IP address"))?;
+            sources.push(ip);
+        }
+        if !sources.is_empty() {
+            for (t, addr) in a.targets.iter().zip(&target_addrs) {
+                if !sources.iter().any(|s| s.is_ipv4() == addr.is_ipv4()) {
+                    return Err(format!(
+                        "--source: no address of the same family as --target {t} ({addr})"
+                    ));
+                }
+            }
+        }
         let pipelining = if a.no_pipelining {
             PipeMode::Off
         } else if a.pipelining {
@@ -259,6 +295,8 @@ impl Settings {
             json: a.json,
             quiet: a.quiet,
             timeout,
+            proxy,
+            sources,
         })
     }
 }

@@ -225,13 +225,39 @@ impl Slot {
     /// Opens the TCP connection and reads a 220 greeting.
     async fn connect(&mut self, addr: std::net::SocketAddr) -> Result<TcpStream, SessErr> {
         let t = self.plan.timeout;
-        let mut s = match tokio::time::timeout(t, TcpStream::connect(addr)).await {
+        let connect = async {
+            match self.plan.next_source(addr) {
+                None => TcpStream::connect(addr).await,
+                Some(ip) => {
+                    let sock = if addr.is_ipv4() {
+                        tokio::net::TcpSocket::new_v4()?
+                    } else {
+                        tokio::net::TcpSocket::new_v6()?
+                    };
+                    sock.bind(std::net::SocketAddr::new(ip, 0))?;
+                    sock.connect(addr).await
+                }
+            }
+        };
+        let mut s = match tokio::time::timeout(t, connect).await {
             Ok(Ok(s)) => s,
             Ok(Err(_)) => return Err(SessErr::Io),
             Err(_) => return Err(SessErr::Timeout),
         };
         // Commands must leave at once; Nagle would hold a command group behind a reply.
         s.set_nodelay(true).map_err(|_| SessErr::Io)?;
+        if let Some(v) = self.plan.proxy {
+            let (local, peer) = match (s.local_addr(), s.peer_addr()) {
+                (Ok(l), Ok(p)) => (l, p),
+                _ => return Err(SessErr::Io),
+            };
+            let h = crate::proxy::header(v, local, peer);
+            match tokio::time::timeout(t, s.write_all(&h)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Err(SessErr::Io),
+                Err(_) => return Err(SessErr::Timeout),
+            }
+        }
         let code = self.reply(&mut s, true).await?;
         if code != 220 {
             return Err(SessErr::Protocol);

@@ -13,6 +13,7 @@ mod message;
 mod pacer;
 mod plan;
 mod probe;
+mod proxy;
 mod reply;
 mod report;
 mod run;

@@ -3,9 +3,10 @@
 //! the load with its few shared flags, why the run stopped, and what it measured.
 use crate::message::{AddressPool, MessageSet};
 use crate::probe::TargetInfo;
+use crate::proxy::ProxyVersion;
 use crate::stats::{Progress, ThreadStats};
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 /// Flags and the message-count tickets shared by all threads.
@@ -16,6 +17,8 @@ pub struct Control {
     pub abort: AtomicBool,
     /// Measured messages claimed so far (for `--messages`).
     pub tickets: AtomicU64,
+    /// Connections opened so far: picks the next `--source` address, round robin.
+    pub source_next: AtomicUsize,
 }
 
 /// Everything the connection slots read: built once, shared read-only (plus `control`).
@@ -35,10 +38,32 @@ pub struct Plan {
     pub interval: Duration,
     pub timeout: Duration,
     pub ehlo_cmd: Box<[u8]>,
+    /// `--proxy`: the PROXY header to send first on every connection.
+    pub proxy: Option<ProxyVersion>,
+    /// `--source`: local addresses to bind connections to, round robin.
+    pub sources: Vec<IpAddr>,
     pub messages: MessageSet,
     pub pool: AddressPool,
     pub control: Control,
     pub progress: Progress,
+}
+
+impl Plan {
+    /// The local address for the next connection to `target` (round robin over the `--source`
+    /// addresses of its family), or None to let the kernel pick.
+    pub fn next_source(&self, target: SocketAddr) -> Option<IpAddr> {
+        let same: Vec<IpAddr> = self
+            .sources
+            .iter()
+            .copied()
+            .filter(|s| s.is_ipv4() == target.is_ipv4())
+            .collect();
+        if same.is_empty() {
+            return None;
+        }
+        let k = self.control.source_next.fetch_add(1, Ordering::Relaxed);
+        Some(same[k % same.len()])
+    }
 }
 
 /// Why the run ended.

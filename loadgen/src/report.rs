@@ -151,6 +151,18 @@ pub fn print_summary(s: &Settings, o: &Outcome) {
         s.size_text,
         s.recipients,
     );
+    if s.proxy.is_some() || !s.sources.is_empty() {
+        let sources: Vec<String> = s.sources.iter().map(|a| a.to_string()).collect();
+        println!(
+            "PROXY header {}   source addresses {}",
+            s.proxy.map_or("none", |p| p.name()),
+            if sources.is_empty() {
+                "any".to_string()
+            } else {
+                sources.join(",")
+            }
+        );
+    }
     println!(
         "measured {:.3} s (stopped by {}), warm-up {:.3} s",
         o.elapsed.as_secs_f64(),
@@ -316,6 +328,8 @@ struct JsonSettings<'a> {
     to: &'a str,
     ehlo: &'a str,
     timeout_s: f64,
+    proxy: Option<&'static str>,
+    sources: Vec<String>,
 }
 
 /// The counters of the run.
@@ -413,6 +427,8 @@ pub fn write_json(path: &Path, s: &Settings, o: &Outcome) -> std::io::Result<()>
             to: &s.to,
             ehlo: &s.ehlo,
             timeout_s: s.timeout.as_secs_f64(),
+            proxy: s.proxy.map(|p| p.name()),
+            sources: s.sources.iter().map(|a| a.to_string()).collect(),
         },
         targets: &o.targets,
         host: host(),

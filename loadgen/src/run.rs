@@ -12,7 +12,7 @@ use crate::report;
 use crate::stats::{Progress, ThreadStats};
 use std::cell::RefCell;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -39,7 +39,12 @@ pub fn run(s: Settings, argv: Vec<String>, interrupted: Arc<AtomicBool>) -> Resu
     let mut infos = Vec::with_capacity(s.targets.len());
     let mut pipelining = Vec::with_capacity(s.targets.len());
     for (t, &addr) in s.targets.iter().zip(&s.target_addrs) {
-        let info = probe(t, addr, &s.ehlo, s.timeout)?;
+        let source = s
+            .sources
+            .iter()
+            .copied()
+            .find(|a| a.is_ipv4() == addr.is_ipv4());
+        let info = probe(t, addr, &s.ehlo, s.timeout, source, s.proxy)?;
         if s.bdat && !info.chunking_advertised {
             return Err(format!(
                 "--bdat: {t} does not advertise CHUNKING in its EHLO reply"
@@ -86,12 +91,15 @@ pub fn run(s: Settings, argv: Vec<String>, interrupted: Arc<AtomicBool>) -> Resu
         ehlo_cmd: format!("EHLO {}\r\n", s.ehlo)
             .into_bytes()
             .into_boxed_slice(),
+        proxy: s.proxy,
+        sources: s.sources.clone(),
         messages,
         pool: AddressPool::new(&s.from, &s.to),
         control: Control {
             stop: AtomicBool::new(false),
             abort: AtomicBool::new(false),
             tickets: AtomicU64::new(0),
+            source_next: AtomicUsize::new(0),
         },
         progress: Progress::new(s.threads),
     });

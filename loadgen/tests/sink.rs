@@ -5,11 +5,11 @@
 //! and no test asserts on speed.
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// How the test sink behaves.
@@ -21,6 +21,8 @@ struct SinkConfig {
     final_reply: &'static str,
     /// Stall this long once, before answering the end of data of this message number (1-based).
     stall_at: Option<(u64, Duration)>,
+    /// Expect a PROXY header ("v1" or "v2") first, naming the connection's real addresses.
+    proxy: Option<&'static str>,
 }
 
 impl Default for SinkConfig {
@@ -30,6 +32,7 @@ impl Default for SinkConfig {
             chunking: true,
             final_reply: "250 2.0.0 Ok: queued",
             stall_at: None,
+            proxy: None,
         }
     }
 }
@@ -39,6 +42,11 @@ struct Sink {
     port: u16,
     accepted: Arc<AtomicU64>,
     ends_of_data: Arc<AtomicU64>,
+    /// The client address of every connection, as the kernel reports it.
+    peers: Arc<Mutex<Vec<SocketAddr>>>,
+    /// Connections whose PROXY header was missing or wrong (with `proxy` set), and good ones.
+    bad_headers: Arc<AtomicU64>,
+    good_headers: Arc<AtomicU64>,
 }
 
 /// Starts a sink on 127.0.0.1 with an ephemeral port; it runs until the test process ends.
@@ -48,12 +56,24 @@ fn start_sink(cfg: SinkConfig) -> Sink {
     let accepted = Arc::new(AtomicU64::new(0));
     let ends = Arc::new(AtomicU64::new(0));
     let stalled = Arc::new(AtomicBool::new(false));
-    let (a, e) = (accepted.clone(), ends.clone());
+    let peers = Arc::new(Mutex::new(Vec::new()));
+    let (bad, good) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let (a, e, p, b, g) = (
+        accepted.clone(),
+        ends.clone(),
+        peers.clone(),
+        bad.clone(),
+        good.clone(),
+    );
     std::thread::spawn(move || {
         for conn in l.incoming().flatten() {
+            if let Ok(addr) = conn.peer_addr() {
+                p.lock().unwrap().push(addr);
+            }
             let (cfg, a, e, st) = (cfg.clone(), a.clone(), e.clone(), stalled.clone());
+            let (b, g) = (b.clone(), g.clone());
             std::thread::spawn(move || {
-                let _ = serve(conn, &cfg, &a, &e, &st);
+                let _ = serve(conn, &cfg, &a, &e, &st, (&b, &g));
             });
         }
     });
@@ -61,6 +81,9 @@ fn start_sink(cfg: SinkConfig) -> Sink {
         port,
         accepted,
         ends_of_data: ends,
+        peers,
+        bad_headers: bad,
+        good_headers: good,
     }
 }
 
@@ -71,10 +94,47 @@ fn serve(
     accepted: &AtomicU64,
     ends: &AtomicU64,
     stalled: &AtomicBool,
+    (bad, good): (&AtomicU64, &AtomicU64),
 ) -> std::io::Result<()> {
     conn.set_nodelay(true)?;
+    let (client, server) = (conn.peer_addr()?, conn.local_addr()?);
     let mut r = BufReader::new(conn.try_clone()?);
     let mut w = std::io::BufWriter::new(conn);
+    if let Some(version) = cfg.proxy {
+        // What HAProxy would send for this connection, built here independently of loadgen.
+        let want: Vec<u8> = if version == "v1" {
+            format!(
+                "PROXY TCP4 {} {} {} {}\r\n",
+                client.ip(),
+                server.ip(),
+                client.port(),
+                server.port()
+            )
+            .into_bytes()
+        } else {
+            let (std::net::IpAddr::V4(c), std::net::IpAddr::V4(sv)) = (client.ip(), server.ip())
+            else {
+                panic!("the test sink listens on IPv4");
+            };
+            let mut h = vec![
+                0x0d, 0x0a, 0x0d, 0x0a, 0x00, 0x0d, 0x0a, 0x51, 0x55, 0x49, 0x54, 0x0a, 0x21, 0x11,
+                0x00, 0x0c,
+            ];
+            h.extend_from_slice(&c.octets());
+            h.extend_from_slice(&sv.octets());
+            h.extend_from_slice(&client.port().to_be_bytes());
+            h.extend_from_slice(&server.port().to_be_bytes());
+            h
+        };
+        let mut got = vec![0u8; want.len()];
+        if r.read_exact(&mut got).is_err() || got != want {
+            bad.fetch_add(1, Ordering::SeqCst);
+            w.write_all(b"554 5.7.0 bad PROXY header\r\n")?;
+            w.flush()?;
+            return Ok(());
+        }
+        good.fetch_add(1, Ordering::SeqCst);
+    }
     w.write_all(b"220 test-sink ESMTP\r\n")?;
     w.flush()?;
     let mut line = Vec::new();
@@ -646,6 +706,81 @@ fn progress_line_says_warming_up() {
     assert!(lines.iter().any(|l| l.contains("msg/s")), "{err}");
 }
 
+/// --proxy v1 and v2: every connection (the probe's too) starts with the header HAProxy would
+/// send for it, the sink's own view of the addresses; a server expecting it accepts everything.
+#[test]
+fn proxy_header_names_the_real_addresses() {
+    for version in ["v1", "v2"] {
+        let sink = start_sink(SinkConfig {
+            proxy: Some(version),
+            ..SinkConfig::default()
+        });
+        let v = loadgen(sink.port, &["-n", "300", "-c", "3", "--proxy", version]);
+        assert_exact(&v, &sink, 300);
+        assert_eq!(v["settings"]["proxy"], version);
+        assert_eq!(sink.bad_headers.load(Ordering::SeqCst), 0);
+        // The probe's connection and the three of the run.
+        assert_eq!(sink.good_headers.load(Ordering::SeqCst), 4, "{version}");
+    }
+    // Without --proxy, a server that wants the header refuses: the sink's check can fail.
+    let sink = start_sink(SinkConfig {
+        proxy: Some("v1"),
+        ..SinkConfig::default()
+    });
+    let out = Command::new(env!("CARGO_BIN_EXE_ringmx-loadgen"))
+        .args([
+            "--target",
+            &format!("127.0.0.1:{}", sink.port),
+            "-n",
+            "5",
+            "-q",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(sink.bad_headers.load(Ordering::SeqCst) >= 1);
+}
+
+/// --source: connections come from the given local addresses, round robin.
+#[test]
+fn source_addresses_are_used_round_robin() {
+    let sink = start_sink(SinkConfig::default());
+    let v = loadgen(
+        sink.port,
+        &[
+            "-n",
+            "400",
+            "-c",
+            "4",
+            "--messages-per-session",
+            "20",
+            "--source",
+            "127.0.0.2,127.0.0.3",
+        ],
+    );
+    assert_exact(&v, &sink, 400);
+    let peers = sink.peers.lock().unwrap().clone();
+    let count = |ip: &str| peers.iter().filter(|p| p.ip().to_string() == ip).count();
+    let (two, three) = (count("127.0.0.2"), count("127.0.0.3"));
+    assert_eq!(
+        two + three,
+        peers.len(),
+        "only the source addresses: {peers:?}"
+    );
+    // The run's 20-odd sessions alternate; the probe's connection comes from the first address.
+    assert!(two >= 10 && three >= 10, "{two} vs {three}: {peers:?}");
+    assert!(two.abs_diff(three) <= 2, "{two} vs {three}");
+    assert_eq!(v["settings"]["sources"][1], "127.0.0.3");
+    // A source of the wrong family is refused before anything is sent.
+    let out = Command::new(env!("CARGO_BIN_EXE_ringmx-loadgen"))
+        .args(["--target", &format!("127.0.0.1:{}", sink.port)])
+        .args(["--source", "::1", "-n", "5", "-q"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("same family"));
+}
+
 #[test]
 fn help_reads_well() {
     let out = Command::new(env!("CARGO_BIN_EXE_ringmx-loadgen"))
@@ -661,6 +796,8 @@ fn help_reads_well() {
         "--bdat",
         "--json",
         "--warmup",
+        "--proxy",
+        "--source",
         "hosts you own",
     ] {
         assert!(h.contains(opt), "--help lacks {opt}");
