@@ -119,7 +119,7 @@ impl Slot {
                 id_digits: [b'0'; ID_DIGITS],
             },
             next_due: first_due,
-            pacer: first_due.and_then(|_| Pacer::new().ok()),
+            pacer: first_due.and_then(|_| Pacer::new(plan.paced_per_thread_per_s).ok()),
             seq: 0,
             rng: Rng::new(id as u64 + 1),
             inflight: 0,

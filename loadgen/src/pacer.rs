@@ -7,7 +7,10 @@
 //! tokio reactor: it is armed for `due - margin`, and the last microseconds are spent yielding to
 //! the runtime (other connections still run) until `due`. The margin follows how late this
 //! machine's wake-ups really are (a decaying maximum of the observed overshoot, bounded), so an
-//! idle host with deep C-states gets a wider margin and a busy one spins for only a few µs.
+//! idle host with deep C-states gets a wider margin and a busy one spins for only a few µs. The
+//! spinning is also bounded in total: a thread that paces N messages per second spins at most
+//! SPIN_SHARE of its time (the margin is capped at SPIN_SHARE / N), so at high rates the client
+//! does not take CPU from a server on the same host; the lateness histogram shows the cost.
 //! Worker threads also set their timer slack to 1 ns, so the kernel does not defer the wake-up
 //! by its default 50 µs.
 //!
@@ -27,7 +30,9 @@ use tokio::io::Interest;
 /// wake-up path (hrtimer interrupt, C-state exit, epoll, the runtime's poll); the CPU spent
 /// spinning is at most the margin per paced message.
 const MARGIN_MIN_NS: u64 = 10_000;
-const MARGIN_MAX_NS: u64 = 250_000;
+const MARGIN_MAX_NS: u64 = 100_000;
+/// Most of a thread's time spent spinning before due times.
+pub const SPIN_SHARE: f64 = 0.05;
 /// First margin, before any wake-up was observed.
 const MARGIN_START_NS: u64 = 50_000;
 /// Extra margin above the largest recent overshoot.
@@ -43,11 +48,14 @@ pub struct Pacer {
     fd: AsyncFd<OwnedFd>,
     /// Decaying maximum of how late the timer woke after the instant it was armed for, in ns.
     overshoot_ns: u64,
+    /// Largest margin allowed by the spin budget (SPIN_SHARE of this thread's time), in ns.
+    margin_cap_ns: u64,
 }
 
 impl Pacer {
-    /// A disarmed timer registered with the current tokio runtime's reactor (call it inside one).
-    pub fn new() -> std::io::Result<Pacer> {
+    /// A disarmed timer registered with the current tokio runtime's reactor (call it inside one);
+    /// `paced_per_s` is how many messages this slot's thread paces per second.
+    pub fn new(paced_per_s: f64) -> std::io::Result<Pacer> {
         let fd = timerfd_create(
             TimerfdClockId::Monotonic,
             TimerfdFlags::NONBLOCK | TimerfdFlags::CLOEXEC,
@@ -59,6 +67,11 @@ impl Pacer {
         Ok(Pacer {
             fd,
             overshoot_ns: MARGIN_START_NS,
+            margin_cap_ns: if paced_per_s > 0.0 {
+                ((SPIN_SHARE / paced_per_s) * 1e9).min(MARGIN_MAX_NS as f64) as u64
+            } else {
+                MARGIN_MAX_NS
+            },
         })
     }
 
@@ -67,7 +80,9 @@ impl Pacer {
     /// return value says whether `due` was reached.
     pub async fn wait_until(&mut self, due: Instant, limit: Duration) -> bool {
         let margin = Duration::from_nanos(
-            (self.overshoot_ns + MARGIN_PAD_NS).clamp(MARGIN_MIN_NS, MARGIN_MAX_NS),
+            (self.overshoot_ns + MARGIN_PAD_NS)
+                .clamp(MARGIN_MIN_NS, MARGIN_MAX_NS)
+                .min(self.margin_cap_ns),
         );
         let now = Instant::now();
         if due > now + margin {

@@ -36,6 +36,8 @@ pub struct Plan {
     pub deadline: Option<Instant>,
     /// Open loop: time between two messages of one connection (zero in closed loop).
     pub interval: Duration,
+    /// Open loop: messages per second paced by one worker thread (rate / threads).
+    pub paced_per_thread_per_s: f64,
     pub timeout: Duration,
     pub ehlo_cmd: Box<[u8]>,
     /// `--proxy`: the PROXY header to send first on every connection.

@@ -100,7 +100,9 @@ pub fn pacer_report(s: &Settings, o: &Outcome) -> Option<PacerReport> {
     let total = (lat.count + st.behind).max(1);
     let behind_pct = 100.0 * st.behind as f64 / total as f64;
     let sent_rate = started as f64 / o.elapsed.as_secs_f64().max(1e-9);
-    let mut verdict = if kept {
+    let mut verdict = if lat.count == 0 {
+        "no message waited for its time (each was due when its connection became free)".to_string()
+    } else if kept {
         format!(
             "schedule kept: the pacer sent {} messages within {} µs of their intended time at p99 ({} µs)",
             lat.count, target, lat.p99

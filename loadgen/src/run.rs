@@ -87,6 +87,7 @@ pub fn run(s: Settings, argv: Vec<String>, interrupted: Arc<AtomicBool>) -> Resu
         measure_start,
         deadline: s.duration.map(|d| measure_start + d),
         interval,
+        paced_per_thread_per_s: s.rate_per_s.map_or(0.0, |r| r / s.threads as f64),
         timeout: s.timeout,
         ehlo_cmd: format!("EHLO {}\r\n", s.ehlo)
             .into_bytes()
