@@ -9,6 +9,7 @@ static GLOBAL: MiMalloc = MiMalloc;
 
 mod cli;
 mod client;
+mod facts;
 mod message;
 mod pacer;
 mod plan;

@@ -243,6 +243,8 @@ struct Host {
     cores: usize,
     cores_online: usize,
     memory_total_bytes: u64,
+    /// What explains a difference between kernels (named as scripts/bench names them).
+    facts: crate::facts::Facts,
 }
 
 /// A field of `struct utsname` as a string.
@@ -303,6 +305,7 @@ fn host() -> Host {
         cores: std::thread::available_parallelism().map_or(0, |n| n.get()),
         cores_online,
         memory_total_bytes,
+        facts: crate::facts::collect(),
     }
 }
 

@@ -291,6 +291,18 @@ fn closed_loop_pipelined_count_matches_sink() {
         .any(|c| c == "PIPELINING"));
     assert!(v["histograms"]["message"].as_str().unwrap().len() > 20);
     assert!(v["host"]["kernel_release"].as_str().unwrap().len() > 1);
+    // The facts scripts/compare reads, under the names scripts/bench gives them.
+    let facts = &v["host"]["facts"];
+    assert!(facts["net"]["somaxconn"].as_str().is_some(), "{facts}");
+    assert!(
+        facts["mitigations_boot_option"].as_str().is_some(),
+        "{facts}"
+    );
+    assert!(facts["cpu_governor"].as_str().is_some(), "{facts}");
+    assert!(
+        facts["io_uring"]["disabled_sysctl"].as_str().is_some(),
+        "{facts}"
+    );
     assert_eq!(v["stopped_by"], "messages");
 }
 
