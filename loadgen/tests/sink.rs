@@ -479,6 +479,20 @@ fn open_loop_shows_a_stall() {
         p99 >= 400_000,
         "open-loop p99 {p99} µs should show the 500 ms stall"
     );
+    // The messages due during the stall found their connection busy: the report says so, and
+    // does not blame the pacer for them.
+    let pacer = &v["pacer"];
+    let behind = pacer["behind"].as_u64().unwrap();
+    assert!(behind >= 50, "{pacer}");
+    assert_eq!(counter(&v, "messages_behind_schedule"), behind);
+    assert_eq!(pacer["paced"].as_u64().unwrap() + behind, 400, "{pacer}");
+    assert!(
+        pacer["verdict"]
+            .as_str()
+            .unwrap()
+            .contains("were already due when their connection became free"),
+        "{pacer}"
+    );
 }
 
 #[test]
