@@ -13,6 +13,8 @@ pub const SIZE_MAX_BYTES: usize = 64 << 20;
 pub const RECIPIENTS_MAX: usize = 1000;
 /// Most connections: each costs a socket and two buffers; past this use several hosts.
 pub const CONNECTIONS_MAX: usize = 100_000;
+/// Most BDAT transactions in flight per connection (`--depth`): one write carries them all.
+pub const DEPTH_MAX: usize = 16;
 
 /// Command line of ringmx-loadgen (clap derive; doc comments are the `--help` text).
 #[derive(Parser, Debug)]
@@ -68,6 +70,11 @@ pub struct Args {
     /// Send messages with BDAT (RFC 3030 CHUNKING) instead of DATA; fails if not advertised.
     #[arg(long)]
     pub bdat: bool,
+
+    /// With --bdat and PIPELINING: up to N whole transactions (MAIL, RCPT, BDAT LAST and the
+    /// chunk) in flight per connection, written together in one write, replies read in order.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub depth: usize,
 
     /// Stop after N measured messages (accepted, refused or failed) in total.
     #[arg(short = 'n', long, value_name = "N")]
@@ -176,6 +183,8 @@ pub struct Settings {
     pub proxy: Option<ProxyVersion>,
     /// Local addresses to bind connections to, round robin (empty: the kernel picks).
     pub sources: Vec<IpAddr>,
+    /// BDAT transactions in flight per connection (1: one at a time).
+    pub depth: usize,
 }
 
 impl Settings {
@@ -244,6 +253,15 @@ impl Settings {
                 .ok_or_else(|| format!("--target {t}: resolves to no address"))?;
             target_addrs.push(addr);
         }
+        if a.depth == 0 || a.depth > DEPTH_MAX {
+            return Err(format!("--depth {}: must be 1..={DEPTH_MAX}", a.depth));
+        }
+        if a.depth > 1 && (!a.bdat || a.no_pipelining) {
+            return Err(format!(
+                "--depth {}: needs --bdat and pipelining (a DATA transaction waits for its 354)",
+                a.depth
+            ));
+        }
         let proxy = a
             .proxy
             .as_deref()
@@ -297,6 +315,7 @@ impl Settings {
             timeout,
             proxy,
             sources,
+            depth: a.depth,
         })
     }
 }

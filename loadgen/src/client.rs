@@ -338,7 +338,7 @@ impl Slot {
             &[]
         };
         let segs: [&[u8]; 5] = [&self.out.pre, head, id, tail, &self.out.post];
-        let r = tokio::time::timeout(plan.timeout, write_segments(s, segs)).await;
+        let r = tokio::time::timeout(plan.timeout, write_segments(s, &segs)).await;
         self.out.clear();
         match r {
             Ok(Ok(())) => Ok(()),
@@ -493,6 +493,10 @@ impl Slot {
         if self.reply(s, true).await? != 250 {
             return Err(SessErr::Protocol);
         }
+        if plan.depth > 1 && plan.bdat && pipelining {
+            let rsets = self.deep_bdat(s).await?;
+            return self.quit(s, rsets).await;
+        }
         let mut sent = 0u64;
         // A message whose body is queued or written and whose final reply is still to come.
         let mut carry: Option<Msg> = None;
@@ -558,6 +562,11 @@ impl Slot {
                 rsets += 1;
             }
         }
+        self.quit(s, rsets).await
+    }
+
+    /// Ends a session: QUIT, then the replies of `rsets` RSETs still to come and QUIT's own.
+    async fn quit(&mut self, s: &mut TcpStream, mut rsets: u32) -> Result<(), SessErr> {
         self.out.cmd(b"QUIT\r\n");
         self.flush(s).await?;
         while rsets > 0 {
@@ -566,6 +575,110 @@ impl Slot {
         }
         self.reply(s, false).await?;
         Ok(())
+    }
+
+    /// `--depth N` with BDAT and pipelining: up to N whole transactions (MAIL, RCPTs,
+    /// `BDAT n LAST` and the chunk) in flight, each batch written with one writev, replies
+    /// read in order (RFC 2920 lets a client pipeline across transactions; RFC 3030 lets the
+    /// chunk follow its BDAT at once). A refused transaction is followed by RSET, which leads
+    /// the next write; returns how many RSETs are queued but not yet written.
+    async fn deep_bdat(&mut self, s: &mut TcpStream) -> Result<u32, SessErr> {
+        /// What the next reply(s) in order belong to.
+        enum Pending {
+            Msg(Msg),
+            Rset,
+        }
+        let plan = self.plan.clone();
+        let depth = plan.depth.min(crate::cli::DEPTH_MAX);
+        let mut inflight: std::collections::VecDeque<Pending> =
+            std::collections::VecDeque::with_capacity(2 * depth);
+        // Per batch entry: its commands, variant, Message-ID digits and message.
+        let mut cmds: Vec<Vec<u8>> = (0..depth).map(|_| Vec::with_capacity(512)).collect();
+        let mut bodies = [(0usize, [0u8; ID_DIGITS]); crate::cli::DEPTH_MAX];
+        let mut batch_msgs: Vec<Msg> = Vec::with_capacity(depth);
+        let mut sent = 0u64;
+        // RSETs queued in `self.out.pre`, not yet written.
+        let mut rsets_queued = 0u32;
+        loop {
+            // Fill the batch: wait for a due time only when nothing is in flight.
+            batch_msgs.clear();
+            while inflight.len() + batch_msgs.len() < depth {
+                if plan.messages_per_session > 0 && sent >= plan.messages_per_session {
+                    break;
+                }
+                let may_wait = inflight.is_empty() && batch_msgs.is_empty() && rsets_queued == 0;
+                let Some(mut m) = self.claim(may_wait).await else {
+                    break;
+                };
+                let k = batch_msgs.len();
+                sent += 1;
+                self.seq += 1;
+                let seq = self.seq;
+                let variant = self.rng.range(0, plan.messages.variants.len() - 1);
+                let c = &mut cmds[k];
+                c.clear();
+                let pool = &plan.pool;
+                c.extend_from_slice(&pool.mail[(seq % pool.mail.len() as u64) as usize]);
+                for i in 0..plan.recipients as u64 {
+                    let r = (seq * plan.recipients as u64 + i) % pool.rcpt.len() as u64;
+                    c.extend_from_slice(&pool.rcpt[r as usize]);
+                }
+                c.extend_from_slice(&plan.messages.variants[variant].bdat_cmd);
+                write_id(&mut bodies[k].1, ((self.id as u64) << 40) | seq);
+                bodies[k].0 = variant;
+                if m.measured {
+                    self.stats.borrow_mut().bytes_sent +=
+                        plan.messages.variants[variant].wire.len() as u64;
+                }
+                if self.next_due.is_none() {
+                    m.origin = Instant::now(); // closed loop: latency counts from this write
+                }
+                batch_msgs.push(m);
+            }
+            if !batch_msgs.is_empty() || rsets_queued > 0 {
+                // Queued RSETs lead the write: their replies come before the batch's.
+                let pre = std::mem::take(&mut self.out.pre);
+                let mut segs: [&[u8]; SEGMENTS_MAX] = [&[]; SEGMENTS_MAX];
+                segs[0] = &pre;
+                let mut n = 1;
+                for (k, cmd) in cmds.iter().enumerate().take(batch_msgs.len()) {
+                    let var = &plan.messages.variants[bodies[k].0];
+                    segs[n] = cmd;
+                    segs[n + 1] = &var.wire[..var.id_offset];
+                    segs[n + 2] = &bodies[k].1;
+                    segs[n + 3] = &var.wire[var.id_offset + ID_DIGITS..];
+                    n += 4;
+                }
+                let r = tokio::time::timeout(plan.timeout, write_segments(s, &segs[..n])).await;
+                self.out.pre = pre;
+                self.out.pre.clear();
+                match r {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => return Err(SessErr::Io),
+                    Err(_) => return Err(SessErr::Timeout),
+                }
+                for _ in 0..rsets_queued {
+                    inflight.push_back(Pending::Rset);
+                }
+                rsets_queued = 0;
+                inflight.extend(batch_msgs.drain(..).map(Pending::Msg));
+            }
+            match inflight.pop_front() {
+                None => return Ok(rsets_queued),
+                Some(Pending::Rset) => {
+                    self.reply(s, false).await?;
+                }
+                Some(Pending::Msg(mut m)) => {
+                    self.envelope_replies(s, &mut m).await?;
+                    let code = self.reply(s, m.measured).await?;
+                    self.finish(m, code);
+                    if m.first_error.is_some() || !(200..300).contains(&code) {
+                        self.out.cmd(b"RSET\r\n");
+                        rsets_queued += 1;
+                    }
+                }
+            }
+        }
     }
 
     /// One message in lockstep: each command waits for its reply.
@@ -688,15 +801,20 @@ fn received_at(stamp: Option<nix::sys::time::TimeSpec>) -> Instant {
     }
 }
 
-/// Writes the concatenation of `segs` with writev, resuming after partial writes.
-async fn write_segments(s: &mut TcpStream, segs: [&[u8]; 5]) -> std::io::Result<()> {
+/// Most segments one write takes: commands, body head, Message-ID, body tail per transaction.
+const SEGMENTS_MAX: usize = 4 * crate::cli::DEPTH_MAX + 1;
+
+/// Writes the concatenation of `segs` (at most SEGMENTS_MAX) with writev, resuming after
+/// partial writes.
+async fn write_segments(s: &mut TcpStream, segs: &[&[u8]]) -> std::io::Result<()> {
+    debug_assert!(segs.len() <= SEGMENTS_MAX);
     let total: usize = segs.iter().map(|x| x.len()).sum();
     let mut done = 0;
     while done < total {
-        let mut slices = [IoSlice::new(&[]); 5];
+        let mut slices = [IoSlice::new(&[]); SEGMENTS_MAX];
         let mut n = 0;
         let mut skip = done;
-        for seg in segs {
+        for seg in segs.iter().take(SEGMENTS_MAX) {
             if skip >= seg.len() {
                 skip -= seg.len();
                 continue;

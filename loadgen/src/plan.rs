@@ -44,6 +44,8 @@ pub struct Plan {
     pub proxy: Option<ProxyVersion>,
     /// `--source`: local addresses to bind connections to, round robin.
     pub sources: Vec<IpAddr>,
+    /// `--depth`: BDAT transactions in flight per connection.
+    pub depth: usize,
     pub messages: MessageSet,
     pub pool: AddressPool,
     pub control: Control,

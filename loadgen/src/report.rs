@@ -145,11 +145,16 @@ pub fn print_summary(s: &Settings, o: &Outcome) {
         "off"
     };
     println!(
-        "ringmx-loadgen: {} | {} connections on {} thread(s) | {mode} | pipelining {pipe} | {} | size {} | {} rcpt",
+        "ringmx-loadgen: {} | {} connections on {} thread(s) | {mode} | pipelining {pipe} | {}{} | size {} | {} rcpt",
         s.targets.join(","),
         s.connections,
         s.threads,
         if s.bdat { "BDAT" } else { "DATA" },
+        if s.depth > 1 {
+            format!(" depth {}", s.depth)
+        } else {
+            String::new()
+        },
         s.size_text,
         s.recipients,
     );
@@ -335,6 +340,7 @@ struct JsonSettings<'a> {
     timeout_s: f64,
     proxy: Option<&'static str>,
     sources: Vec<String>,
+    depth: usize,
 }
 
 /// The counters of the run.
@@ -434,6 +440,7 @@ pub fn write_json(path: &Path, s: &Settings, o: &Outcome) -> std::io::Result<()>
             timeout_s: s.timeout.as_secs_f64(),
             proxy: s.proxy.map(|p| p.name()),
             sources: s.sources.iter().map(|a| a.to_string()).collect(),
+            depth: s.depth,
         },
         targets: &o.targets,
         host: host(),

@@ -94,6 +94,7 @@ pub fn run(s: Settings, argv: Vec<String>, interrupted: Arc<AtomicBool>) -> Resu
             .into_boxed_slice(),
         proxy: s.proxy,
         sources: s.sources.clone(),
+        depth: s.depth,
         messages,
         pool: AddressPool::new(&s.from, &s.to),
         control: Control {

@@ -397,6 +397,46 @@ fn bdat_count_matches_sink() {
     }
 }
 
+/// --depth: several whole BDAT transactions in flight per connection; the count still matches
+/// the sink's to the message, in closed and open loop, with reconnects, and refusals (each
+/// followed by RSET while later transactions are already on the wire) are counted by code.
+#[test]
+fn bdat_depth_count_matches_sink() {
+    for extra in [
+        &["--depth", "4"][..],
+        &["--depth", "16", "--messages-per-session", "37"][..],
+        &["--depth", "3", "--rate", "3000"][..],
+    ] {
+        let sink = start_sink(SinkConfig::default());
+        let mut args = vec!["-n", "1000", "-c", "3", "--bdat", "--size", "100..20k"];
+        args.extend_from_slice(extra);
+        let v = loadgen(sink.port, &args);
+        assert_exact(&v, &sink, 1000);
+        let depth: u64 = extra[1].parse().unwrap();
+        assert_eq!(v["settings"]["depth"].as_u64(), Some(depth));
+    }
+    let sink = start_sink(SinkConfig {
+        final_reply: "552 5.3.4 Message too big",
+        ..SinkConfig::default()
+    });
+    let v = loadgen(
+        sink.port,
+        &["-n", "300", "-c", "2", "--bdat", "--depth", "5"],
+    );
+    assert_eq!(counter(&v, "messages_refused"), 300, "{v}");
+    assert_eq!(v["refused_by_code"]["552"].as_u64(), Some(300), "{v}");
+    assert_eq!(counter(&v, "messages_failed"), 0, "{v}");
+    assert_eq!(counter(&v, "protocol_errors"), 0, "{v}");
+    // Without BDAT (a DATA transaction waits for its 354) depth is refused up front.
+    let out = Command::new(env!("CARGO_BIN_EXE_ringmx-loadgen"))
+        .args(["--target", &format!("127.0.0.1:{}", sink.port)])
+        .args(["--depth", "4", "-n", "5", "-q"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--bdat"));
+}
+
 #[test]
 fn bdat_needs_chunking() {
     let sink = start_sink(SinkConfig {
