@@ -1257,6 +1257,7 @@ fn unreadable_bdat_size_gets_501_and_close_and_nothing_after_it_runs() {
         "BDAT 10 FIRST\r\n",
         "BDAT 5 LAST LAST\r\n",
         "bdat 0x5\r\n",
+        "BDAT\t5\r\n",
     ] {
         let mut sim = ready();
         let input = format!("{ENVELOPE}{line}hello{ENVELOPE}DATA\r\nx\r\n.\r\nQUIT\r\n");
