@@ -129,6 +129,21 @@ pub const VARIABLES: &[(&str, &str, &str)] = &[
         "io_uring submission queue size per shard",
     ),
     ("RINGMX_LOG", "info", "error, warn, info or debug"),
+    (
+        "RINGMX_NATS_URL",
+        "nats://127.0.0.1:4222",
+        "NATS server(s) for RINGMX_DELIVERY=jetstream, comma-separated URLs",
+    ),
+    (
+        "RINGMX_NATS_SUBJECT",
+        "ringmx.inbound",
+        "subject each accepted message is published to (no wildcards)",
+    ),
+    (
+        "RINGMX_NATS_ACK_TIMEOUT_MS",
+        "5000",
+        "no acknowledgement from the stream by then: 451 4.3.0",
+    ),
 ];
 
 /// The prefix that marks a variable as ringmx's.
@@ -166,6 +181,16 @@ const DOMAINS_MAX: usize = 10_000;
 const RING_ENTRIES_MIN: u64 = 8;
 /// See `RING_ENTRIES_MIN`.
 const RING_ENTRIES_MAX: u64 = 32_768;
+/// NATS server URLs: each is a separate connection attempt target on reconnect.
+const NATS_URLS_MAX: usize = 64;
+/// NATS subject length: nats-server has no hard limit, but a subject is sent with every
+/// message and a long one is a typo, not a design.
+const NATS_SUBJECT_BYTES_MAX: usize = 255;
+/// Acknowledgement wait: at least 10 ms (a loopback round trip and a disk write), at most
+/// 10 minutes, the time a client waits for the reply to its end of data (RFC 5321 4.5.3.2.6).
+const NATS_ACK_TIMEOUT_MS_MIN: u64 = 10;
+/// See `NATS_ACK_TIMEOUT_MS_MIN`.
+const NATS_ACK_TIMEOUT_MS_MAX: u64 = 600_000;
 /// Values are quoted in error lines up to this many characters, so the line stays readable.
 const ERROR_VALUE_CHARS_MAX: usize = 200;
 
@@ -369,6 +394,8 @@ pub struct ServerConfig {
     pub ring_entries: u32,
     /// The log level.
     pub log_level: Level,
+    /// Where `RINGMX_DELIVERY=jetstream` publishes (read and checked whatever the delivery).
+    pub nats: crate::delivery::jetstream::Settings,
     /// The settings each SMTP session obeys.
     pub session: crate::proto::Config,
 }
@@ -562,6 +589,16 @@ pub fn from_vars<I: IntoIterator<Item = (String, String)>>(
         s.parse::<Level>().map_err(|e| e.to_string())
     })?;
 
+    let nats = crate::delivery::jetstream::Settings {
+        url: env.get("RINGMX_NATS_URL", parse_nats_urls)?,
+        subject: env.get("RINGMX_NATS_SUBJECT", |s| {
+            check_nats_subject(s).map(|()| s.to_string())
+        })?,
+        ack_timeout: Duration::from_millis(env.get("RINGMX_NATS_ACK_TIMEOUT_MS", |s| {
+            number(s, NATS_ACK_TIMEOUT_MS_MIN, NATS_ACK_TIMEOUT_MS_MAX)
+        })?),
+    };
+
     let hostname = match vars.get("RINGMX_HOSTNAME") {
         Some(value) => {
             check_host_name(value.trim())
@@ -623,6 +660,7 @@ pub fn from_vars<I: IntoIterator<Item = (String, String)>>(
         backend,
         ring_entries,
         log_level,
+        nats,
         session,
     })
 }
@@ -729,6 +767,46 @@ fn parse_listen(s: &str) -> Result<Vec<SocketAddr>, String> {
         addrs.push(addr);
     }
     Ok(addrs)
+}
+
+/// `RINGMX_NATS_URL`: one or more NATS server URLs (`nats://host:port`, `tls://host:port` or
+/// `host:port`), comma-separated, kept as written (the client library takes the list).
+fn parse_nats_urls(s: &str) -> Result<String, String> {
+    const WHAT: &str = "NATS URLs such as nats://127.0.0.1:4222";
+    let items = list_items(s, NATS_URLS_MAX, WHAT)?;
+    for item in &items {
+        if !item.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(format!(
+                "{item:?} holds spaces or control or non-ASCII characters; expected {WHAT}"
+            ));
+        }
+        if let Err(e) = item.parse::<async_nats::ServerAddr>() {
+            return Err(format!("{item:?} is not a NATS URL ({e}); expected {WHAT}"));
+        }
+    }
+    Ok(items.join(","))
+}
+
+/// `RINGMX_NATS_SUBJECT`: a literal NATS subject: dot-separated non-empty tokens of printable
+/// ASCII without spaces, and no wildcard token (`*`, `>`), since messages are published to it.
+fn check_nats_subject(s: &str) -> Result<(), String> {
+    const WHAT: &str = "a subject such as ringmx.inbound (dot-separated tokens, no wildcards)";
+    if s.is_empty() || s.len() > NATS_SUBJECT_BYTES_MAX {
+        return Err(format!(
+            "expected 1 to {NATS_SUBJECT_BYTES_MAX} bytes: {WHAT}"
+        ));
+    }
+    if !s.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(format!(
+            "spaces and control or non-ASCII characters are not allowed; expected {WHAT}"
+        ));
+    }
+    if s.split('.')
+        .any(|token| token.is_empty() || token == "*" || token == ">")
+    {
+        return Err(format!("empty or wildcard token; expected {WHAT}"));
+    }
+    Ok(())
 }
 
 /// `RINGMX_LIMIT_EXEMPT`: CIDR networks, comma-separated; empty means none.
@@ -990,7 +1068,7 @@ mod tests {
             let line = refused(name, "\u{1}garbage");
             assert!(!line.contains("unknown variable"), "{line}");
         }
-        assert_eq!(VARIABLES.len(), 25);
+        assert_eq!(VARIABLES.len(), 28);
     }
 
     #[test]
@@ -1366,6 +1444,49 @@ mod tests {
         );
         let err = ConfigError::new("RINGMX_X\nY", "v", "p");
         assert_eq!(err.to_string(), "RINGMX_X\\nY=\"v\": p");
+    }
+
+    #[test]
+    fn nats_settings_are_checked() {
+        let c = config(&[]).unwrap();
+        assert_eq!(c.nats.url, "nats://127.0.0.1:4222");
+        assert_eq!(c.nats.subject, "ringmx.inbound");
+        assert_eq!(c.nats.ack_timeout, Duration::from_millis(5000));
+        let c = config(&[
+            (
+                "RINGMX_NATS_URL",
+                "nats://a.example:4222, tls://b.example:4443,c.example:4222",
+            ),
+            ("RINGMX_NATS_SUBJECT", "mail.in.mx-1"),
+            ("RINGMX_NATS_ACK_TIMEOUT_MS", "10"),
+        ])
+        .unwrap();
+        assert_eq!(
+            c.nats.url,
+            "nats://a.example:4222,tls://b.example:4443,c.example:4222"
+        );
+        assert_eq!(c.nats.subject, "mail.in.mx-1");
+        assert_eq!(c.nats.ack_timeout, Duration::from_millis(10));
+        for bad in [
+            "",
+            "nats://a:4222,",
+            "http://a:80",
+            "nats://a b:4222",
+            "nats://a:99999",
+        ] {
+            refused("RINGMX_NATS_URL", bad);
+        }
+        for bad in [
+            "", "a..b", ".a", "a.", "a.*", "a.>", ">", "a b", "a\tb", "é",
+        ] {
+            refused("RINGMX_NATS_SUBJECT", bad);
+        }
+        refused("RINGMX_NATS_SUBJECT", &"a".repeat(256));
+        for bad in ["0", "9", "600001", "1s", "-1"] {
+            refused("RINGMX_NATS_ACK_TIMEOUT_MS", bad);
+        }
+        let line = refused("RINGMX_NATS_SUBJECT", "ringmx.*");
+        assert!(line.contains("wildcard"), "{line}");
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! only writer of files, and the drivers the only users of sockets and rings.
 
 pub mod config;
+pub mod delivery;
 pub mod driver;
 pub mod log;
 pub mod proto;
