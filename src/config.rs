@@ -44,7 +44,7 @@ pub const VARIABLES: &[(&str, &str, &str)] = &[
     (
         "RINGMX_DELIVERY",
         "maildir",
-        "maildir or discard (accept and drop, for benchmarks and sinks)",
+        "maildir, jetstream (NATS JetStream) or discard (accept and drop, for benchmarks and sinks)",
     ),
     (
         "RINGMX_FSYNC",
@@ -199,6 +199,8 @@ const ERROR_VALUE_CHARS_MAX: usize = 200;
 pub enum Delivery {
     /// Written to the Maildir spool and made durable before 250.
     Maildir,
+    /// Published to a NATS JetStream stream and acknowledged by it before 250.
+    Jetstream,
     /// Read and dropped (benchmarks and sinks).
     Discard,
 }
@@ -208,6 +210,7 @@ impl Delivery {
     pub fn as_str(self) -> &'static str {
         match self {
             Delivery::Maildir => "maildir",
+            Delivery::Jetstream => "jetstream",
             Delivery::Discard => "discard",
         }
     }
@@ -550,6 +553,7 @@ pub fn from_vars<I: IntoIterator<Item = (String, String)>>(
             s,
             &[
                 ("maildir", Delivery::Maildir),
+                ("jetstream", Delivery::Jetstream),
                 ("discard", Delivery::Discard),
             ],
         )
@@ -1172,7 +1176,7 @@ mod tests {
         );
         assert_eq!(
             refused("RINGMX_DELIVERY", "mbox"),
-            "RINGMX_DELIVERY=\"mbox\": expected maildir or discard"
+            "RINGMX_DELIVERY=\"mbox\": expected maildir, jetstream or discard"
         );
         assert_eq!(
             refused("RINGMX_BACKEND", "io_uring"),

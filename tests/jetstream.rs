@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use common::nats::*;
-use ringmx::delivery::jetstream::{probe, size_limit, Jetstream, Probe, Refusal, Settings};
+use ringmx::delivery::jetstream::{probe, size_limit, Jetstream, Probe, Publication, Settings};
+use ringmx::delivery::{DeliveryError, MessageStart, Recipients, Sink};
 use ringmx::scan::Part;
 
 const SUBJECT: &str = "ringmx.inbound";
@@ -84,18 +85,32 @@ fn sample(n: usize) -> Sample {
     }
 }
 
+/// Begins a message of `s`'s envelope with `head`.
+async fn begin(sink: &Jetstream, s: &Sample, head: &[u8]) -> Publication {
+    let text: String = s.recipients.concat();
+    let ends: Vec<usize> = s
+        .recipients
+        .iter()
+        .scan(0, |end, r| {
+            *end += r.len();
+            Some(*end)
+        })
+        .collect();
+    let start = MessageStart {
+        id: &s.id,
+        sender: &s.sender,
+        recipients: Recipients::new(&text, &ends),
+    };
+    let (started, back) = sink.begin(&start, head.to_vec()).await;
+    assert_eq!(back, head, "begin gives the head back");
+    started.expect("begin")
+}
+
 /// Runs one message through the sink: begin, appends, commit.
-async fn deliver(sink: &Jetstream, s: &Sample) -> Result<(), Refusal> {
-    let (started, head) = sink.begin(
-        &s.id,
-        &s.sender,
-        s.recipients.iter().map(String::as_str),
-        s.head.clone(),
-    );
-    assert_eq!(head, s.head, "begin gives the head back");
-    let mut m = started.expect("begin");
+async fn deliver(sink: &Jetstream, s: &Sample) -> Result<(), DeliveryError> {
+    let mut m = begin(sink, s, &s.head).await;
     for (buf, parts, base) in &s.chunks {
-        let back = sink.append(&mut m, buf.clone(), parts, *base);
+        let back = sink.append(&mut m, buf.clone(), parts, *base).await;
         assert_eq!(&back, buf, "append gives the buffer back untouched");
     }
     sink.commit(m).await
@@ -216,13 +231,7 @@ fn a_message_larger_than_max_payload_is_refused_whole_and_never_published() {
             .expect("connect");
         // Just under and just over what fits with the NATS headers: the boundary is exact.
         let s = sample(7);
-        let (started, _) = sink.begin(
-            &s.id,
-            &s.sender,
-            s.recipients.iter().map(String::as_str),
-            s.head.clone(),
-        );
-        let mut m = started.unwrap();
+        let mut m = begin(&sink, &s, &s.head).await;
         let headers = format!(
             "NATS/1.0\r\nNats-Msg-Id: {}\r\nRingmx-Mail-From: {}\r\n\r\n",
             s.id, s.sender
@@ -234,7 +243,7 @@ fn a_message_larger_than_max_payload_is_refused_whole_and_never_published() {
                 .sum::<usize>();
         let fill = 128 * 1024 - headers - s.head.len();
         let body = BytesMut::from(&vec![b'x'; fill][..]);
-        let body = sink.append(&mut m, body, &[Part::Input(0..fill)], 0);
+        let body = sink.append(&mut m, body, &[Part::Input(0..fill)], 0).await;
         assert_eq!(m.len(), 128 * 1024 - headers);
         sink.commit(m)
             .await
@@ -243,21 +252,17 @@ fn a_message_larger_than_max_payload_is_refused_whole_and_never_published() {
         // Same header sizes as before, two bytes more of body.
         let mut s = sample(8);
         s.recipients = sample(7).recipients;
-        let (started, _) = sink.begin(
-            &s.id,
-            &s.sender,
-            s.recipients.iter().map(String::as_str),
-            s.head.clone(),
-        );
-        let mut m = started.unwrap();
-        let _ = sink.append(
-            &mut m,
-            body,
-            &[Part::Input(0..fill), Part::Static(b"\r\n")],
-            0,
-        );
+        let mut m = begin(&sink, &s, &s.head).await;
+        let _ = sink
+            .append(
+                &mut m,
+                body,
+                &[Part::Input(0..fill), Part::Static(b"\r\n")],
+                0,
+            )
+            .await;
         assert_eq!(m.len(), 0, "the copy stops and its memory is freed");
-        assert_eq!(sink.commit(m).await, Err(Refusal::TooBig));
+        assert!(matches!(sink.commit(m).await, Err(DeliveryError::TooBig)));
     });
     let stored = stream_messages(&node.url(), STREAM);
     assert_eq!(stored.len(), 1);
@@ -327,7 +332,10 @@ fn a_lost_server_gives_prompt_refusals_then_acceptance_resumes_by_itself() {
         for n in 210..215 {
             let began = Instant::now();
             let result = deliver(&sink, &sample(n)).await;
-            assert!(matches!(result, Err(Refusal::Temporary(_))), "{result:?}");
+            assert!(
+                matches!(result, Err(DeliveryError::Temporary(_))),
+                "{result:?}"
+            );
             assert!(
                 began.elapsed() < Duration::from_millis(ack_timeout_ms) + Duration::from_secs(5)
             );

@@ -18,7 +18,6 @@
 //! the Maildir sink writes the same ranges straight from the receive buffer). The payload is
 //! bounded by the stream's largest message: past it the copy stops and the message gets 552.
 
-use std::fmt;
 use std::io;
 use std::time::Duration;
 
@@ -27,6 +26,7 @@ use async_nats::{HeaderMap, Subject};
 use bytes::{BufMut, Bytes, BytesMut};
 use tokio::time::Instant;
 
+use super::{DeliveryError, MessageStart, Sink};
 use crate::scan::Part;
 use crate::{log_info, log_warn};
 
@@ -178,24 +178,6 @@ pub fn size_limit(max_message_size: u64, message_max: usize) -> Result<u64, Stri
     Ok(max_message_size.min(room))
 }
 
-/// Why a message was not acknowledged.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Refusal {
-    /// An error or no acknowledgement in time: 451, the client may try again.
-    Temporary(String),
-    /// The payload does not fit in one stream message: 552.
-    TooBig,
-}
-
-impl fmt::Display for Refusal {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Refusal::Temporary(why) => write!(f, "not acknowledged: {why}"),
-            Refusal::TooBig => write!(f, "larger than the largest stream message"),
-        }
-    }
-}
-
 /// One shard's JetStream publisher.
 pub struct Jetstream {
     client: async_nats::Client,
@@ -286,15 +268,8 @@ impl Jetstream {
         }
     }
 
-    /// Starts a message with queue ID `id`, its envelope and `head` (the rendered trace
-    /// headers, which open the payload). `head` always comes back.
-    pub fn begin<'a>(
-        &self,
-        id: &str,
-        sender: &str,
-        mut recipients: impl Iterator<Item = &'a str>,
-        head: Vec<u8>,
-    ) -> (io::Result<Publication>, Vec<u8>) {
+    /// Builds the envelope headers and starts the payload with `head` (the trace headers).
+    fn start(&self, start: &MessageStart<'_>, head: &[u8]) -> io::Result<Publication> {
         let mut headers = HeaderMap::new();
         let mut headers_len = "NATS/1.0\r\n\r\n".len();
         let mut add = |name: &'static str, value: &str| -> io::Result<()> {
@@ -310,14 +285,14 @@ impl Jetstream {
             headers.append(name, value);
             Ok(())
         };
-        let added = add(MSG_ID, id)
-            .and_then(|()| add(MAIL_FROM, sender))
-            .and_then(|()| recipients.try_for_each(|r| add(RCPT_TO, r)));
-        if let Err(e) = added {
-            return (Err(e), head);
-        }
+        add(MSG_ID, start.id)?;
+        add(MAIL_FROM, start.sender)?;
+        start
+            .recipients
+            .iter()
+            .try_for_each(|rcpt| add(RCPT_TO, rcpt))?;
         let mut payload = BytesMut::with_capacity(head.len() + PAYLOAD_START_CAPACITY);
-        payload.put_slice(&head);
+        payload.put_slice(head);
         let mut publication = Publication {
             headers,
             headers_len,
@@ -325,7 +300,7 @@ impl Jetstream {
             too_big: false,
         };
         self.check_size(&mut publication, 0);
-        (Ok(publication), head)
+        Ok(publication)
     }
 
     /// Marks `m` too big (and frees its payload) when `more` bytes would not fit.
@@ -336,17 +311,10 @@ impl Jetstream {
         }
     }
 
-    /// Appends message parts (ranges of `buf` offset by `base`, and constants) to the payload.
-    /// `buf` always comes back.
-    pub fn append(
-        &self,
-        m: &mut Publication,
-        buf: BytesMut,
-        parts: &[Part],
-        base: usize,
-    ) -> BytesMut {
+    /// Copies message parts (ranges of `buf` offset by `base`, and constants) to the payload.
+    fn copy_parts(&self, m: &mut Publication, buf: &[u8], parts: &[Part], base: usize) {
         if m.too_big {
-            return buf;
+            return;
         }
         let more: usize = parts
             .iter()
@@ -357,7 +325,7 @@ impl Jetstream {
             .sum();
         self.check_size(m, more);
         if m.too_big {
-            return buf;
+            return;
         }
         m.payload.reserve(more);
         for part in parts {
@@ -366,15 +334,14 @@ impl Jetstream {
                 Part::Static(bytes) => m.payload.put_slice(bytes),
             }
         }
-        buf
     }
 
     /// Publishes `m` and waits for the stream's acknowledgement, retrying an attempt that
     /// failed at once with the same `Nats-Msg-Id` until the deadline. Ok means the stream
     /// holds the message (on as many replicas as it is configured for).
-    pub async fn commit(&self, m: Publication) -> Result<(), Refusal> {
+    async fn publish(&self, m: Publication) -> Result<(), DeliveryError> {
         if m.too_big {
-            return Err(Refusal::TooBig);
+            return Err(DeliveryError::TooBig);
         }
         let Publication {
             headers, payload, ..
@@ -399,17 +366,44 @@ impl Jetstream {
                 Err(_) => "no acknowledgement in time".to_string(),
             };
             if Instant::now() + RETRY_PAUSE >= deadline {
-                return Err(Refusal::Temporary(format!(
-                    "{failure} (after {attempts} attempts)"
-                )));
+                return Err(DeliveryError::Temporary(io::Error::other(format!(
+                    "jetstream: {failure} (after {attempts} attempts)"
+                ))));
             }
             tokio::time::sleep(RETRY_PAUSE).await;
         }
     }
+}
 
-    /// Drops a message that will not be published.
-    pub fn abort(&self, m: Publication) {
-        drop(m);
+impl Sink for Jetstream {
+    type Message = Publication;
+
+    async fn begin(
+        &self,
+        start: &MessageStart<'_>,
+        head: Vec<u8>,
+    ) -> (io::Result<Publication>, Vec<u8>) {
+        (self.start(start, &head), head)
+    }
+
+    async fn append(
+        &self,
+        message: &mut Publication,
+        buf: BytesMut,
+        parts: &[Part],
+        base: usize,
+    ) -> BytesMut {
+        self.copy_parts(message, &buf, parts, base);
+        buf
+    }
+
+    async fn commit(&self, message: Publication) -> Result<(), DeliveryError> {
+        self.publish(message).await
+    }
+
+    /// Nothing was sent: the payload is dropped.
+    async fn abort(&self, message: Publication) {
+        drop(message);
     }
 }
 

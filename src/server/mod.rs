@@ -14,7 +14,6 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::os::fd::RawFd;
 use std::process::ExitCode;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -26,8 +25,8 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tokio::sync::{watch, Notify};
 
 use crate::config::{Backend, Delivery, ServerConfig};
+use crate::delivery::{jetstream, maildir, AnySink, IdGenerator, Jetstream, Maildir, QueueId};
 use crate::driver::{epoll::Epoll, uring, uring::Uring, Driver};
-use crate::spool::{self, IdGenerator, QueueId, Spool};
 use crate::{log_error, log_info, log_warn};
 
 /// Listen backlog of every listener (the kernel caps it at net.core.somaxconn).
@@ -127,7 +126,7 @@ pub(crate) struct Shard<D: Driver> {
     pub config: Arc<ServerConfig>,
     pub session_config: Arc<crate::proto::Config>,
     pub shared: Arc<Shared>,
-    pub spool: Option<Spool<D>>,
+    pub sink: AnySink<D>,
     pub phase: watch::Receiver<Phase>,
     pool: RefCell<Vec<BytesMut>>,
     large_in_use: Cell<usize>,
@@ -270,15 +269,46 @@ impl Running {
 
 /// Binds the listeners, prepares the spool, logs the first line and starts the shards on
 /// driver `D`. Errors are start-up errors, as one line.
-pub fn start<D: Driver>(config: ServerConfig) -> Result<Running, String> {
+pub fn start<D: Driver>(mut config: ServerConfig) -> Result<Running, String> {
     let listeners = bind_all(&config)?;
+    // JetStream: the server must answer and a stream capture the subject; SIZE shrinks to
+    // what one stream message can hold.
+    let jetstream = match config.delivery {
+        Delivery::Jetstream => {
+            let probe = jetstream::probe(&config.nats)?;
+            config.session.max_message_size =
+                jetstream::size_limit(config.session.max_message_size, probe.message_max)?;
+            log_info!(
+                "jetstream: subject {} on stream {} at {} (nats-server {}), largest message {} bytes, SIZE {}",
+                config.nats.subject,
+                probe.stream,
+                config.nats.url,
+                probe.server_version,
+                probe.message_max,
+                config.session.max_message_size,
+            );
+            Some(Arc::new(probe))
+        }
+        Delivery::Maildir | Delivery::Discard => None,
+    };
     if config.delivery == Delivery::Maildir {
-        match spool::prepare(&config.spool) {
-            Ok(0) => {}
-            Ok(n) => log_info!(
-                "removed {n} stale file(s) from {}",
-                config.spool.join("tmp").display()
-            ),
+        match maildir::prepare(&config.spool) {
+            Ok(prepared) => {
+                if prepared.removed > 0 {
+                    log_info!(
+                        "removed {} stale file(s) from {}",
+                        prepared.removed,
+                        config.spool.join("tmp").display()
+                    );
+                }
+                if prepared.kept > 0 {
+                    log_info!(
+                        "kept {} file(s) in {} that running processes are writing",
+                        prepared.kept,
+                        config.spool.join("tmp").display()
+                    );
+                }
+            }
             Err(e) => return Err(format!("RINGMX_SPOOL: {}: {e}", config.spool.display())),
         }
     }
@@ -299,6 +329,7 @@ pub fn start<D: Driver>(config: ServerConfig) -> Result<Running, String> {
     );
 
     let grace = config.shutdown_grace;
+    let nonce = crate::delivery::process_nonce();
     let config = Arc::new(config);
     let shared = Arc::new(Shared {
         connections: AtomicUsize::new(0),
@@ -312,6 +343,7 @@ pub fn start<D: Driver>(config: ServerConfig) -> Result<Running, String> {
         let shared = Arc::clone(&shared);
         let phase = phase_rx.clone();
         let done = done_tx.clone();
+        let jetstream = jetstream.clone();
         let spawned = std::thread::Builder::new()
             .name(format!("ringmx-shard-{id}"))
             .spawn(move || {
@@ -322,7 +354,7 @@ pub fn start<D: Driver>(config: ServerConfig) -> Result<Running, String> {
                 // server with exit status 1 for its supervisor to restart (acknowledged mail is
                 // on disk), rather than leaving the server running one shard short.
                 let run = std::panic::AssertUnwindSafe(|| {
-                    run_shard::<D>(id, config, shared, phase, shard_listeners)
+                    run_shard::<D>(id, nonce, config, shared, phase, shard_listeners, jetstream)
                 });
                 let result = std::panic::catch_unwind(run)
                     .unwrap_or_else(|_| Err(io::Error::other("the shard panicked")));
@@ -438,42 +470,50 @@ fn pin_to_cpu(cpu: usize) {
 /// Runs one shard: its runtime, its listeners' accept loops and its connections.
 fn run_shard<D: Driver>(
     id: usize,
+    nonce: u64,
     config: Arc<ServerConfig>,
     shared: Arc<Shared>,
     phase: watch::Receiver<Phase>,
     listeners: Vec<std::net::TcpListener>,
+    jetstream: Option<Arc<jetstream::Probe>>,
 ) -> io::Result<()> {
     D::block_on(config.ring_entries, async move {
-        let spool = match config.delivery {
-            Delivery::Maildir => Some(Spool::<D>::open(
+        let sink = match config.delivery {
+            Delivery::Maildir => AnySink::Maildir(Maildir::<D>::open(
                 &config.spool,
                 config.fsync,
                 &config.session.hostname,
             )?),
-            Delivery::Discard => None,
+            Delivery::Jetstream => {
+                let probe = jetstream.ok_or_else(|| io::Error::other("no JetStream probe"))?;
+                let sink = Jetstream::connect(&config.nats, &probe, id)
+                    .await
+                    .map_err(io::Error::other)?;
+                AnySink::Jetstream(Box::new(sink))
+            }
+            Delivery::Discard => AnySink::Discard,
         };
         let shard = Rc::new(Shard {
             id,
             session_config: Arc::new(config.session.clone()),
             config,
             shared,
-            spool,
+            sink,
             phase,
             pool: RefCell::new(Vec::new()),
             large_in_use: Cell::new(0),
-            ids: RefCell::new(IdGenerator::new(id)),
+            ids: RefCell::new(IdGenerator::new(id, nonce)),
             active: Cell::new(0),
             idle: Notify::new(),
         });
         let mut accepting = Vec::new();
         for listener in listeners {
-            let fd = std::os::fd::AsRawFd::as_raw_fd(&listener);
             let listener = D::listener(listener)?;
             let shard = Rc::clone(&shard);
             let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel::<()>();
             accepting.push(stopped_rx);
             D::spawn(async move {
-                accept_loop(listener, fd, shard).await;
+                accept_loop(listener, shard).await;
                 let _ = stopped_tx.send(());
             });
         }
@@ -492,13 +532,12 @@ fn run_shard<D: Driver>(
     })?
 }
 
-/// Accepts connections until shutdown begins, then shuts the listener (descriptor `fd`) down.
-async fn accept_loop<D: Driver>(listener: D::Listener, fd: RawFd, shard: Rc<Shard<D>>) {
+/// Accepts connections until shutdown begins, then shuts the listener down.
+async fn accept_loop<D: Driver>(listener: D::Listener, shard: Rc<Shard<D>>) {
     let mut phase = shard.phase.clone();
     loop {
         if *phase.borrow() != Phase::Running {
-            // SAFETY: shutdown(2) on `listener`'s descriptor, open while `listener` lives.
-            unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+            D::shutdown_listener(&listener);
             return;
         }
         let accept = D::accept(&listener);
@@ -510,8 +549,7 @@ async fn accept_loop<D: Driver>(listener: D::Listener, fd: RawFd, shard: Rc<Shar
                 // Dropping the accept is not enough on io_uring: the socket stays open while
                 // the accept is in the kernel, and a connection it takes then is never closed.
                 // Shut the listener down, which ends the accept, and close what it returns.
-                // SAFETY: shutdown(2) on `listener`'s descriptor, open while `listener` lives.
-                unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+                D::shutdown_listener(&listener);
                 let _ = tokio::time::timeout(ACCEPT_DRAIN, accept).await;
                 return;
             }
