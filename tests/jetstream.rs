@@ -116,7 +116,7 @@ async fn deliver(sink: &Jetstream, s: &Sample) -> Result<(), DeliveryError> {
     sink.commit(m).await
 }
 
-fn check_stored(stored: &StoredMessage, s: &Sample) {
+fn check_sample(stored: &StoredMessage, s: &Sample) {
     assert_eq!(stored.subject, SUBJECT);
     assert!(stored.payload == s.expected, "payload of {} differs", s.id);
     assert_eq!(stored.header("Nats-Msg-Id"), vec![s.id.clone()]);
@@ -152,7 +152,7 @@ fn payload_is_byte_exact_with_envelope_headers_and_retries_are_stored_once() {
             .filter(|m| m.header("Nats-Msg-Id") == vec![s.id.clone()])
             .collect();
         assert_eq!(found.len(), 1, "{} stored {} times", s.id, found.len());
-        check_stored(found[0], s);
+        check_sample(found[0], s);
     }
 }
 
@@ -206,7 +206,7 @@ fn the_sink_runs_on_a_tokio_uring_shard_runtime() {
     let stored = stream_messages(&node.url(), STREAM);
     assert_eq!(stored.len(), samples.len());
     for (m, s) in stored.iter().zip(&samples) {
-        check_stored(m, s);
+        check_sample(m, s);
     }
 }
 
@@ -368,4 +368,375 @@ fn a_lost_server_gives_prompt_refusals_then_acceptance_resumes_by_itself() {
             .count();
         assert_eq!(count, 1, "acknowledged {id} stored {count} times");
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The server end to end: ringmx with RINGMX_DELIVERY=jetstream, real SMTP clients, real
+// nats-server.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use common::{
+    check_stored, exited_with, poll, queue_id, run_to_exit, sample_body, transaction, Client,
+    Expected, Server, HOSTNAME,
+};
+
+const SENDER: &str = "bulk@sender.example";
+const RCPT: &str = "user@rcpt.example";
+
+/// Starts ringmx publishing to `url` on two shards.
+fn ringmx(url: &str, vars: &[(&str, &str)]) -> Server {
+    let mut all = vec![
+        ("RINGMX_DELIVERY", "jetstream"),
+        ("RINGMX_NATS_URL", url),
+        ("RINGMX_NATS_SUBJECT", SUBJECT),
+        ("RINGMX_SHARDS", "2"),
+    ];
+    all.extend_from_slice(vars);
+    Server::start(&all)
+}
+
+/// Clients sending messages until told to stop (or until each has sent `per_worker`), with
+/// what came back.
+struct Load {
+    stop: AtomicBool,
+    /// Queue ID of every 250, with the body it acknowledged.
+    acked: Mutex<HashMap<String, Vec<u8>>>,
+    acked_count: AtomicUsize,
+    /// 451 4.3.0 replies to end of data.
+    temporary: AtomicUsize,
+}
+
+impl Load {
+    fn acked(&self) -> usize {
+        self.acked_count.load(Ordering::SeqCst)
+    }
+
+    fn temporary(&self) -> usize {
+        self.temporary.load(Ordering::SeqCst)
+    }
+}
+
+/// Starts `workers` client threads; each opens sessions of `per_session` pipelined
+/// transactions until `per_worker` messages (None: until `stop`). Any reply other than 250 or
+/// 451 4.3.0 at end of data, and any reply that takes longer than the client's read timeout
+/// (a hang), fails the worker.
+fn start_load(
+    addr: SocketAddr,
+    workers: usize,
+    per_session: usize,
+    per_worker: Option<usize>,
+) -> (Arc<Load>, Vec<std::thread::JoinHandle<()>>) {
+    let load = Arc::new(Load {
+        stop: AtomicBool::new(false),
+        acked: Mutex::new(HashMap::new()),
+        acked_count: AtomicUsize::new(0),
+        temporary: AtomicUsize::new(0),
+    });
+    let threads = (0..workers)
+        .map(|w| {
+            let load = Arc::clone(&load);
+            std::thread::spawn(move || {
+                let mut n = 0;
+                let done = |n: usize| {
+                    load.stop.load(Ordering::SeqCst) || per_worker.is_some_and(|max| n >= max)
+                };
+                while !done(n) {
+                    let mut client = Client::ehlo(addr);
+                    for _ in 0..per_session {
+                        if done(n) {
+                            break;
+                        }
+                        let body = sample_body(&format!("w{w}"), n, (n * 131) % 3000);
+                        client.send(&transaction(SENDER, &[RCPT], &body));
+                        client.expect("250 2.1.0");
+                        client.expect("250 2.1.5");
+                        client.expect("354 ");
+                        let reply = client.read_reply();
+                        if reply.starts_with("250 ") {
+                            let id = queue_id(&reply).expect("queue ID in 250");
+                            let prior = load.acked.lock().unwrap().insert(id.clone(), body);
+                            assert!(prior.is_none(), "queue ID {id} given twice");
+                            load.acked_count.fetch_add(1, Ordering::SeqCst);
+                        } else if reply.starts_with("451 4.3.0") {
+                            load.temporary.fetch_add(1, Ordering::SeqCst);
+                        } else {
+                            panic!("worker {w}: unexpected reply to end of data: {reply:?}");
+                        }
+                        n += 1;
+                    }
+                    client.send(b"QUIT\r\n");
+                    client.expect("221");
+                }
+            })
+        })
+        .collect();
+    (load, threads)
+}
+
+/// Stops the load and waits for its workers; a worker that failed fails the test.
+fn finish(load: &Load, threads: Vec<std::thread::JoinHandle<()>>) {
+    load.stop.store(true, Ordering::SeqCst);
+    for thread in threads {
+        thread.join().expect("a load worker failed");
+    }
+}
+
+/// Every acknowledged message is in `stored` exactly once, byte-exact, with its envelope
+/// headers; returns how many stored messages were never acknowledged (a publish whose 451
+/// came before its late acknowledgement).
+fn check_acknowledged(stored: &[StoredMessage], acked: &HashMap<String, Vec<u8>>) -> usize {
+    let mut by_id: HashMap<String, Vec<&StoredMessage>> = HashMap::new();
+    for m in stored {
+        let ids = m.header("Nats-Msg-Id");
+        assert_eq!(
+            ids.len(),
+            1,
+            "message {} has Nats-Msg-Id {ids:?}",
+            m.sequence
+        );
+        by_id.entry(ids[0].clone()).or_default().push(m);
+    }
+    for (id, body) in acked {
+        let found = by_id.get(id).map_or(0, Vec::len);
+        assert_eq!(found, 1, "acknowledged {id} is stored {found} times");
+        let m = by_id[id][0];
+        assert_eq!(m.subject, SUBJECT);
+        assert_eq!(m.header("Ringmx-Mail-From"), vec![SENDER.to_string()]);
+        assert_eq!(m.header("Ringmx-Rcpt-To"), vec![RCPT.to_string()]);
+        let want = Expected {
+            sender: SENDER,
+            recipients: &[RCPT],
+            helo: "client.example",
+            peer: "127.0.0.1",
+            protocol: "ESMTP",
+            body,
+        };
+        let header_id = check_stored(id, &m.payload, &want);
+        assert_eq!(&header_id, id, "the Received header names the 250's ID");
+    }
+    by_id.len() - acked.len()
+}
+
+#[test]
+fn messages_over_sessions_and_two_shards_are_published_once_byte_exact() {
+    let Some(node) = node_with_stream("end to end", &NodeOptions::default()) else {
+        return;
+    };
+    let server = ringmx(&node.url(), &[]);
+    let ehlo = {
+        let mut client = Client::greeted(server.addr());
+        client.send(b"EHLO client.example\r\n");
+        client.expect("250")
+    };
+    assert!(
+        ehlo.contains("SIZE 983040"),
+        "1 MiB max_payload less 64 KiB: {ehlo}"
+    );
+    // Each shard has its own connection to the server.
+    let mut names = Vec::new();
+    assert!(
+        poll(Duration::from_secs(10), || {
+            names = node.client_names();
+            names
+                .iter()
+                .filter(|n| n.starts_with("ringmx shard "))
+                .count()
+                == 2
+        }),
+        "connections: {names:?}"
+    );
+    let (load, threads) = start_load(server.addr(), 6, 7, Some(20));
+    for thread in threads {
+        thread.join().expect("a load worker failed");
+    }
+    assert_eq!(load.acked(), 120);
+    assert_eq!(load.temporary(), 0);
+    let stored = stream_messages(&node.url(), STREAM);
+    assert_eq!(stored.len(), 120, "exactly one stream message per 250");
+    let acked = load.acked.lock().unwrap();
+    assert_eq!(check_acknowledged(&stored, &acked), 0);
+    // 18 sessions were spread over both shards by the kernel (the queue ID holds the shard
+    // in hex digits 14-15; all 18 on one shard has a chance of 2^-17).
+    let shards: std::collections::BTreeSet<&str> = acked.keys().map(|id| &id[14..16]).collect();
+    assert_eq!(shards.into_iter().collect::<Vec<_>>(), ["00", "01"]);
+}
+
+#[test]
+fn size_comes_from_max_payload_and_a_payload_that_still_does_not_fit_gets_552() {
+    let options = NodeOptions {
+        max_payload: Some(256 * 1024),
+    };
+    let Some(node) = node_with_stream("size", &options) else {
+        return;
+    };
+    let server = ringmx(&node.url(), &[("RINGMX_MAX_RECIPIENTS", "300")]);
+    let mut client = Client::greeted(server.addr());
+    client.send(b"EHLO client.example\r\n");
+    let ehlo = client.expect("250");
+    let size = 256 * 1024 - 64 * 1024;
+    assert!(ehlo.contains(&format!("SIZE {size}\r\n")), "{ehlo}");
+    client.send(format!("MAIL FROM:<{SENDER}> SIZE={}\r\n", size + 1).as_bytes());
+    client.expect("552 5.3.4");
+
+    // Within SIZE, but 200 long recipients make the trace and envelope headers outgrow the
+    // 64 KiB kept for them: refused after the data, nothing published.
+    let domain = format!("{}.{}.example", "d".repeat(60), "e".repeat(60));
+    let recipients: Vec<String> = (0..200)
+        .map(|i| format!("{}{i:03}@{domain}", "r".repeat(60)))
+        .collect();
+    let rcpts: Vec<&str> = recipients.iter().map(String::as_str).collect();
+    let mut body = sample_body("big", 0, size - 4000);
+    body.truncate(size - 10);
+    body.extend_from_slice(b"\r\n");
+    client.send(format!("MAIL FROM:<{SENDER}>\r\n").as_bytes());
+    client.expect("250 2.1.0");
+    for rcpt in &rcpts {
+        client.send(format!("RCPT TO:<{rcpt}>\r\n").as_bytes());
+        client.expect("250 2.1.5");
+    }
+    client.send(b"DATA\r\n");
+    client.expect("354 ");
+    client.send(&common::dot_stuffed(&body));
+    client.expect("552 5.3.4");
+    // The session goes on.
+    let small = sample_body("small", 1, 0);
+    client.send(&transaction(SENDER, &[RCPT], &small));
+    client.expect("250 2.1.0");
+    client.expect("250 2.1.5");
+    client.expect("354 ");
+    let id = queue_id(&client.expect("250 ")).unwrap();
+    let stored = stream_messages(&node.url(), STREAM);
+    assert_eq!(stored.len(), 1);
+    let acked = HashMap::from([(id, small)]);
+    assert_eq!(check_acknowledged(&stored, &acked), 0);
+}
+
+#[test]
+fn start_up_without_server_or_stream_exits_1_with_one_line() {
+    let Some(binary) = nats_server("start-up") else {
+        return;
+    };
+    let url = format!("nats://127.0.0.1:{}", free_port());
+    let vars = |url: &str| {
+        vec![
+            ("RINGMX_DELIVERY".to_string(), "jetstream".to_string()),
+            ("RINGMX_NATS_URL".to_string(), url.to_string()),
+            ("RINGMX_NATS_ACK_TIMEOUT_MS".to_string(), "1000".to_string()),
+            ("RINGMX_LISTEN".to_string(), "127.0.0.1:0".to_string()),
+            ("RINGMX_HOSTNAME".to_string(), HOSTNAME.to_string()),
+        ]
+    };
+    let run = |url: &str| {
+        let vars = vars(url);
+        let vars: Vec<(&str, &str)> = vars.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+        run_to_exit(&vars, Duration::from_secs(30))
+    };
+    let (status, lines) = run(&url);
+    assert!(exited_with(status, 1), "{status:?} {lines:?}");
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(
+        lines[0].contains("cannot connect to NATS at") && lines[0].contains(&url),
+        "{lines:?}"
+    );
+
+    let node = NatsNode::start(&binary, &NodeOptions::default());
+    create_stream(&node.url(), &StreamSpec::new("OTHER", "other.>"));
+    let (status, lines) = run(&node.url());
+    assert!(exited_with(status, 1), "{status:?} {lines:?}");
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(
+        lines[0].contains("no stream captures subject \"ringmx.inbound\""),
+        "{lines:?}"
+    );
+}
+
+#[test]
+fn nats_server_killed_mid_load_and_restarted_loses_nothing_and_acceptance_resumes() {
+    let Some(mut node) = node_with_stream("kill and restart", &NodeOptions::default()) else {
+        return;
+    };
+    let server = ringmx(&node.url(), &[("RINGMX_NATS_ACK_TIMEOUT_MS", "1000")]);
+    let (load, threads) = start_load(server.addr(), 4, 25, None);
+    let bounded = |what: &str, done: &dyn Fn() -> bool| {
+        assert!(
+            poll(Duration::from_secs(60), done),
+            "{what}: acked {}, 451 {}",
+            load.acked(),
+            load.temporary()
+        );
+    };
+    bounded("before the kill", &|| load.acked() >= 60);
+    node.kill();
+    // Sessions get 451 (the workers fail on a hang: their read timeout is 10 s).
+    bounded("451 while it is gone", &|| load.temporary() >= 8);
+    let acked_before_restart = load.acked();
+    node.restart();
+    bounded("acceptance resumes", &|| {
+        load.acked() >= acked_before_restart + 60
+    });
+    finish(&load, threads);
+    let stored = stream_messages(&node.url(), STREAM);
+    let acked = load.acked.lock().unwrap();
+    let unacknowledged = check_acknowledged(&stored, &acked);
+    eprintln!(
+        "kill and restart: {} acknowledged, {} answered 451, {} stored without a 250",
+        acked.len(),
+        load.temporary(),
+        unacknowledged
+    );
+}
+
+#[test]
+fn a_cluster_node_killed_mid_load_loses_no_acknowledged_message() {
+    let Some(binary) = nats_server("cluster") else {
+        return;
+    };
+    let mut cluster = NatsCluster::start(&binary, 3);
+    let mut spec = StreamSpec::new(STREAM, SUBJECT);
+    spec.replicas = 3;
+    create_stream(&cluster.urls(), &spec);
+    let server = ringmx(&cluster.urls(), &[("RINGMX_NATS_ACK_TIMEOUT_MS", "2000")]);
+    let (load, threads) = start_load(server.addr(), 4, 25, None);
+    let bounded = |what: &str, done: &dyn Fn() -> bool| {
+        assert!(
+            poll(Duration::from_secs(60), done),
+            "{what}: acked {}, 451 {}",
+            load.acked(),
+            load.temporary()
+        );
+    };
+    bounded("before the kill", &|| load.acked() >= 60);
+    // The node a shard publishes through, so that the shard must fail over.
+    let victim = (0..3)
+        .find(|&i| {
+            cluster.nodes[i]
+                .client_names()
+                .iter()
+                .any(|n| n.starts_with("ringmx shard "))
+        })
+        .expect("a node with a ringmx shard connected");
+    cluster.nodes[victim].kill();
+    let acked_at_kill = load.acked();
+    bounded("acceptance continues on the quorum", &|| {
+        load.acked() >= acked_at_kill + 60
+    });
+    finish(&load, threads);
+    let survivors: Vec<String> = (0..3)
+        .filter(|&i| i != victim)
+        .map(|i| cluster.nodes[i].url())
+        .collect();
+    let survivors = survivors.join(",");
+    let stored = stream_messages(&survivors, STREAM);
+    let acked = load.acked.lock().unwrap();
+    let unacknowledged = check_acknowledged(&stored, &acked);
+    eprintln!(
+        "cluster: {} acknowledged, {} answered 451, {} stored without a 250",
+        acked.len(),
+        load.temporary(),
+        unacknowledged
+    );
 }

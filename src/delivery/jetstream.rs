@@ -21,6 +21,7 @@
 use std::io;
 use std::time::Duration;
 
+use async_nats::connection::State;
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::{HeaderMap, Subject};
 use bytes::{BufMut, Bytes, BytesMut};
@@ -59,6 +60,14 @@ pub struct Settings {
     pub subject: String,
     /// No acknowledgement by then: 451.
     pub ack_timeout: Duration,
+}
+
+impl Settings {
+    /// The server URLs one by one (the client library takes a list, not a comma-separated
+    /// string).
+    fn servers(&self) -> Vec<&str> {
+        self.url.split(',').map(str::trim).collect()
+    }
 }
 
 /// What the start-up check learned.
@@ -100,7 +109,7 @@ async fn probe_async(settings: &Settings, wait: Duration) -> Result<Probe, Strin
     let client = async_nats::ConnectOptions::new()
         .connection_timeout(wait)
         .max_reconnects(Some(1))
-        .connect(settings.url.as_str())
+        .connect(settings.servers())
         .await
         .map_err(|e| format!("jetstream: cannot connect to NATS at {}: {e}", settings.url))?;
     let info = client.server_info();
@@ -243,7 +252,7 @@ impl Jetstream {
                 }
             });
         let client = options
-            .connect(settings.url.as_str())
+            .connect(settings.servers())
             .await
             .map_err(|e| format!("shard {shard}: cannot create the NATS client: {e}"))?;
         let js = async_nats::jetstream::ContextBuilder::new()
@@ -350,6 +359,19 @@ impl Jetstream {
         let deadline = Instant::now() + self.ack_timeout;
         let mut attempts = 0u32;
         loop {
+            // While the connection is down the client library would queue the publish and send
+            // it after reconnecting, long after this session got its 451: the message would be
+            // stored without a 250 and stored again when the client retries. So nothing is
+            // handed over until the connection is back (or the deadline passes).
+            if self.client.connection_state() != State::Connected {
+                if Instant::now() + RETRY_PAUSE >= deadline {
+                    return Err(DeliveryError::Temporary(io::Error::other(format!(
+                        "jetstream: not connected to NATS (after {attempts} attempts)"
+                    ))));
+                }
+                tokio::time::sleep(RETRY_PAUSE).await;
+                continue;
+            }
             attempts += 1;
             let publish = PublishMessage::build()
                 .headers(headers.clone())
@@ -360,10 +382,24 @@ impl Jetstream {
                     .await?
                     .await
             };
-            let failure = match tokio::time::timeout_at(deadline, attempt).await {
-                Ok(Ok(_ack)) => return Ok(()),
-                Ok(Err(e)) => e.to_string(),
-                Err(_) => "no acknowledgement in time".to_string(),
+            // A connection lost while the acknowledgement is awaited will never deliver it:
+            // the attempt is given up at once and repeated on the next connection (the same
+            // Nats-Msg-Id makes the stream store it once, if the first one got through).
+            let lost = async {
+                loop {
+                    tokio::time::sleep(RETRY_PAUSE).await;
+                    if self.client.connection_state() != State::Connected {
+                        return;
+                    }
+                }
+            };
+            let failure = tokio::select! {
+                acked = tokio::time::timeout_at(deadline, attempt) => match acked {
+                    Ok(Ok(_ack)) => return Ok(()),
+                    Ok(Err(e)) => e.to_string(),
+                    Err(_) => "no acknowledgement in time".to_string(),
+                },
+                () = lost => "connection lost before the acknowledgement".to_string(),
             };
             if Instant::now() + RETRY_PAUSE >= deadline {
                 return Err(DeliveryError::Temporary(io::Error::other(format!(

@@ -166,17 +166,32 @@ impl NatsNode {
 
     /// Whether the health endpoint answers 200 now.
     pub fn healthy(&self) -> bool {
-        let Ok(mut stream) = TcpStream::connect(("127.0.0.1", self.http_port)) else {
-            return false;
-        };
-        let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-        let request = "GET /healthz HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n";
-        if stream.write_all(request.as_bytes()).is_err() {
-            return false;
-        }
+        self.http_get("/healthz").is_some_and(|answer| {
+            answer.starts_with("HTTP/1.1 200") || answer.starts_with("HTTP/1.0 200")
+        })
+    }
+
+    /// The whole answer of the monitoring endpoint to `GET path`, or None if it cannot be
+    /// reached.
+    pub fn http_get(&self, path: &str) -> Option<String> {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.http_port)).ok()?;
+        stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+        let request = format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
+        stream.write_all(request.as_bytes()).ok()?;
         let mut answer = String::new();
         let _ = stream.read_to_string(&mut answer);
-        answer.starts_with("HTTP/1.1 200") || answer.starts_with("HTTP/1.0 200")
+        Some(answer)
+    }
+
+    /// The names of the clients connected to this node now.
+    pub fn client_names(&self) -> Vec<String> {
+        let answer = self.http_get("/connz?limit=1024").unwrap_or_default();
+        answer
+            .split("\"name\":")
+            .skip(1)
+            .filter_map(|rest| rest.trim_start().strip_prefix('"')?.split('"').next())
+            .map(str::to_string)
+            .collect()
     }
 
     /// The client URL.
@@ -341,7 +356,7 @@ pub fn block_on<F: std::future::Future>(future: F) -> F::Output {
 async fn connect(url: &str) -> async_nats::jetstream::Context {
     let client = async_nats::ConnectOptions::new()
         .connection_timeout(API_TIMEOUT)
-        .connect(url)
+        .connect(url.split(',').collect::<Vec<_>>())
         .await
         .unwrap_or_else(|e| panic!("connect to {url}: {e}"));
     let mut js = async_nats::jetstream::new(client);
