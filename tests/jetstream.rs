@@ -740,3 +740,38 @@ fn a_cluster_node_killed_mid_load_loses_no_acknowledged_message() {
         unacknowledged
     );
 }
+
+#[test]
+fn on_epoll_an_abandoned_message_is_never_published_and_sigterm_stops_cleanly() {
+    let Some(node) = node_with_stream("epoll", &NodeOptions::default()) else {
+        return;
+    };
+    let mut server = ringmx(&node.url(), &[("RINGMX_BACKEND", "epoll")]);
+    // A client that vanishes in the middle of its data, at odd points.
+    for cut in [1, 100, 1300, 2500] {
+        let mut client = Client::ehlo(server.addr());
+        let body = sample_body("abandoned", cut, 3000);
+        let mut bytes = transaction(SENDER, &[RCPT], &body);
+        bytes.truncate(bytes.len() - 3 - (body.len() - cut.min(body.len() - 1)));
+        client.send(&bytes);
+        client.expect("250 2.1.0");
+        client.expect("250 2.1.5");
+        client.expect("354 ");
+        drop(client);
+    }
+    let (load, threads) = start_load(server.addr(), 2, 5, Some(10));
+    for thread in threads {
+        thread.join().expect("a load worker failed");
+    }
+    assert_eq!(load.acked(), 20);
+    server.sigterm();
+    let status = server.wait_exit(Duration::from_secs(20));
+    assert!(
+        status.is_some_and(|s| exited_with(s, 0)),
+        "{status:?}; log:\n{}",
+        server.log_text()
+    );
+    let stored = stream_messages(&node.url(), STREAM);
+    assert_eq!(stored.len(), 20, "only the acknowledged messages");
+    assert_eq!(check_acknowledged(&stored, &load.acked.lock().unwrap()), 0);
+}
