@@ -775,3 +775,50 @@ fn on_epoll_an_abandoned_message_is_never_published_and_sigterm_stops_cleanly() 
     assert_eq!(stored.len(), 20, "only the acknowledged messages");
     assert_eq!(check_acknowledged(&stored, &load.acked.lock().unwrap()), 0);
 }
+
+#[test]
+fn a_stalled_nats_server_gets_451_within_the_deadline_not_a_hang() {
+    let Some(node) = node_with_stream("stall", &NodeOptions::default()) else {
+        return;
+    };
+    let server = ringmx(&node.url(), &[("RINGMX_NATS_ACK_TIMEOUT_MS", "500")]);
+    let mut client = Client::ehlo(server.addr());
+    let mut send = |n: usize| {
+        let body = sample_body("stall", n, 100);
+        client.send(&transaction(SENDER, &[RCPT], &body));
+        client.expect("250 2.1.0");
+        client.expect("250 2.1.5");
+        client.expect("354 ");
+        (client.read_reply(), body)
+    };
+    let (reply, body) = send(0);
+    let first = queue_id(&reply).unwrap_or_else(|| panic!("{reply}"));
+    // The server stops answering but keeps its sockets open: the connection looks alive, so
+    // only the deadline ends the wait (the client's read timeout, 10 s, would catch a hang).
+    node.signal(libc::SIGSTOP);
+    for n in 1..4 {
+        let (reply, _) = send(n);
+        assert!(reply.starts_with("451 4.3.0"), "{reply}");
+    }
+    node.signal(libc::SIGCONT);
+    let mut acked = HashMap::from([(first, body)]);
+    let mut refused_after = 0;
+    assert!(
+        poll(Duration::from_secs(30), || {
+            let (reply, body) = send(100);
+            refused_after += usize::from(queue_id(&reply).is_none());
+            match queue_id(&reply) {
+                Some(id) => {
+                    acked.insert(id, body);
+                    true
+                }
+                None => false,
+            }
+        }),
+        "acceptance did not resume"
+    );
+    let stored = stream_messages(&node.url(), STREAM);
+    // The stalled publishes reach the stream once it runs again: stored without a 250.
+    let unacknowledged = check_acknowledged(&stored, &acked);
+    assert!(unacknowledged <= 3 + refused_after, "{unacknowledged}");
+}

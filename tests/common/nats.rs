@@ -235,6 +235,14 @@ impl NatsNode {
         self.wait_ready();
     }
 
+    /// Sends `signal` to the process (SIGSTOP/SIGCONT make a peer that stalls).
+    pub fn signal(&self, signal: i32) {
+        let pid = self.child.as_ref().expect("node running").id() as i32;
+        // SAFETY: kill(2) with our own child's pid and a valid signal number.
+        let rc = unsafe { libc::kill(pid, signal) };
+        assert_eq!(rc, 0, "kill {signal}: {}", std::io::Error::last_os_error());
+    }
+
     /// Whether the process is running.
     pub fn running(&mut self) -> bool {
         self.child
