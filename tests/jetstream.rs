@@ -200,7 +200,7 @@ fn the_sink_runs_on_a_tokio_uring_shard_runtime() {
         })
     }));
     if ran.is_err() {
-        eprintln!("uring runtime: skipped: io_uring is not available here");
+        common::skip_or_fail("uring runtime", "io_uring cannot be set up here");
         return;
     }
     let stored = stream_messages(&node.url(), STREAM);

@@ -163,7 +163,6 @@ struct Transaction {
     rcpt_text: String,
     rcpt_ends: Vec<usize>,
     smtputf8: bool,
-    body_8bit: bool,
     /// Unstuffed data bytes accepted so far.
     data_bytes: u64,
     /// The data went over the size limit; the rest is read and dropped.
@@ -180,7 +179,6 @@ impl Transaction {
         self.rcpt_text.clear();
         self.rcpt_ends.clear();
         self.smtputf8 = false;
-        self.body_8bit = false;
         self.data_bytes = 0;
         self.too_big = false;
         self.bdat = false;
@@ -608,7 +606,6 @@ impl Session {
                 self.txn.active = true;
                 self.txn.sender.push_str(from);
                 self.txn.smtputf8 = params.smtputf8;
-                self.txn.body_8bit = params.body_8bit;
                 out.replies.extend_from_slice(reply::MAIL_OK);
                 None
             }

@@ -98,8 +98,8 @@ impl Shared {
         if total > config.max_connections {
             return Err(Refused::TooManyConnections);
         }
-        let ip = canonical(ip);
         if !config.limit_exempt.iter().any(|net| net.contains(ip)) {
+            let ip = crate::config::client_of(ip, config.ipv6_prefix);
             let mut per_ip = self.per_ip.lock().unwrap_or_else(|e| e.into_inner());
             let count = per_ip.entry(ip).or_insert(0);
             *count += 1;
@@ -109,14 +109,6 @@ impl Shared {
             }
         }
         Ok(admission)
-    }
-}
-
-/// An IPv4-mapped IPv6 address as the IPv4 address it is.
-fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        v4 => v4,
     }
 }
 
@@ -235,11 +227,6 @@ pub struct Running {
 }
 
 impl Running {
-    /// Begins a graceful shutdown (as SIGTERM does); `stop` ends the grace period.
-    pub fn shutdown(&self) {
-        let _ = self.phase.send_replace(Phase::Draining);
-    }
-
     /// Stops everything now: sessions are closed, unfinished messages removed.
     pub fn stop(&self) {
         let _ = self.phase.send_replace(Phase::Stopping);
@@ -574,5 +561,64 @@ async fn accept_loop<D: Driver>(listener: D::Listener, shard: Rc<Shard<D>>) {
                 tokio::time::sleep(std::time::Duration::from_millis(10)).await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(vars: &[(&str, &str)]) -> ServerConfig {
+        let vars = vars.iter().map(|(n, v)| (n.to_string(), v.to_string()));
+        crate::config::from_vars(vars, vec![0], "mx.example").expect("config")
+    }
+
+    fn shared() -> Shared {
+        Shared {
+            connections: AtomicUsize::new(0),
+            per_ip: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn ipv6_clients_count_per_prefix() {
+        let config = config(&[("RINGMX_MAX_CONNECTIONS_PER_IP", "2")]);
+        let shared = shared();
+        let a = shared.admit(&config, ip("2001:db8::1")).ok().unwrap();
+        let b = shared.admit(&config, ip("2001:db8::ffff:2")).ok().unwrap();
+        // A third address of the same /64 is the same client.
+        assert!(matches!(
+            shared.admit(&config, ip("2001:db8::3")),
+            Err(Refused::TooManyFromAddress)
+        ));
+        // The next /64 is another client.
+        let c = shared.admit(&config, ip("2001:db8:0:1::1")).ok().unwrap();
+        drop((a, b, c));
+        assert_eq!(shared.per_ip.lock().unwrap().len(), 0);
+
+        // With /128, every address is its own client.
+        let config = self::config(&[
+            ("RINGMX_MAX_CONNECTIONS_PER_IP", "1"),
+            ("RINGMX_IPV6_PREFIX", "128"),
+        ]);
+        let a = shared.admit(&config, ip("2001:db8::1")).ok().unwrap();
+        let b = shared.admit(&config, ip("2001:db8::2")).ok().unwrap();
+        drop((a, b));
+    }
+
+    #[test]
+    fn ipv4_mapped_clients_count_as_ipv4() {
+        let config = config(&[("RINGMX_MAX_CONNECTIONS_PER_IP", "1")]);
+        let shared = shared();
+        let _a = shared.admit(&config, ip("192.0.2.7")).ok().unwrap();
+        assert!(matches!(
+            shared.admit(&config, ip("::ffff:192.0.2.7")),
+            Err(Refused::TooManyFromAddress)
+        ));
+        let _b = shared.admit(&config, ip("192.0.2.8")).ok().unwrap();
     }
 }

@@ -13,7 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::{find_program, poll};
+use super::{find_program, poll, skip_or_fail};
 
 /// How long a node may take to answer its health check (JetStream ready, in a cluster a meta
 /// leader elected).
@@ -24,19 +24,14 @@ const API_TIMEOUT: Duration = Duration::from_secs(10);
 /// The nats-server binary, or None (after saying why) when the test must be skipped; under
 /// `CI=true` a missing server fails the test instead.
 pub fn nats_server(test: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("RINGMX_TEST_NATS_SERVER")
-        .map(PathBuf::from)
-        .or_else(|| find_program("nats-server"));
-    match path {
-        Some(path) => Some(path),
-        None if std::env::var("CI").as_deref() == Ok("true") => {
-            panic!("{test}: nats-server is not installed (scripts/test installs it)")
-        }
-        None => {
-            eprintln!("{test}: skipped: nats-server is not installed (scripts/test installs it)");
-            None
-        }
+    let path = find_program("nats-server");
+    if path.is_none() {
+        skip_or_fail(
+            test,
+            "nats-server is not installed (scripts/test installs it)",
+        );
     }
+    path
 }
 
 /// A port nothing listens on right now.
