@@ -10,8 +10,10 @@
 //! runtime is a tokio current-thread runtime with I/O and timers enabled, so the client's socket
 //! runs there too) and many publishes in flight: a session waits only for its own
 //! acknowledgement. A lost connection is re-established by the client library in the background;
-//! meanwhile publishes fail or time out and their sessions get 451, never a hang, because every
-//! wait is bounded by `RINGMX_NATS_ACK_TIMEOUT_MS`.
+//! meanwhile nothing is handed to it (it would queue the publish and send it long after the
+//! session's 451), an acknowledgement awaited on the lost connection is given up and the publish
+//! repeated on the next one, and every wait is bounded by `RINGMX_NATS_ACK_TIMEOUT_MS`: a session
+//! gets its 250 or a 451, never a hang.
 //!
 //! The client library takes a message as one contiguous `Bytes`, so the message bytes are copied
 //! once from the receive buffer into a per-message payload buffer (the one copy this sink makes;
@@ -160,10 +162,12 @@ async fn probe_async(settings: &Settings, wait: Duration) -> Result<Probe, Strin
             message_max = message_max.min(stream_max);
         }
     }
-    if config.duplicate_window.is_zero() {
+    if config.duplicate_window < settings.ack_timeout {
         log_warn!(
-            "jetstream: stream {stream:?} has no duplicate window; a retried publish may be \
-             stored twice"
+            "jetstream: stream {stream:?} keeps message IDs for {} ms, less than \
+             RINGMX_NATS_ACK_TIMEOUT_MS ({} ms): a retried publish may be stored twice",
+            config.duplicate_window.as_millis(),
+            settings.ack_timeout.as_millis()
         );
     }
     drop(client);
