@@ -129,6 +129,26 @@ pub const VARIABLES: &[(&str, &str, &str)] = &[
         "io_uring submission queue size per shard",
     ),
     ("RINGMX_LOG", "info", "error, warn, info or debug"),
+    (
+        "RINGMX_TLS_CERT",
+        "",
+        "PEM certificate chain for STARTTLS; set together with RINGMX_TLS_KEY",
+    ),
+    (
+        "RINGMX_TLS_KEY",
+        "",
+        "PEM private key for STARTTLS; set together with RINGMX_TLS_CERT",
+    ),
+    (
+        "RINGMX_TLS",
+        "may",
+        "may (offer STARTTLS when a certificate is set) or off",
+    ),
+    (
+        "RINGMX_TLS_HANDSHAKE_TIMEOUT_SECS",
+        "30",
+        "a TLS handshake that takes longer is dropped",
+    ),
 ];
 
 /// The prefix that marks a variable as ringmx's.
@@ -157,6 +177,8 @@ const LIMIT_EXEMPT_MAX: usize = 1_024;
 const SESSION_COUNT_MAX: u64 = 1_000_000;
 /// Minimum data rate in bytes/s: 0 turns it off; 1 GB/s is past any client's link.
 const MIN_DATA_RATE_MAX: u64 = 1_000_000_000;
+/// TLS handshake deadline: at least 1 s; past 10 minutes a stalled handshake only holds a slot.
+const TLS_HANDSHAKE_SECS_MAX: u64 = 600;
 /// Greeting delay: clients wait 5 minutes for the greeting (RFC 5321 4.5.3.2.1).
 const GREET_DELAY_MS_MAX: u64 = 300_000;
 /// Accepted recipient domains: the list is searched for each RCPT.
@@ -369,8 +391,19 @@ pub struct ServerConfig {
     pub ring_entries: u32,
     /// The log level.
     pub log_level: Level,
+    /// The certificate and key for STARTTLS; `None` when TLS is not offered.
+    pub tls: Option<TlsFiles>,
+    /// Time allowed for a TLS handshake.
+    pub tls_handshake_timeout: Duration,
     /// The settings each SMTP session obeys.
     pub session: crate::proto::Config,
+}
+
+/// The PEM files STARTTLS serves (read at start-up and on every reload).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 impl ServerConfig {
@@ -378,7 +411,7 @@ impl ServerConfig {
     pub fn summary(&self) -> String {
         let listen: Vec<String> = self.listen.iter().map(|a| a.to_string()).collect();
         format!(
-            "ringmx hostname={} shards={} pin={} listen={} spool={} delivery={} fsync={} backend={}",
+            "ringmx hostname={} shards={} pin={} listen={} spool={} delivery={} fsync={} backend={} tls={}",
             self.session.hostname,
             self.shards,
             on_off(self.pin),
@@ -387,6 +420,7 @@ impl ServerConfig {
             self.delivery.as_str(),
             on_off(self.fsync),
             self.backend.as_str(),
+            on_off(self.tls.is_some()),
         )
     }
 
@@ -579,6 +613,40 @@ pub fn from_vars<I: IntoIterator<Item = (String, String)>>(
             system_hostname.to_string()
         }
     };
+    let tls_path = |s: &str| {
+        if s.chars().any(char::is_control) {
+            Err("expected a file path without control characters".to_string())
+        } else {
+            Ok((!s.is_empty()).then(|| PathBuf::from(s)))
+        }
+    };
+    let tls_cert = env.get("RINGMX_TLS_CERT", tls_path)?;
+    let tls_key = env.get("RINGMX_TLS_KEY", tls_path)?;
+    let tls_on = env.get("RINGMX_TLS", |s| {
+        one_of(s, &[("may", true), ("off", false)])
+    })?;
+    let tls_handshake_timeout =
+        Duration::from_secs(env.get("RINGMX_TLS_HANDSHAKE_TIMEOUT_SECS", |s| {
+            number(s, 1, TLS_HANDSHAKE_SECS_MAX)
+        })?);
+    let tls = match (tls_cert, tls_key) {
+        (Some(cert), Some(key)) => tls_on.then_some(TlsFiles { cert, key }),
+        (None, None) => None,
+        (Some(_), None) => {
+            return Err(ConfigError::new(
+                "RINGMX_TLS_KEY",
+                "",
+                "unset while RINGMX_TLS_CERT is set; expected both or neither",
+            ))
+        }
+        (None, Some(_)) => {
+            return Err(ConfigError::new(
+                "RINGMX_TLS_CERT",
+                "",
+                "unset while RINGMX_TLS_KEY is set; expected both or neither",
+            ))
+        }
+    };
     let session = crate::proto::Config {
         hostname,
         max_message_size: env.get("RINGMX_MAX_MESSAGE_SIZE", |s| {
@@ -604,6 +672,7 @@ pub fn from_vars<I: IntoIterator<Item = (String, String)>>(
             number(s, 1, TIMEOUT_SECS_MAX)
         })?),
         min_data_rate: env.get("RINGMX_MIN_DATA_RATE", |s| number(s, 0, MIN_DATA_RATE_MAX))?,
+        starttls: tls.is_some(),
     };
 
     Ok(ServerConfig {
@@ -623,6 +692,8 @@ pub fn from_vars<I: IntoIterator<Item = (String, String)>>(
         backend,
         ring_entries,
         log_level,
+        tls,
+        tls_handshake_timeout,
         session,
     })
 }
@@ -990,7 +1061,7 @@ mod tests {
             let line = refused(name, "\u{1}garbage");
             assert!(!line.contains("unknown variable"), "{line}");
         }
-        assert_eq!(VARIABLES.len(), 25);
+        assert_eq!(VARIABLES.len(), 29);
     }
 
     #[test]
@@ -1380,8 +1451,47 @@ mod tests {
         assert_eq!(
             c.summary(),
             "ringmx hostname=mx.example.com shards=2 pin=on listen=0.0.0.0:25,[::]:25 \
-             spool=./spool delivery=discard fsync=off backend=auto"
+             spool=./spool delivery=discard fsync=off backend=auto tls=off"
         );
+    }
+
+    #[test]
+    fn tls_needs_both_files_and_may() {
+        let c = config(&[]).unwrap();
+        assert_eq!(c.tls, None);
+        assert!(!c.session.starttls);
+        assert_eq!(c.tls_handshake_timeout, Duration::from_secs(30));
+        let pair = [
+            ("RINGMX_TLS_CERT", "/etc/ringmx/cert.pem"),
+            ("RINGMX_TLS_KEY", "/etc/ringmx/key.pem"),
+        ];
+        let c = config(&pair).unwrap();
+        assert_eq!(
+            c.tls,
+            Some(TlsFiles {
+                cert: PathBuf::from("/etc/ringmx/cert.pem"),
+                key: PathBuf::from("/etc/ringmx/key.pem"),
+            })
+        );
+        assert!(c.session.starttls);
+        assert!(c.summary().ends_with(" tls=on"));
+        let c = config(&[pair[0], pair[1], ("RINGMX_TLS", "off")]).unwrap();
+        assert_eq!(c.tls, None);
+        assert!(!c.session.starttls);
+        let line = config(&[pair[0]]).unwrap_err().to_string();
+        assert!(
+            line.contains("RINGMX_TLS_KEY") && line.contains("both or neither"),
+            "{line}"
+        );
+        let line = config(&[pair[1]]).unwrap_err().to_string();
+        assert!(
+            line.contains("RINGMX_TLS_CERT") && line.contains("both or neither"),
+            "{line}"
+        );
+        assert!(refused("RINGMX_TLS", "must").contains("may or off"));
+        assert!(refused("RINGMX_TLS_HANDSHAKE_TIMEOUT_SECS", "0").contains("1 to 600"));
+        let c = config(&[("RINGMX_TLS_HANDSHAKE_TIMEOUT_SECS", "5")]).unwrap();
+        assert_eq!(c.tls_handshake_timeout, Duration::from_secs(5));
     }
 
     #[test]

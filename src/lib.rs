@@ -11,3 +11,4 @@ pub mod proto;
 pub mod scan;
 pub mod server;
 pub mod spool;
+pub mod tls;

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::{Config, Output, Part, Session, Step};
+use super::{Config, Output, Part, Session, Step, TlsFacts};
 
 /// A session wired to an in-memory spool.
 pub struct Sim {
@@ -30,6 +30,10 @@ pub struct Sim {
     pub fail_next_store: bool,
     /// The session asked to close.
     pub closed: bool,
+    /// TLS handshakes "run" after STARTTLS (each completes at once with `tls_facts`).
+    pub tls_handshakes: u32,
+    /// The facts a simulated handshake reports.
+    pub tls_facts: TlsFacts,
     now: Instant,
     id: [u8; 8],
 }
@@ -52,6 +56,11 @@ impl Sim {
             stored_count: 0,
             fail_next_store: false,
             closed: false,
+            tls_handshakes: 0,
+            tls_facts: TlsFacts {
+                version: "TLSv1.3",
+                cipher: "TLS_AES_256_GCM_SHA384",
+            },
             now,
             id: *b"00000000",
         };
@@ -97,6 +106,15 @@ impl Sim {
                 Step::Close => {
                     self.discard();
                     self.closed = true;
+                    break;
+                }
+                Step::StartTls => {
+                    // The 220 goes out, the rest of this read is dropped (the session consumed
+                    // it), and the handshake succeeds at once.
+                    self.tls_handshakes += 1;
+                    self.flush();
+                    self.session
+                        .handle_tls_established(self.tls_facts, self.now);
                     break;
                 }
             }

@@ -272,6 +272,8 @@ impl<D: Driver> Conn<'_, D> {
                 }
                 Step::Discard => self.discard().await,
                 Step::Close => break Some(End::Closed),
+                // Not offered by this connection loop yet (no TLS layer here).
+                Step::StartTls => break Some(End::Closed),
             }
         };
         self.buf.advance(pos);
