@@ -13,6 +13,7 @@ use crate::message::{write_id, Rng, ID_DIGITS};
 use crate::reply::ReplyReader;
 use crate::run::Plan;
 use crate::stats::{micros, ThreadStats};
+use crate::tls::Stream;
 use std::cell::RefCell;
 use std::io::IoSlice;
 use std::rc::Rc;
@@ -210,15 +211,16 @@ impl Slot {
     }
 
     /// Opens the TCP connection and reads a 220 greeting.
-    async fn connect(&mut self, addr: std::net::SocketAddr) -> Result<TcpStream, SessErr> {
+    async fn connect(&mut self, addr: std::net::SocketAddr) -> Result<Stream, SessErr> {
         let t = self.plan.timeout;
-        let mut s = match tokio::time::timeout(t, TcpStream::connect(addr)).await {
+        let s = match tokio::time::timeout(t, TcpStream::connect(addr)).await {
             Ok(Ok(s)) => s,
             Ok(Err(_)) => return Err(SessErr::Io),
             Err(_) => return Err(SessErr::Timeout),
         };
         // Commands must leave at once; Nagle would hold a command group behind a reply.
         s.set_nodelay(true).map_err(|_| SessErr::Io)?;
+        let mut s = Stream::Plain(s);
         let code = self.reply(&mut s, true).await?;
         if code != 220 {
             return Err(SessErr::Protocol);
@@ -227,7 +229,7 @@ impl Slot {
     }
 
     /// Reads the next reply's code; counts it when outside 2xx/3xx; 421 ends the session.
-    async fn reply(&mut self, s: &mut TcpStream, measured: bool) -> Result<u16, SessErr> {
+    async fn reply(&mut self, s: &mut Stream, measured: bool) -> Result<u16, SessErr> {
         loop {
             match self.rd.next_reply() {
                 Ok(Some(r)) => {
@@ -253,7 +255,7 @@ impl Slot {
     }
 
     /// Writes everything queued (commands, body with this message's ID, commands) with writev.
-    async fn flush(&mut self, s: &mut TcpStream) -> Result<(), SessErr> {
+    async fn flush(&mut self, s: &mut Stream) -> Result<(), SessErr> {
         if self.out.is_empty() {
             return Ok(());
         }
@@ -275,7 +277,12 @@ impl Slot {
             &[]
         };
         let segs: [&[u8]; 5] = [&self.out.pre, head, id, tail, &self.out.post];
-        let r = tokio::time::timeout(plan.timeout, write_segments(s, segs)).await;
+        let write = async {
+            write_segments(s, segs).await?;
+            // TLS may hold records until flushed; a plain socket's flush does nothing.
+            s.flush().await
+        };
+        let r = tokio::time::timeout(plan.timeout, write).await;
         self.out.clear();
         match r {
             Ok(Ok(())) => Ok(()),
@@ -380,7 +387,7 @@ impl Slot {
     }
 
     /// Reads MAIL's and the RCPTs' replies; sets `first_error` unless some RCPT was accepted.
-    async fn envelope_replies(&mut self, s: &mut TcpStream, m: &mut Msg) -> Result<(), SessErr> {
+    async fn envelope_replies(&mut self, s: &mut Stream, m: &mut Msg) -> Result<(), SessErr> {
         let code = self.reply(s, m.measured).await?;
         if !(200..300).contains(&code) {
             m.first_error = Some(code);
@@ -402,12 +409,15 @@ impl Slot {
     }
 
     /// One session after the greeting: EHLO, messages until a bound, QUIT.
-    async fn session(&mut self, s: &mut TcpStream, pipelining: bool) -> Result<(), SessErr> {
+    async fn session(&mut self, s: &mut Stream, pipelining: bool) -> Result<(), SessErr> {
         let plan = self.plan.clone();
         self.out.cmd(&plan.ehlo_cmd);
         self.flush(s).await?;
         if self.reply(s, true).await? != 250 {
             return Err(SessErr::Protocol);
+        }
+        if plan.starttls[self.id % plan.targets.len()] {
+            self.starttls(s).await?;
         }
         let mut sent = 0u64;
         // A message whose body is queued or written and whose final reply is still to come.
@@ -484,10 +494,40 @@ impl Slot {
         Ok(())
     }
 
+    /// STARTTLS after the first EHLO: the handshake, then EHLO again inside TLS.
+    async fn starttls(&mut self, s: &mut Stream) -> Result<(), SessErr> {
+        let plan = self.plan.clone();
+        let Some(tls) = plan.tls.as_ref() else {
+            return Err(SessErr::Protocol);
+        };
+        self.out.cmd(b"STARTTLS\r\n");
+        self.flush(s).await?;
+        if self.reply(s, true).await? != 220 {
+            return Err(SessErr::Protocol);
+        }
+        if !self.rd.is_empty() {
+            // Bytes after the 220 before the handshake: the server is not speaking TLS.
+            return Err(SessErr::Protocol);
+        }
+        let plain = std::mem::replace(s, Stream::Gone);
+        let upgrade = tls.upgrade(plain, self.id);
+        *s = match tokio::time::timeout(plan.timeout, upgrade).await {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(_)) => return Err(SessErr::Io),
+            Err(_) => return Err(SessErr::Timeout),
+        };
+        self.out.cmd(&plan.ehlo_cmd);
+        self.flush(s).await?;
+        if self.reply(s, true).await? != 250 {
+            return Err(SessErr::Protocol);
+        }
+        Ok(())
+    }
+
     /// One message in lockstep: each command waits for its reply.
     async fn lockstep_message(
         &mut self,
-        s: &mut TcpStream,
+        s: &mut Stream,
         m: &mut Msg,
         variant: usize,
         seq: u64,
@@ -555,7 +595,7 @@ impl Slot {
 }
 
 /// Writes the concatenation of `segs` with writev, resuming after partial writes.
-async fn write_segments(s: &mut TcpStream, segs: [&[u8]; 5]) -> std::io::Result<()> {
+async fn write_segments(s: &mut Stream, segs: [&[u8]; 5]) -> std::io::Result<()> {
     let total: usize = segs.iter().map(|x| x.len()).sum();
     let mut done = 0;
     while done < total {

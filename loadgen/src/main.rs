@@ -15,6 +15,7 @@ mod reply;
 mod report;
 mod run;
 mod stats;
+mod tls;
 
 use clap::Parser;
 

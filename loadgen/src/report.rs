@@ -89,13 +89,14 @@ pub fn print_summary(s: &Settings, o: &Outcome) {
         "off"
     };
     println!(
-        "ringmx-loadgen: {} | {} connections on {} thread(s) | {mode} | pipelining {pipe} | {} | size {} | {} rcpt",
+        "ringmx-loadgen: {} | {} connections on {} thread(s) | {mode} | pipelining {pipe} | {} | size {} | {} rcpt | starttls {}",
         s.targets.join(","),
         s.connections,
         s.threads,
         if s.bdat { "BDAT" } else { "DATA" },
         s.size_text,
         s.recipients,
+        s.starttls.name(),
     );
     println!(
         "measured {:.3} s (stopped by {}), warm-up {:.3} s",
@@ -244,6 +245,7 @@ struct JsonSettings<'a> {
     recipients: usize,
     pipelining: &'static str,
     pipelining_used: &'a [bool],
+    starttls: &'static str,
     bdat: bool,
     messages: Option<u64>,
     duration_s: Option<f64>,
@@ -328,6 +330,7 @@ pub fn write_json(path: &Path, s: &Settings, o: &Outcome) -> std::io::Result<()>
             recipients: s.recipients,
             pipelining: s.pipelining.name(),
             pipelining_used: &o.pipelining_used,
+            starttls: s.starttls.name(),
             bdat: s.bdat,
             messages: s.messages,
             duration_s: s.duration.map(|d| d.as_secs_f64()),

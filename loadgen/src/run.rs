@@ -2,7 +2,7 @@
 //! start one thread per `--threads` with its own current-thread tokio runtime and its share of
 //! the connection slots, print the progress line once a second, stop on the bound or Ctrl-C, and
 //! merge the per-thread statistics into the summary and the JSON result.
-use crate::cli::{PipeMode, Settings};
+use crate::cli::{PipeMode, Settings, StartTls};
 use crate::client::Slot;
 use crate::message::{self, AddressPool, MessageSet};
 use crate::probe::{probe, TargetInfo};
@@ -45,6 +45,9 @@ pub struct Plan {
     pub interval: Duration,
     pub timeout: Duration,
     pub ehlo_cmd: Box<[u8]>,
+    /// Per target: whether sessions begin with STARTTLS; and the TLS client when any does.
+    pub starttls: Vec<bool>,
+    pub tls: Option<crate::tls::TlsClient>,
     pub messages: MessageSet,
     pub pool: AddressPool,
     pub control: Control,
@@ -114,6 +117,7 @@ pub struct Outcome {
 pub fn run(s: Settings, argv: Vec<String>) -> Result<(), String> {
     let mut infos = Vec::with_capacity(s.targets.len());
     let mut pipelining = Vec::with_capacity(s.targets.len());
+    let mut starttls = Vec::with_capacity(s.targets.len());
     for (t, &addr) in s.targets.iter().zip(&s.target_addrs) {
         let info = probe(t, addr, &s.ehlo, s.timeout)?;
         if s.bdat && !info.chunking_advertised {
@@ -129,6 +133,17 @@ pub fn run(s: Settings, argv: Vec<String>) -> Result<(), String> {
                 return Err(format!("--pipelining: {t} does not advertise PIPELINING"));
             }
         };
+        let offers_tls = info.ehlo_capabilities.iter().any(|c| {
+            c.split_ascii_whitespace()
+                .next()
+                .is_some_and(|w| w.eq_ignore_ascii_case("STARTTLS"))
+        });
+        if s.starttls == StartTls::Require && !offers_tls {
+            return Err(format!(
+                "--starttls=require: {t} does not advertise STARTTLS in its EHLO reply"
+            ));
+        }
+        starttls.push(s.starttls != StartTls::Off && offers_tls);
         pipelining.push(pipe);
         infos.push(info);
     }
@@ -162,6 +177,12 @@ pub fn run(s: Settings, argv: Vec<String>) -> Result<(), String> {
         ehlo_cmd: format!("EHLO {}\r\n", s.ehlo)
             .into_bytes()
             .into_boxed_slice(),
+        tls: if starttls.contains(&true) {
+            Some(crate::tls::TlsClient::new(s.tls_ca.as_deref(), &s.targets)?)
+        } else {
+            None
+        },
+        starttls,
         messages,
         pool: AddressPool::new(&s.from, &s.to),
         control: Control {
