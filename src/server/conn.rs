@@ -18,6 +18,7 @@ use super::{Phase, Refused, Shard, LARGE_BUFFER, SMALL_BUFFER};
 use crate::driver::{peer_has_sent, Driver};
 use crate::proto::{self, Output, Session, Step};
 use crate::spool::Draft;
+use crate::tls::stream::TlsStream;
 use crate::{log_debug, log_info};
 
 /// How a session ended, for its log line.
@@ -34,6 +35,8 @@ enum End {
     ReadError,
     /// A write failed, or the client read nothing for a whole command timeout.
     WriteError,
+    /// The TLS handshake after STARTTLS failed or timed out.
+    TlsFailed,
 }
 
 /// Serves one accepted connection to its end.
@@ -86,6 +89,8 @@ pub(crate) async fn serve<D: Driver>(stream: D::Stream, peer: SocketAddr, shard:
         draft: None,
         failed: false,
         bytes: 0,
+        tls: None,
+        start_tls: false,
     };
     let end = conn.run(&stream, &mut session, &mut out, &mut phase).await;
     if let Some(draft) = conn.draft.take() {
@@ -118,6 +123,10 @@ struct Conn<'a, D: Driver> {
     /// The current message's spool file could not be created: its end gets 451.
     failed: bool,
     bytes: u64,
+    /// The TLS layer, once STARTTLS succeeded.
+    tls: Option<TlsStream>,
+    /// The session asked for STARTTLS in the input just processed.
+    start_tls: bool,
 }
 
 impl<D: Driver> Conn<'_, D> {
@@ -142,11 +151,24 @@ impl<D: Driver> Conn<'_, D> {
             }
             if let Some(end) = closing {
                 if sending {
-                    let write = D::write_all(stream, replies);
-                    let _ = tokio::time::timeout(write_timeout, write).await;
+                    let wire = match &mut self.tls {
+                        Some(tls) => tls.seal(replies, true),
+                        None => Ok(replies),
+                    };
+                    if let Ok(wire) = wire {
+                        let write = D::write_all(stream, wire);
+                        let _ = tokio::time::timeout(write_timeout, write).await;
+                    }
                 }
                 return end;
             }
+            let replies = match &mut self.tls {
+                Some(tls) if sending => match tls.seal(replies, false) {
+                    Ok(wire) => wire,
+                    Err(_) => return End::WriteError,
+                },
+                _ => replies,
+            };
             self.size_buffer(session.receiving_data());
 
             // Send the replies and read the next input at once: both operations are handed to
@@ -156,73 +178,85 @@ impl<D: Driver> Conn<'_, D> {
             // is dropped; input is processed only once the replies before it are out.
             let deadline = session.deadline().map(tokio::time::Instant::from_std);
             let write_deadline = sending.then(|| tokio::time::Instant::now() + write_timeout);
-            let write = async {
-                if sending {
-                    Some(D::write_all(stream, replies).await)
-                } else {
-                    None
-                }
-            };
-            let read = D::read(stream, std::mem::take(&mut self.buf));
-            tokio::pin!(write);
-            tokio::pin!(read);
-            let mut write_pending = sending;
-            let mut read_done = None;
-            let (result, buf) = loop {
-                tokio::select! {
-                    biased;
-                    written = &mut write, if write_pending => {
-                        write_pending = false;
-                        match written {
-                            Some((Ok(()), sent)) => self.scratch = sent,
-                            Some((Err(_), _)) => return End::WriteError,
-                            None => {}
-                        }
-                        if let Some(done) = read_done.take() {
-                            break done;
-                        }
+            // The futures live in this block, so the read lets go of the TLS layer before
+            // the input is processed.
+            let (result, buf) = {
+                let write = async {
+                    if sending {
+                        Some(D::write_all(stream, replies).await)
+                    } else {
+                        None
                     }
-                    done = &mut read, if read_done.is_none() => {
-                        if !write_pending {
-                            break done;
-                        }
-                        read_done = Some(done);
+                };
+                let read_buf = std::mem::take(&mut self.buf);
+                let tls = self.tls.as_mut();
+                let read = async move {
+                    match tls {
+                        Some(tls) => tls.read::<D>(stream, read_buf).await,
+                        None => D::read(stream, read_buf).await,
                     }
-                    _ = sleep_until(write_deadline), if write_pending => return End::WriteError,
-                    _ = sleep_until(deadline), if !write_pending => {
-                        if session.handle_timeout(Instant::now(), out) == Step::Close {
-                            log_debug!("{}: timeout", self.peer);
-                            closing = Some(End::Timeout);
-                            break (Ok(0), BytesMut::new());
+                };
+                tokio::pin!(write);
+                tokio::pin!(read);
+                let mut write_pending = sending;
+                let mut read_done = None;
+                let done = loop {
+                    tokio::select! {
+                        biased;
+                        written = &mut write, if write_pending => {
+                            write_pending = false;
+                            match written {
+                                Some((Ok(()), sent)) => self.scratch = sent,
+                                Some((Err(_), _)) => return End::WriteError,
+                                None => {}
+                            }
+                            if let Some(done) = read_done.take() {
+                                break done;
+                            }
                         }
-                    }
-                    changed = phase.changed(), if !draining || *phase.borrow() != Phase::Stopping => {
-                        let now_phase = if changed.is_ok() { *phase.borrow() } else { Phase::Stopping };
-                        if now_phase == Phase::Stopping {
-                            return End::Shutdown;
+                        done = &mut read, if read_done.is_none() => {
+                            if !write_pending {
+                                break done;
+                            }
+                            read_done = Some(done);
                         }
-                        if !draining {
-                            draining = true;
-                            if session.handle_shutdown(out) == Step::Close {
-                                closing = Some(End::Shutdown);
+                        _ = sleep_until(write_deadline), if write_pending => return End::WriteError,
+                        _ = sleep_until(deadline), if !write_pending => {
+                            if session.handle_timeout(Instant::now(), out) == Step::Close {
+                                log_debug!("{}: timeout", self.peer);
+                                closing = Some(End::Timeout);
                                 break (Ok(0), BytesMut::new());
                             }
                         }
+                        changed = phase.changed(), if !draining || *phase.borrow() != Phase::Stopping => {
+                            let now_phase = if changed.is_ok() { *phase.borrow() } else { Phase::Stopping };
+                            if now_phase == Phase::Stopping {
+                                return End::Shutdown;
+                            }
+                            if !draining {
+                                draining = true;
+                                if session.handle_shutdown(out) == Step::Close {
+                                    closing = Some(End::Shutdown);
+                                    break (Ok(0), BytesMut::new());
+                                }
+                            }
+                        }
+                    }
+                };
+                if write_pending {
+                    // Closing with replies still on their way: let them finish first (a lost
+                    // `250` would make the client send its message again).
+                    let finish = tokio::time::timeout_at(
+                        write_deadline.unwrap_or_else(tokio::time::Instant::now),
+                        &mut write,
+                    );
+                    match finish.await {
+                        Ok(Some((Ok(()), sent))) => self.scratch = sent,
+                        _ => return End::WriteError,
                     }
                 }
+                done
             };
-            if write_pending {
-                // Closing with replies still on their way: let them finish first (a lost
-                // `250` would make the client send its message again).
-                let finish = tokio::time::timeout_at(
-                    write_deadline.unwrap_or_else(tokio::time::Instant::now),
-                    &mut write,
-                );
-                match finish.await {
-                    Ok(Some((Ok(()), sent))) => self.scratch = sent,
-                    _ => return End::WriteError,
-                }
-            }
             if closing.is_some() {
                 // The timeout or shutdown reply is in `out`; the loop top sends it. The read
                 // in flight was cancelled with its buffer.
@@ -242,6 +276,59 @@ impl<D: Driver> Conn<'_, D> {
             if let Some(end) = self.process(session, out).await {
                 // The last replies (221, 421) go out at the loop top, then the session ends.
                 closing = Some(if draining { End::Shutdown } else { end });
+            }
+            if std::mem::take(&mut self.start_tls) {
+                if let Err(end) = self.start_tls(stream, session, out).await {
+                    return end;
+                }
+                // The client may have sent its first command right behind its Finished.
+                if !self.buf.is_empty() {
+                    if let Some(end) = self.process(session, out).await {
+                        closing = Some(if draining { End::Shutdown } else { end });
+                    }
+                }
+            }
+        }
+    }
+
+    /// After `220 Ready to start TLS` is in `out`: sends it, drops any input that followed
+    /// STARTTLS (CVE-2011-0411; the session consumed it already), runs the handshake within
+    /// its deadline and tells the session. A failure ends the connection.
+    async fn start_tls(
+        &mut self,
+        stream: &D::Stream,
+        session: &mut Session,
+        out: &mut Output,
+    ) -> Result<(), End> {
+        let store = self.shard.tls.as_ref().ok_or(End::TlsFailed)?;
+        let write_timeout = self.shard.session_config.command_timeout;
+        let mut replies = std::mem::take(&mut self.scratch);
+        replies.clear();
+        std::mem::swap(&mut replies, &mut out.replies);
+        let write = D::write_all(stream, replies);
+        match tokio::time::timeout(write_timeout, write).await {
+            Ok((Ok(()), sent)) => self.scratch = sent,
+            _ => return Err(End::WriteError),
+        }
+        debug_assert!(self.buf.is_empty(), "input after STARTTLS left unconsumed");
+        self.buf.clear();
+        let timeout = self.shard.config.tls_handshake_timeout;
+        match TlsStream::accept::<D>(stream, store.current(), &mut self.buf, timeout).await {
+            Ok(tls) => {
+                let facts = tls.facts();
+                log_debug!(
+                    "{}: TLS established, {} with {}",
+                    self.peer,
+                    facts.version,
+                    facts.cipher
+                );
+                session.handle_tls_established(facts, Instant::now());
+                self.tls = Some(tls);
+                Ok(())
+            }
+            Err(e) => {
+                log_info!("{}: TLS handshake failed: {e}", self.peer);
+                Err(End::TlsFailed)
             }
         }
     }
@@ -272,8 +359,10 @@ impl<D: Driver> Conn<'_, D> {
                 }
                 Step::Discard => self.discard().await,
                 Step::Close => break Some(End::Closed),
-                // Not offered by this connection loop yet (no TLS layer here).
-                Step::StartTls => break Some(End::Closed),
+                Step::StartTls => {
+                    self.start_tls = true;
+                    break None;
+                }
             }
         };
         self.buf.advance(pos);

@@ -128,6 +128,8 @@ pub(crate) struct Shard<D: Driver> {
     pub session_config: Arc<crate::proto::Config>,
     pub shared: Arc<Shared>,
     pub spool: Option<Spool<D>>,
+    /// The STARTTLS certificate store, when TLS is offered.
+    pub tls: Option<Arc<crate::tls::CertStore>>,
     pub phase: watch::Receiver<Phase>,
     pool: RefCell<Vec<BytesMut>>,
     large_in_use: Cell<usize>,
@@ -298,6 +300,19 @@ pub fn start<D: Driver>(config: ServerConfig) -> Result<Running, String> {
         if config.fsync { "on" } else { "off" },
     );
 
+    let tls = match &config.tls {
+        Some(files) => {
+            let store = crate::tls::CertStore::open(&files.cert, &files.key)
+                .map_err(|e| format!("RINGMX_TLS_CERT/RINGMX_TLS_KEY: {e}"))?;
+            let store = Arc::new(store);
+            store
+                .spawn_watcher()
+                .map_err(|e| format!("TLS certificate watcher: {e}"))?;
+            Some(store)
+        }
+        None => None,
+    };
+
     let grace = config.shutdown_grace;
     let config = Arc::new(config);
     let shared = Arc::new(Shared {
@@ -312,6 +327,7 @@ pub fn start<D: Driver>(config: ServerConfig) -> Result<Running, String> {
         let shared = Arc::clone(&shared);
         let phase = phase_rx.clone();
         let done = done_tx.clone();
+        let tls = tls.clone();
         let spawned = std::thread::Builder::new()
             .name(format!("ringmx-shard-{id}"))
             .spawn(move || {
@@ -322,7 +338,7 @@ pub fn start<D: Driver>(config: ServerConfig) -> Result<Running, String> {
                 // server with exit status 1 for its supervisor to restart (acknowledged mail is
                 // on disk), rather than leaving the server running one shard short.
                 let run = std::panic::AssertUnwindSafe(|| {
-                    run_shard::<D>(id, config, shared, phase, shard_listeners)
+                    run_shard::<D>(id, config, shared, tls, phase, shard_listeners)
                 });
                 let result = std::panic::catch_unwind(run)
                     .unwrap_or_else(|_| Err(io::Error::other("the shard panicked")));
@@ -440,6 +456,7 @@ fn run_shard<D: Driver>(
     id: usize,
     config: Arc<ServerConfig>,
     shared: Arc<Shared>,
+    tls: Option<Arc<crate::tls::CertStore>>,
     phase: watch::Receiver<Phase>,
     listeners: Vec<std::net::TcpListener>,
 ) -> io::Result<()> {
@@ -458,6 +475,7 @@ fn run_shard<D: Driver>(
             config,
             shared,
             spool,
+            tls,
             phase,
             pool: RefCell::new(Vec::new()),
             large_in_use: Cell::new(0),

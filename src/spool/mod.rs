@@ -117,9 +117,18 @@ pub fn write_headers(
     } else {
         envelope.helo
     };
+    let _ = write!(out, "Received: from {helo} ([{peer}])\r\n\t");
+    if let Some(tls) = envelope.tls {
+        // As Postfix writes it: the protocol version and the IANA name of the cipher suite.
+        let _ = write!(
+            out,
+            "(using {} with cipher {})\r\n\t",
+            tls.version, tls.cipher
+        );
+    }
     let _ = write!(
         out,
-        "Received: from {helo} ([{peer}])\r\n\tby {hostname} (ringmx) with {} id {}",
+        "by {hostname} (ringmx) with {} id {}",
         envelope.protocol,
         id.as_str()
     );

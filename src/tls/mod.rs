@@ -29,6 +29,8 @@ use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::{ProtocolVersion, ServerConnection};
 
+pub mod stream;
+
 use crate::proto::TlsFacts;
 use crate::{log_info, log_warn};
 
