@@ -70,6 +70,7 @@ fn drive(session: &mut Session, out: &mut Output, input: &[u8], now: Instant) ->
         pos += n;
         match step {
             Step::Read => break,
+            Step::Begin => {}
             Step::Store => {
                 session.handle_stored(Ok("0000000001"), out);
                 stored += 1;

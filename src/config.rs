@@ -1,11 +1,14 @@
 //! Configuration from `RINGMX_*` environment variables (SPEC §3); the only reader of the
 //! environment in ringmx.
 //!
-//! `from_env` gathers the raw inputs (the variables, the CPUs this process may run on, the
-//! system host name) and hands them to `from_vars`, which is pure and unit-tested. Every value
-//! is checked against explicit bounds, each with its reason; a bad value or an unknown
-//! `RINGMX_*` name (a typo must never fall back to a default silently) is a `ConfigError` whose
-//! `Display` is one line naming the variable, the value and what is accepted.
+//! `VARIABLES` is the one table of settings: each entry owns its name, its default, its help
+//! text and its parser (with the bounds, each with its reason), so `from_vars`, `ringmx
+//! --help`, the README table (checked by a test) and the unknown-variable check cannot drift
+//! apart. `from_env` gathers the raw inputs (the variables, the CPUs this process may run on,
+//! the system host name) and hands them to `from_vars`, which is pure and unit-tested. A bad
+//! value or an unknown `RINGMX_*` name (a typo must never fall back to a default silently) is
+//! a `ConfigError` whose `Display` is one line naming the variable, the value and what is
+//! accepted.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -16,180 +19,424 @@ use std::time::Duration;
 use crate::log::Level;
 use crate::scan::BareLf;
 
-/// Every variable as (name, default, meaning), in SPEC §3's order. A default that is a literal
-/// value is parsed by the same code as a value from the environment, so it cannot drift from
-/// what the parser accepts; `RINGMX_SHARDS` and `RINGMX_HOSTNAME` have computed defaults.
-pub const VARIABLES: &[(&str, &str, &str)] = &[
-    (
-        "RINGMX_LISTEN",
-        "127.0.0.1:2525",
-        "comma-separated socket addresses, IPv4 and [IPv6]:port",
-    ),
-    (
-        "RINGMX_SHARDS",
-        "CPUs this process may run on",
-        "shard threads, each with its own io_uring and SO_REUSEPORT listener per address",
-    ),
-    ("RINGMX_PIN", "1", "pin shard i to the i-th allowed CPU"),
-    (
-        "RINGMX_HOSTNAME",
-        "the system host name",
-        "name in the greeting, EHLO reply and Received header",
-    ),
-    (
-        "RINGMX_SPOOL",
-        "./spool",
-        "Maildir root; tmp/ and new/ are created if missing",
-    ),
-    (
-        "RINGMX_DELIVERY",
-        "maildir",
-        "maildir or discard (accept and drop, for benchmarks and sinks)",
-    ),
-    (
-        "RINGMX_FSYNC",
-        "1",
-        "0 skips fsync (benchmarks only: a crash can lose acknowledged mail)",
-    ),
-    (
-        "RINGMX_MAX_MESSAGE_SIZE",
-        "26214400",
-        "bytes; advertised as SIZE n",
-    ),
-    ("RINGMX_MAX_RECIPIENTS", "100", "per transaction"),
-    (
-        "RINGMX_MAX_CONNECTIONS",
-        "10000",
-        "whole server; past it new sessions get 421 4.3.2 and are closed",
-    ),
-    (
-        "RINGMX_COMMAND_TIMEOUT_SECS",
-        "300",
-        "idle time allowed while waiting for a command",
-    ),
-    (
-        "RINGMX_DATA_TIMEOUT_SECS",
-        "600",
-        "idle time allowed between reads of message data",
-    ),
-    (
-        "RINGMX_SHUTDOWN_GRACE_SECS",
-        "30",
-        "after SIGTERM/SIGINT, time given to transactions in flight",
-    ),
-    (
-        "RINGMX_MAX_CONNECTIONS_PER_IP",
-        "100",
-        "per client address; past it 421 4.7.0",
-    ),
-    (
-        "RINGMX_LIMIT_EXEMPT",
-        "127.0.0.0/8,::1/128",
-        "client networks exempt from the per-IP limit (empty: none)",
-    ),
-    (
-        "RINGMX_MAX_ERRORS",
-        "10",
-        "syntax/sequence errors per session; past it 421 4.7.0 and close",
-    ),
-    (
-        "RINGMX_MAX_JUNK_COMMANDS",
-        "100",
-        "NOOP/RSET/VRFY/HELP per session; past it 421 4.7.0 and close",
-    ),
-    (
-        "RINGMX_MIN_DATA_RATE",
-        "500",
-        "bytes per extra second of DATA/BDAT deadline beyond RINGMX_DATA_TIMEOUT_SECS (0: off)",
-    ),
-    (
-        "RINGMX_GREET_DELAY_MS",
-        "0",
-        "wait before the 220 greeting (to catch early talkers)",
-    ),
-    (
-        "RINGMX_REJECT_EARLY_TALKERS",
-        "0",
-        "1: a client that sends before the greeting gets 554 5.5.1 and is closed",
-    ),
-    (
-        "RINGMX_DOMAINS",
-        "",
-        "comma-separated recipient domains accepted (empty: all); others get 550 5.7.1",
-    ),
-    ("RINGMX_BARE_LF", "reject", "reject or normalize"),
-    (
-        "RINGMX_BACKEND",
-        "auto",
-        "uring, epoll or auto (io_uring, else epoll with a warning that says why)",
-    ),
-    (
-        "RINGMX_RING_ENTRIES",
-        "1024",
-        "io_uring submission queue size per shard",
-    ),
-    ("RINGMX_LOG", "info", "error, warn, info or debug"),
-    (
-        "RINGMX_TLS_CERT",
-        "",
-        "PEM certificate chain for STARTTLS; set together with RINGMX_TLS_KEY",
-    ),
-    (
-        "RINGMX_TLS_KEY",
-        "",
-        "PEM private key for STARTTLS; set together with RINGMX_TLS_CERT",
-    ),
-    (
-        "RINGMX_TLS",
-        "may",
-        "may (offer STARTTLS when a certificate is set) or off",
-    ),
-    (
-        "RINGMX_TLS_HANDSHAKE_TIMEOUT_SECS",
-        "30",
-        "a TLS handshake that takes longer is dropped",
-    ),
-];
-
 /// The prefix that marks a variable as ringmx's.
 const PREFIX: &str = "RINGMX_";
-
-/// At most this many listen addresses: each costs one socket per shard.
+/// Listen addresses: more than a host has interfaces is a mistake.
 const LISTEN_ADDRESSES_MAX: usize = 64;
-/// At most this many shards: CPU_SETSIZE, the most CPUs sched_getaffinity reports by default.
+/// Shards: far past any CPU count; each costs a thread and a ring.
 const SHARDS_MAX: u64 = 1024;
-/// Smallest message size: 1 KiB, less cannot hold even the headers a relay adds.
+/// The smallest message size limit: room for headers and a line of text.
 const MESSAGE_SIZE_MIN: u64 = 1024;
-/// Largest message size: 2 GiB, beyond any real mail, and within a signed 32-bit SIZE.
+/// The largest message size limit: 2 GiB, past which offsets and memory plans break.
 const MESSAGE_SIZE_MAX: u64 = 2 * 1024 * 1024 * 1024;
-/// Recipients per transaction: at least 1 or no mail is accepted; the list is held in memory.
+/// Recipients per transaction: the envelope lives in memory.
 const RECIPIENTS_MAX: u64 = 100_000;
-/// Connections, whole server and per IP: each needs a file descriptor and buffers.
+/// Connections: bounded by descriptors long before this.
 const CONNECTIONS_MAX: u64 = 1_000_000;
-/// Command and data timeouts: at least 1 s, at most a day (RFC 5321 asks for minutes).
+/// Timeouts: a day is already far past RFC 5321's advice.
 const TIMEOUT_SECS_MAX: u64 = 86_400;
-/// Shutdown grace: 0 closes at once; an hour outlasts any supervisor's stop timeout.
+/// Shutdown grace: an hour; supervisors kill long before.
 const SHUTDOWN_GRACE_SECS_MAX: u64 = 3_600;
-/// Per-IP exempt networks: the list is searched linearly for each new connection.
+/// Exempt networks: a list, not a routing table.
 const LIMIT_EXEMPT_MAX: usize = 1_024;
-/// Errors and junk commands per session: 0 means the first one closes; counters are u32 and a
-/// limit past a million no longer limits anything.
+/// Error and junk counts per session.
 const SESSION_COUNT_MAX: u64 = 1_000_000;
-/// Minimum data rate in bytes/s: 0 turns it off; 1 GB/s is past any client's link.
+/// Minimum data rate: 1 GB/s, past which no client could keep its deadline.
 const MIN_DATA_RATE_MAX: u64 = 1_000_000_000;
-/// TLS handshake deadline: at least 1 s; past 10 minutes a stalled handshake only holds a slot.
+/// TLS handshake deadline: past 10 minutes a stalled handshake only holds a slot.
 const TLS_HANDSHAKE_SECS_MAX: u64 = 600;
-/// Greeting delay: clients wait 5 minutes for the greeting (RFC 5321 4.5.3.2.1).
+/// Greeting delay: five minutes, RFC 5321's initial 220 timeout.
 const GREET_DELAY_MS_MAX: u64 = 300_000;
-/// Accepted recipient domains: the list is searched for each RCPT.
+/// Accepted domains: a list, not a database.
 const DOMAINS_MAX: usize = 10_000;
-/// io_uring entries: the kernel wants a power of two; 8 keeps a shard useful, 32768 is
-/// IORING_MAX_ENTRIES.
+/// io_uring queue sizes the kernel takes (powers of two).
 const RING_ENTRIES_MIN: u64 = 8;
-/// See `RING_ENTRIES_MIN`.
 const RING_ENTRIES_MAX: u64 = 32_768;
-/// Values are quoted in error lines up to this many characters, so the line stays readable.
+/// Characters of a bad value quoted in an error line.
 const ERROR_VALUE_CHARS_MAX: usize = 200;
+/// The longest host name whose spool file names fit in 255 octets (NAME_MAX).
+pub const HOSTNAME_SPOOL_MAX: usize =
+    crate::delivery::maildir::FILE_NAME_MAX - crate::delivery::maildir::FILE_NAME_OVERHEAD;
+
+/// One configuration variable.
+pub struct Variable {
+    pub name: &'static str,
+    /// The default: a literal value (parsed like a value from the environment when the
+    /// variable is unset) or, when `computed`, a description of how it is found at start-up.
+    pub default: &'static str,
+    /// The default is found at start-up (`Host`), not a literal value.
+    pub computed: bool,
+    /// What it means, for `--help` and the README.
+    pub meaning: &'static str,
+    /// Parses a value into the configuration being built; the error says what is accepted.
+    apply: fn(&str, &mut ServerConfig) -> Result<(), String>,
+}
+
+/// Every variable, in SPEC §3's order. Entries are applied in this order.
+pub const VARIABLES: &[Variable] = &[
+    Variable {
+        name: "RINGMX_LISTEN",
+        default: "127.0.0.1:2525",
+        computed: false,
+        meaning: "comma-separated socket addresses, IPv4 and [IPv6]:port",
+        apply: |s, c| {
+            c.listen = parse_listen(s)?;
+            Ok(())
+        },
+    },
+    Variable {
+        name: "RINGMX_SHARDS",
+        default: "CPUs this process may run on",
+        computed: true,
+        meaning: "shard threads, each with its own io_uring and SO_REUSEPORT listener per address",
+        apply: |s, c| {
+            c.shards = number(s, 1, SHARDS_MAX)? as usize;
+            Ok(())
+        },
+    },
+    Variable {
+        name: "RINGMX_PIN",
+        default: "1",
+        computed: false,
+        meaning: "pin shard i to the i-th allowed CPU",
+        apply: |s, c| {
+            c.pin = flag(s)? && !c.cpus.is_empty();
+            Ok(())
+        },
+    },
+    Variable {
+        name: "RINGMX_HOSTNAME",
+        default: "the system host name",
+        computed: true,
+        meaning: "name in the greeting, EHLO reply and Received header",
+        apply: |s, c| {
+            check_host_name(s)?;
+            if s.len() > HOSTNAME_SPOOL_MAX {
+                return Err(format!(
+                    "at most {HOSTNAME_SPOOL_MAX} octets, so that spool file names \
+                     (queue ID, PID and host name) stay within 255"
+                ));
+            }
+            c.session.hostname = s.to_string();
+            Ok(())
+        },
+    },
+    Variable {
+        name: "RINGMX_SPOOL",
+        default: "./spool",
+        computed: false,
+        meaning: "Maildir root; tmp/ and new/ are created if missing",
+        apply: |s, c| {
+            if s.is_empty() || s.chars().any(char::is_control) {
+                return Err("expected a directory path without control characters".into());
+            }
+            c.spool = PathBuf::from(s);
+            Ok(())
+        },
+    },
+    Variable {
+        name: "RINGMX_DELIVERY",
+        default: "maildir",
+        computed: false,
+        meaning: "maildir or discard (accept and drop, for benchmarks and sinks)",
+        apply: |s, c| {
+            let choices = [
+                ("maildir", Delivery::Maildir),
+                ("discard", Delivery::Discard),
+            ];
+            {
+                c.delivery = one_of(s, &choices)?;
+                Ok(())
+            }
+        },
+    },
+    Variable {
+        name: "RINGMX_FSYNC",
+        default: "1",
+        computed: false,
+        meaning: "0 skips fsync (benchmarks only: a crash can lose acknowledged mail)",
+        apply: |s, c| {
+            c.fsync = flag(s)?;
+            Ok(())
+        },
+    },
+    Variable {
+        name: "RINGMX_MAX_MESSAGE_SIZE",
+        default: "26214400",
+        computed: false,
+        meaning: "bytes; advertised as SIZE n",
+        apply: |s, c| {
+            c.session.max_message_size = number(s, MESSAGE_SIZE_MIN, MESSAGE_SIZE_MAX)?;
+            Ok(())
+        },
+    },
+    Variable {
+        name: "RINGMX_MAX_RECIPIENTS",
+        default: "100",
+        computed: false,
+        meaning: "per transaction",
+        apply: |s, c| {
+            c.session.max_recipients = number(s, 1, RECIPIENTS_MAX)? as usize;
+            Ok(())
+        },
+    },
+    Variable {
+        name: "RINGMX_MAX_CONNECTIONS",
+        default: "10000",
+        computed: false,
+        meaning: "whole server; past it new sessions get 421 4.3.2 and are closed",
+        apply: |s, c| {
+            c.max_connections = number(s, 1, CONNECTIONS_MAX)? as usize;
+            Ok(())
+        },
+    },
+    Variable {
+        name: "RINGMX_COMMAND_TIMEOUT_SECS",
+        default: "300",
+        computed: false,
+        meaning: "idle time allowed while waiting for a command",
+        apply: |s, c| {
+            c.session.command_timeout = secs(number(s, 1, TIMEOUT_SECS_MAX)?);
+            Ok(())
+        },
+    },
+    Variable {
+        name: "RINGMX_DATA_TIMEOUT_SECS",
+        default: "600",
+        computed: false,
+        meaning: "idle time allowed between reads of message data",
+        apply: |s, c| {
+            c.session.data_timeout = secs(number(s, 1, TIMEOUT_SECS_MAX)?);
+            Ok(())
+        },
+    },
+    Variable {
+        name: "RINGMX_SHUTDOWN_GRACE_SECS",
+        default: "30",
+        computed: false,
+        meaning: "after SIGTERM/SIGINT, time given to transactions in flight",
+        apply: |s, c| {
+            c.shutdown_grace = secs(number(s, 0, SHUTDOWN_GRACE_SECS_MAX)?);
+            Ok(())
+        },
+    },
+    Variable {
+        name: "RINGMX_MAX_CONNECTIONS_PER_IP",
+        default: "100",
+        computed: false,
+        meaning: "per client address; past it 421 4.7.0",
+        apply: |s, c| {
+            c.max_connections_per_ip = number(s, 1, CONNECTIONS_MAX)? as usize;
+            Ok(())
+        },
+    },
+    Variable {
+        name: "RINGMX_LIMIT_EXEMPT",
+        default: "127.0.0.0/8,::1/128",
+        computed: false,
+        meaning: "client networks exempt from the per-IP limit (empty: none)",
+        apply: |s, c| {
+            c.limit_exempt = parse_nets(s)?;
+            Ok(())
+        },
+    },
+    Variable {
+        name: "RINGMX_MAX_ERRORS",
+        default: "10",
+        computed: false,
+        meaning: "syntax/sequence errors per session; past it 421 4.7.0 and close",
+        apply: |s, c| {
+            c.session.max_errors = number(s, 0, SESSION_COUNT_MAX)? as u32;
+            Ok(())
+        },
+    },
+    Variable {
+        name: "RINGMX_MAX_JUNK_COMMANDS",
+        default: "100",
+        computed: false,
+        meaning: "NOOP, RSET, VRFY, HELP, repeated HELO/EHLO and empty BDAT chunks per \
+                  session; past it 421 4.7.0 and close",
+        apply: |s, c| {
+            c.session.max_junk_commands = number(s, 0, SESSION_COUNT_MAX)? as u32;
+            Ok(())
+        },
+    },
+    Variable {
+        name: "RINGMX_MIN_DATA_RATE",
+        default: "500",
+        computed: false,
+        meaning:
+            "bytes per extra second of DATA/BDAT deadline beyond RINGMX_DATA_TIMEOUT_SECS (0: off)",
+        apply: |s, c| {
+            c.session.min_data_rate = number(s, 0, MIN_DATA_RATE_MAX)?;
+            Ok(())
+        },
+    },
+    Variable {
+        name: "RINGMX_GREET_DELAY_MS",
+        default: "0",
+        computed: false,
+        meaning: "wait before the 220 greeting (to catch early talkers)",
+        apply: |s, c| {
+            c.greet_delay = Duration::from_millis(number(s, 0, GREET_DELAY_MS_MAX)?);
+            Ok(())
+        },
+    },
+    Variable {
+        name: "RINGMX_REJECT_EARLY_TALKERS",
+        default: "0",
+        computed: false,
+        meaning: "1: a client that sends before the greeting gets 554 5.5.1 and is closed",
+        apply: |s, c| {
+            c.reject_early_talkers = flag(s)?;
+            Ok(())
+        },
+    },
+    Variable {
+        name: "RINGMX_DOMAINS",
+        default: "",
+        computed: false,
+        meaning: "comma-separated recipient domains accepted (empty: all); others get 550 5.7.1",
+        apply: |s, c| {
+            c.session.domains = parse_domains(s)?;
+            Ok(())
+        },
+    },
+    Variable {
+        name: "RINGMX_BARE_LF",
+        default: "reject",
+        computed: false,
+        meaning: "reject or normalize",
+        apply: |s, c| {
+            let choices = [("reject", BareLf::Reject), ("normalize", BareLf::Normalize)];
+            {
+                c.session.bare_lf = one_of(s, &choices)?;
+                Ok(())
+            }
+        },
+    },
+    Variable {
+        name: "RINGMX_BACKEND",
+        default: "auto",
+        computed: false,
+        meaning: "uring, epoll or auto (io_uring, else epoll with a warning that says why)",
+        apply: |s, c| {
+            let choices = [
+                ("auto", Backend::Auto),
+                ("uring", Backend::Uring),
+                ("epoll", Backend::Epoll),
+            ];
+            {
+                c.backend = one_of(s, &choices)?;
+                Ok(())
+            }
+        },
+    },
+    Variable {
+        name: "RINGMX_RING_ENTRIES",
+        default: "1024",
+        computed: false,
+        meaning: "io_uring submission queue size per shard",
+        apply: |s, c| match number(s, RING_ENTRIES_MIN, RING_ENTRIES_MAX) {
+            Ok(n) if n.is_power_of_two() => {
+                c.ring_entries = n as u32;
+                Ok(())
+            }
+            _ => Err(format!(
+                "expected a power of two from {RING_ENTRIES_MIN} to {RING_ENTRIES_MAX}"
+            )),
+        },
+    },
+    Variable {
+        name: "RINGMX_LOG",
+        default: "info",
+        computed: false,
+        meaning: "error, warn, info or debug",
+        apply: |s, c| {
+            c.log_level = s.parse::<Level>().map_err(|e| e.to_string())?;
+            Ok(())
+        },
+    },
+    Variable {
+        name: "RINGMX_IPV6_PREFIX",
+        default: "64",
+        computed: false,
+        meaning:
+            "IPv6 clients are counted for the per-IP limit by this prefix (one /64 = one client)",
+        apply: |s, c| {
+            c.ipv6_prefix = number(s, 1, 128)? as u8;
+            Ok(())
+        },
+    },
+    Variable {
+        name: "RINGMX_TLS_CERT",
+        default: "",
+        computed: false,
+        meaning: "PEM certificate chain for STARTTLS; set together with RINGMX_TLS_KEY",
+        apply: |s, c| {
+            c.tls = tls_path(s)?.map(|cert| TlsFiles {
+                cert,
+                key: PathBuf::new(),
+            });
+            Ok(())
+        },
+    },
+    Variable {
+        name: "RINGMX_TLS_KEY",
+        default: "",
+        computed: false,
+        meaning: "PEM private key for STARTTLS; set together with RINGMX_TLS_CERT",
+        apply: |s, c| match (tls_path(s)?, c.tls.as_mut()) {
+            (Some(key), Some(files)) => {
+                files.key = key;
+                Ok(())
+            }
+            (None, None) => Ok(()),
+            (None, Some(_)) => {
+                Err("unset while RINGMX_TLS_CERT is set; expected both or neither".into())
+            }
+            (Some(_), None) => {
+                Err("set while RINGMX_TLS_CERT is unset; expected both or neither".into())
+            }
+        },
+    },
+    Variable {
+        name: "RINGMX_TLS",
+        default: "may",
+        computed: false,
+        meaning: "may (offer STARTTLS when a certificate is set) or off",
+        apply: |s, c| {
+            if !one_of(s, &[("may", true), ("off", false)])? {
+                c.tls = None;
+            }
+            c.session.starttls = c.tls.is_some();
+            Ok(())
+        },
+    },
+    Variable {
+        name: "RINGMX_TLS_HANDSHAKE_TIMEOUT_SECS",
+        default: "30",
+        computed: false,
+        meaning: "a TLS handshake that takes longer is dropped",
+        apply: |s, c| {
+            c.tls_handshake_timeout = secs(number(s, 1, TLS_HANDSHAKE_SECS_MAX)?);
+            Ok(())
+        },
+    },
+];
+
+/// A PEM file path for STARTTLS; empty means unset.
+fn tls_path(s: &str) -> Result<Option<PathBuf>, String> {
+    if s.chars().any(char::is_control) {
+        return Err("expected a file path without control characters".into());
+    }
+    Ok((!s.is_empty()).then(|| PathBuf::from(s)))
+}
+
+/// Seconds as a `Duration`.
+fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
 
 /// What happens to an accepted message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -219,17 +466,6 @@ pub enum Backend {
     Uring,
     /// epoll only.
     Epoll,
-}
-
-impl Backend {
-    /// The name as written in `RINGMX_BACKEND`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Backend::Auto => "auto",
-            Backend::Uring => "uring",
-            Backend::Epoll => "epoll",
-        }
-    }
 }
 
 /// An IP network in CIDR form, such as `10.0.0.0/8` or `2001:db8::/32`.
@@ -327,6 +563,16 @@ impl std::str::FromStr for IpNet {
     }
 }
 
+/// The client a per-address limit counts `ip` as: an IPv4-mapped IPv6 address as its IPv4
+/// address, any other IPv6 address as its network of `ipv6_prefix` bits (a /64 is one client:
+/// one host may hold all of it).
+pub fn client_of(ip: IpAddr, ipv6_prefix: u8) -> IpAddr {
+    match canonical_ip(ip) {
+        IpAddr::V6(v6) => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & mask_u128(ipv6_prefix))),
+        v4 => v4,
+    }
+}
+
 /// The IPv4 address inside an IPv4-mapped IPv6 address, else the address itself.
 fn canonical_ip(ip: IpAddr) -> IpAddr {
     match ip {
@@ -381,6 +627,8 @@ pub struct ServerConfig {
     pub max_connections_per_ip: usize,
     /// Client networks the per-IP limit does not apply to.
     pub limit_exempt: Vec<IpNet>,
+    /// IPv6 clients are one client per network of this prefix for the per-IP limit.
+    pub ipv6_prefix: u8,
     /// Wait before the 220 greeting.
     pub greet_delay: Duration,
     /// Whether a client that sends before the greeting gets 554 5.5.1 and is closed.
@@ -404,39 +652,6 @@ pub struct ServerConfig {
 pub struct TlsFiles {
     pub cert: PathBuf,
     pub key: PathBuf,
-}
-
-impl ServerConfig {
-    /// The content of the first log line: what the server is about to run with.
-    pub fn summary(&self) -> String {
-        let listen: Vec<String> = self.listen.iter().map(|a| a.to_string()).collect();
-        format!(
-            "ringmx hostname={} shards={} pin={} listen={} spool={} delivery={} fsync={} backend={} tls={}",
-            self.session.hostname,
-            self.shards,
-            on_off(self.pin),
-            listen.join(","),
-            self.spool.display(),
-            self.delivery.as_str(),
-            on_off(self.fsync),
-            self.backend.as_str(),
-            on_off(self.tls.is_some()),
-        )
-    }
-
-    /// Whether the per-IP connection limit applies to a client at `ip`.
-    pub fn is_limit_exempt(&self, ip: IpAddr) -> bool {
-        self.limit_exempt.iter().any(|net| net.contains(ip))
-    }
-}
-
-/// `on` or `off`, for the summary line.
-fn on_off(b: bool) -> &'static str {
-    if b {
-        "on"
-    } else {
-        "off"
-    }
 }
 
 /// A variable that stops start-up; `Display` is one line: `NAME="value": what is accepted`.
@@ -533,210 +748,63 @@ pub fn from_vars<I: IntoIterator<Item = (String, String)>>(
             return Err(ConfigError::new(name, value, problem));
         }
     }
-    let env = Env { vars: &vars };
-
     let mut cpus = cpus;
     cpus.sort_unstable();
     cpus.dedup();
-
-    let listen = env.get("RINGMX_LISTEN", parse_listen)?;
-    let default_shards = (cpus.len() as u64).clamp(1, SHARDS_MAX);
-    let shards = env.get_or("RINGMX_SHARDS", default_shards, |s| {
-        number(s, 1, SHARDS_MAX)
-    })? as usize;
-    let pin = env.get("RINGMX_PIN", flag)? && !cpus.is_empty();
-    let spool = env.get("RINGMX_SPOOL", |s| {
-        if s.is_empty() || s.chars().any(char::is_control) {
-            Err("expected a directory path without control characters".to_string())
-        } else {
-            Ok(PathBuf::from(s))
-        }
-    })?;
-    let delivery = env.get("RINGMX_DELIVERY", |s| {
-        one_of(
-            s,
-            &[
-                ("maildir", Delivery::Maildir),
-                ("discard", Delivery::Discard),
-            ],
-        )
-    })?;
-    let fsync = env.get("RINGMX_FSYNC", flag)?;
-    let max_connections = env.get("RINGMX_MAX_CONNECTIONS", |s| number(s, 1, CONNECTIONS_MAX))?;
-    let shutdown_grace = env.get("RINGMX_SHUTDOWN_GRACE_SECS", |s| {
-        number(s, 0, SHUTDOWN_GRACE_SECS_MAX)
-    })?;
-    let max_connections_per_ip = env.get("RINGMX_MAX_CONNECTIONS_PER_IP", |s| {
-        number(s, 1, CONNECTIONS_MAX)
-    })?;
-    let limit_exempt = env.get("RINGMX_LIMIT_EXEMPT", parse_nets)?;
-    let greet_delay_ms = env.get("RINGMX_GREET_DELAY_MS", |s| {
-        number(s, 0, GREET_DELAY_MS_MAX)
-    })?;
-    let reject_early_talkers = env.get("RINGMX_REJECT_EARLY_TALKERS", flag)?;
-    let backend = env.get("RINGMX_BACKEND", |s| {
-        one_of(
-            s,
-            &[
-                ("auto", Backend::Auto),
-                ("uring", Backend::Uring),
-                ("epoll", Backend::Epoll),
-            ],
-        )
-    })?;
-    let ring_entries = env.get("RINGMX_RING_ENTRIES", |s| {
-        match number(s, RING_ENTRIES_MIN, RING_ENTRIES_MAX) {
-            Ok(n) if n.is_power_of_two() => Ok(n as u32),
-            _ => Err(format!(
-                "expected a power of two from {RING_ENTRIES_MIN} to {RING_ENTRIES_MAX}"
-            )),
-        }
-    })?;
-    let log_level = env.get("RINGMX_LOG", |s| {
-        s.parse::<Level>().map_err(|e| e.to_string())
-    })?;
-
-    let hostname = match vars.get("RINGMX_HOSTNAME") {
-        Some(value) => {
-            check_host_name(value.trim())
-                .map_err(|problem| ConfigError::new("RINGMX_HOSTNAME", value, problem))?;
-            value.trim().to_string()
-        }
-        None => {
-            check_host_name(system_hostname).map_err(|problem| {
-                ConfigError::new(
-                    "RINGMX_HOSTNAME",
+    let default_shards = (cpus.len() as u64).clamp(1, SHARDS_MAX).to_string();
+    let mut config = ServerConfig::unset(cpus);
+    for variable in VARIABLES {
+        let (value, problem_prefix) = match vars.get(variable.name) {
+            Some(value) => (value.as_str(), ""),
+            None if !variable.computed => (variable.default, ""),
+            None => match variable.name {
+                "RINGMX_SHARDS" => (default_shards.as_str(), ""),
+                "RINGMX_HOSTNAME" => (
                     system_hostname,
-                    format!("unset, and the system host name will not do: {problem}"),
-                )
-            })?;
-            system_hostname.to_string()
-        }
-    };
-    let tls_path = |s: &str| {
-        if s.chars().any(char::is_control) {
-            Err("expected a file path without control characters".to_string())
-        } else {
-            Ok((!s.is_empty()).then(|| PathBuf::from(s)))
-        }
-    };
-    let tls_cert = env.get("RINGMX_TLS_CERT", tls_path)?;
-    let tls_key = env.get("RINGMX_TLS_KEY", tls_path)?;
-    let tls_on = env.get("RINGMX_TLS", |s| {
-        one_of(s, &[("may", true), ("off", false)])
-    })?;
-    let tls_handshake_timeout =
-        Duration::from_secs(env.get("RINGMX_TLS_HANDSHAKE_TIMEOUT_SECS", |s| {
-            number(s, 1, TLS_HANDSHAKE_SECS_MAX)
-        })?);
-    let tls = match (tls_cert, tls_key) {
-        (Some(cert), Some(key)) => tls_on.then_some(TlsFiles { cert, key }),
-        (None, None) => None,
-        (Some(_), None) => {
-            return Err(ConfigError::new(
-                "RINGMX_TLS_KEY",
-                "",
-                "unset while RINGMX_TLS_CERT is set; expected both or neither",
-            ))
-        }
-        (None, Some(_)) => {
-            return Err(ConfigError::new(
-                "RINGMX_TLS_CERT",
-                "",
-                "unset while RINGMX_TLS_KEY is set; expected both or neither",
-            ))
-        }
-    };
-    let session = crate::proto::Config {
-        hostname,
-        max_message_size: env.get("RINGMX_MAX_MESSAGE_SIZE", |s| {
-            number(s, MESSAGE_SIZE_MIN, MESSAGE_SIZE_MAX)
-        })?,
-        max_recipients: env.get("RINGMX_MAX_RECIPIENTS", |s| number(s, 1, RECIPIENTS_MAX))?
-            as usize,
-        max_errors: env.get("RINGMX_MAX_ERRORS", |s| number(s, 0, SESSION_COUNT_MAX))? as u32,
-        max_junk_commands: env.get("RINGMX_MAX_JUNK_COMMANDS", |s| {
-            number(s, 0, SESSION_COUNT_MAX)
-        })? as u32,
-        domains: env.get("RINGMX_DOMAINS", parse_domains)?,
-        bare_lf: env.get("RINGMX_BARE_LF", |s| {
-            one_of(
-                s,
-                &[("reject", BareLf::Reject), ("normalize", BareLf::Normalize)],
-            )
-        })?,
-        command_timeout: Duration::from_secs(env.get("RINGMX_COMMAND_TIMEOUT_SECS", |s| {
-            number(s, 1, TIMEOUT_SECS_MAX)
-        })?),
-        data_timeout: Duration::from_secs(env.get("RINGMX_DATA_TIMEOUT_SECS", |s| {
-            number(s, 1, TIMEOUT_SECS_MAX)
-        })?),
-        min_data_rate: env.get("RINGMX_MIN_DATA_RATE", |s| number(s, 0, MIN_DATA_RATE_MAX))?,
-        starttls: tls.is_some(),
-    };
-
-    Ok(ServerConfig {
-        listen,
-        shards,
-        pin,
-        cpus,
-        spool,
-        delivery,
-        fsync,
-        max_connections: max_connections as usize,
-        shutdown_grace: Duration::from_secs(shutdown_grace),
-        max_connections_per_ip: max_connections_per_ip as usize,
-        limit_exempt,
-        greet_delay: Duration::from_millis(greet_delay_ms),
-        reject_early_talkers,
-        backend,
-        ring_entries,
-        log_level,
-        tls,
-        tls_handshake_timeout,
-        session,
-    })
-}
-
-/// The `RINGMX_*` variables present, with lookups that fall back to `VARIABLES`' defaults.
-struct Env<'a> {
-    /// Name to value, `RINGMX_*` only.
-    vars: &'a BTreeMap<String, String>,
-}
-
-impl Env<'_> {
-    /// Parses the variable's value, or its literal default from `VARIABLES` when unset.
-    fn get<T>(
-        &self,
-        name: &'static str,
-        parse: impl Fn(&str) -> Result<T, String>,
-    ) -> Result<T, ConfigError> {
-        let value = match self.vars.get(name) {
-            Some(value) => value.as_str(),
-            None => known(name).map_or("", |(_, default, _)| default),
+                    "unset, and the system host name will not do: ",
+                ),
+                other => unreachable!("{other} has a computed default nobody computes"),
+            },
         };
-        parse(value.trim()).map_err(|problem| ConfigError::new(name, value, problem))
+        (variable.apply)(value.trim(), &mut config).map_err(|problem| {
+            ConfigError::new(variable.name, value, format!("{problem_prefix}{problem}"))
+        })?;
     }
+    Ok(config)
+}
 
-    /// Parses the variable's value, or returns `default` (a computed default) when unset.
-    fn get_or<T>(
-        &self,
-        name: &'static str,
-        default: T,
-        parse: impl Fn(&str) -> Result<T, String>,
-    ) -> Result<T, ConfigError> {
-        match self.vars.get(name) {
-            Some(value) => {
-                parse(value.trim()).map_err(|problem| ConfigError::new(name, value, problem))
-            }
-            None => Ok(default),
+impl ServerConfig {
+    /// A configuration with every variable still to apply: `from_vars` sets each field from
+    /// its variable's value or default.
+    fn unset(cpus: Vec<usize>) -> ServerConfig {
+        ServerConfig {
+            listen: Vec::new(),
+            shards: 1,
+            pin: false,
+            cpus,
+            spool: PathBuf::new(),
+            delivery: Delivery::Maildir,
+            fsync: true,
+            max_connections: 1,
+            shutdown_grace: Duration::ZERO,
+            max_connections_per_ip: 1,
+            limit_exempt: Vec::new(),
+            ipv6_prefix: 128,
+            greet_delay: Duration::ZERO,
+            reject_early_talkers: false,
+            backend: Backend::Auto,
+            ring_entries: RING_ENTRIES_MIN as u32,
+            log_level: Level::Info,
+            tls: None,
+            tls_handshake_timeout: Duration::ZERO,
+            session: crate::proto::Config::default(),
         }
     }
 }
 
 /// The `VARIABLES` entry named `name`.
-fn known(name: &str) -> Option<&'static (&'static str, &'static str, &'static str)> {
-    VARIABLES.iter().find(|(known, _, _)| *known == name)
+fn known(name: &str) -> Option<&'static Variable> {
+    VARIABLES.iter().find(|variable| variable.name == name)
 }
 
 /// A whole number from `min` to `max`; the error says so.
@@ -873,7 +941,10 @@ fn suggest(name: &str) -> Option<&'static str> {
     let threshold = (suffix_len / 3).max(2);
     VARIABLES
         .iter()
-        .map(|(known, _, _)| (levenshtein(typed.as_bytes(), known.as_bytes()), *known))
+        .map(|variable| {
+            let known = variable.name;
+            (levenshtein(typed.as_bytes(), known.as_bytes()), known)
+        })
         .filter(|(distance, known)| {
             *distance <= threshold
                 || typed
@@ -964,6 +1035,10 @@ mod tests {
     }
 
     /// The address `s`, for brevity.
+    fn exempt(c: &ServerConfig, ip: IpAddr) -> bool {
+        c.limit_exempt.iter().any(|net| net.contains(ip))
+    }
+
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
     }
@@ -1007,9 +1082,9 @@ mod tests {
         assert_eq!(s.command_timeout, d.command_timeout);
         assert_eq!(s.data_timeout, d.data_timeout);
         assert_eq!(s.min_data_rate, d.min_data_rate);
-        assert!(c.is_limit_exempt(ip("127.0.0.2")));
-        assert!(c.is_limit_exempt(ip("::ffff:127.0.0.1")));
-        assert!(!c.is_limit_exempt(ip("192.0.2.1")));
+        assert!(exempt(&c, ip("127.0.0.2")));
+        assert!(exempt(&c, ip("::ffff:127.0.0.1")));
+        assert!(!exempt(&c, ip("192.0.2.1")));
     }
 
     #[test]
@@ -1022,46 +1097,78 @@ mod tests {
     fn literal_defaults_parse_like_values() {
         // Setting each variable to its documented default changes nothing.
         let base = format!("{:?}", config(&[]).unwrap());
-        for (name, default, _) in VARIABLES {
-            if *name == "RINGMX_SHARDS" || *name == "RINGMX_HOSTNAME" {
-                continue;
-            }
+        for variable in VARIABLES.iter().filter(|v| !v.computed) {
+            let (name, default) = (&variable.name, &variable.default);
             let c = config(&[(name, default)]).unwrap_or_else(|e| panic!("{e}"));
             assert_eq!(format!("{c:?}"), base, "{name}");
         }
     }
 
     #[test]
-    fn variables_cover_every_name_parsed() {
-        let source = include_str!("config.rs");
-        let code = &source[..source.find("#[cfg(test)]").unwrap()];
-        let table_end = code.find("/// The prefix that marks").unwrap();
-        // Every quoted RINGMX_ name outside the table is in the table.
-        let mut used = Vec::new();
-        for piece in code[table_end..].split('"').skip(1).step_by(2) {
-            if piece.starts_with(PREFIX) && piece.len() > PREFIX.len() {
-                used.push(piece);
-            }
-        }
-        for name in &used {
+    fn every_variable_is_its_own_parser_and_listed_once() {
+        for (i, variable) in VARIABLES.iter().enumerate() {
+            let name = variable.name;
+            assert!(name.starts_with(PREFIX), "{name}");
+            assert!(!variable.meaning.is_empty(), "{name}");
             assert!(
-                known(name).is_some(),
-                "{name} is parsed but not in VARIABLES"
+                VARIABLES[..i].iter().all(|other| other.name != name),
+                "{name} twice"
             );
-        }
-        // Every name in the table is parsed, and only once in the table.
-        for (i, (name, _, meaning)) in VARIABLES.iter().enumerate() {
-            assert!(
-                used.contains(name),
-                "{name} is in VARIABLES but never parsed"
-            );
-            assert!(!meaning.is_empty());
-            assert!(VARIABLES[..i].iter().all(|(other, _, _)| other != name));
-            // And setting it to garbage is refused by its own parser, not as unknown.
+            // Garbage is refused by the variable's own parser, not as unknown.
             let line = refused(name, "\u{1}garbage");
             assert!(!line.contains("unknown variable"), "{line}");
+            assert!(line.starts_with(name), "{line}");
         }
-        assert_eq!(VARIABLES.len(), 29);
+        assert_eq!(VARIABLES.len(), 30);
+    }
+
+    #[test]
+    fn the_readme_table_lists_every_variable_with_its_default() {
+        let readme = include_str!("../README.md");
+        for variable in VARIABLES {
+            let row = readme
+                .lines()
+                .find(|line| line.starts_with(&format!("| `{}`", variable.name)))
+                .unwrap_or_else(|| panic!("README has no row for {}", variable.name));
+            if !variable.computed && !variable.default.is_empty() {
+                assert!(
+                    row.contains(&format!("`{}`", variable.default)),
+                    "README row of {} lacks its default {:?}: {row}",
+                    variable.name,
+                    variable.default
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_session_defaults_are_the_variables_defaults() {
+        let mut from_table = config(&[]).unwrap().session;
+        let mut default = crate::proto::Config::default();
+        from_table.hostname.clear();
+        default.hostname.clear();
+        assert_eq!(format!("{from_table:?}"), format!("{default:?}"));
+    }
+
+    #[test]
+    fn ipv6_prefix_and_hostname_length() {
+        assert_eq!(config(&[]).unwrap().ipv6_prefix, 64);
+        assert_eq!(
+            config(&[("RINGMX_IPV6_PREFIX", "48")]).unwrap().ipv6_prefix,
+            48
+        );
+        for bad in ["0", "129", "x", "-1"] {
+            let line = refused("RINGMX_IPV6_PREFIX", bad);
+            assert!(line.contains("from 1 to 128"), "{line}");
+        }
+        let label = "a".repeat(60);
+        let long = [label.as_str(); 4].join(".");
+        assert!(long.len() > HOSTNAME_SPOOL_MAX && long.len() <= 253);
+        let line = refused("RINGMX_HOSTNAME", &long);
+        assert!(line.contains("255"), "{line}");
+        let fits = &long[..HOSTNAME_SPOOL_MAX];
+        let fits = fits.trim_end_matches(['.', '-']);
+        assert!(config(&[("RINGMX_HOSTNAME", fits)]).is_ok(), "{fits}");
     }
 
     #[test]
@@ -1319,9 +1426,9 @@ mod tests {
                 net("172.16.0.0/12")
             ]
         );
-        assert!(c.is_limit_exempt(ip("172.31.255.255")));
-        assert!(c.is_limit_exempt(ip("::ffff:10.1.2.3")));
-        assert!(!c.is_limit_exempt(ip("127.0.0.1")));
+        assert!(exempt(&c, ip("172.31.255.255")));
+        assert!(exempt(&c, ip("::ffff:10.1.2.3")));
+        assert!(!exempt(&c, ip("127.0.0.1")));
         assert!(config(&[("RINGMX_LIMIT_EXEMPT", "")])
             .unwrap()
             .limit_exempt
@@ -1440,19 +1547,19 @@ mod tests {
     }
 
     #[test]
-    fn summary_names_what_the_first_log_line_needs() {
-        let c = config(&[
-            ("RINGMX_LISTEN", "0.0.0.0:25,[::]:25"),
-            ("RINGMX_SHARDS", "2"),
-            ("RINGMX_FSYNC", "0"),
-            ("RINGMX_DELIVERY", "discard"),
-        ])
-        .unwrap();
-        assert_eq!(
-            c.summary(),
-            "ringmx hostname=mx.example.com shards=2 pin=on listen=0.0.0.0:25,[::]:25 \
-             spool=./spool delivery=discard fsync=off backend=auto tls=off"
-        );
+    fn from_env_reads_this_process() {
+        // Only checks the system probes; the environment of a test run is not ours to set.
+        let cpus = allowed_cpus();
+        assert!(!cpus.is_empty());
+        assert!(cpus.windows(2).all(|w| w[0] < w[1]));
+        let name = system_hostname();
+        assert!(!name.contains('\0'));
+        let clean = std::env::vars_os().all(|(k, _)| !k.to_string_lossy().starts_with(PREFIX));
+        if clean && check_host_name(&name).is_ok() {
+            let c = from_env().unwrap();
+            assert_eq!(c.cpus, cpus);
+            assert_eq!(c.session.hostname, name);
+        }
     }
 
     #[test]
@@ -1474,39 +1581,22 @@ mod tests {
             })
         );
         assert!(c.session.starttls);
-        assert!(c.summary().ends_with(" tls=on"));
         let c = config(&[pair[0], pair[1], ("RINGMX_TLS", "off")]).unwrap();
         assert_eq!(c.tls, None);
         assert!(!c.session.starttls);
         let line = config(&[pair[0]]).unwrap_err().to_string();
         assert!(
-            line.contains("RINGMX_TLS_KEY") && line.contains("both or neither"),
+            line.starts_with("RINGMX_TLS_KEY") && line.contains("both or neither"),
             "{line}"
         );
         let line = config(&[pair[1]]).unwrap_err().to_string();
         assert!(
-            line.contains("RINGMX_TLS_CERT") && line.contains("both or neither"),
+            line.starts_with("RINGMX_TLS_KEY") && line.contains("RINGMX_TLS_CERT is unset"),
             "{line}"
         );
         assert!(refused("RINGMX_TLS", "must").contains("may or off"));
         assert!(refused("RINGMX_TLS_HANDSHAKE_TIMEOUT_SECS", "0").contains("1 to 600"));
         let c = config(&[("RINGMX_TLS_HANDSHAKE_TIMEOUT_SECS", "5")]).unwrap();
         assert_eq!(c.tls_handshake_timeout, Duration::from_secs(5));
-    }
-
-    #[test]
-    fn from_env_reads_this_process() {
-        // Only checks the system probes; the environment of a test run is not ours to set.
-        let cpus = allowed_cpus();
-        assert!(!cpus.is_empty());
-        assert!(cpus.windows(2).all(|w| w[0] < w[1]));
-        let name = system_hostname();
-        assert!(!name.contains('\0'));
-        let clean = std::env::vars_os().all(|(k, _)| !k.to_string_lossy().starts_with(PREFIX));
-        if clean && check_host_name(&name).is_ok() {
-            let c = from_env().unwrap();
-            assert_eq!(c.cpus, cpus);
-            assert_eq!(c.session.hostname, name);
-        }
     }
 }

@@ -13,7 +13,8 @@ fn main() -> ExitCode {
         .is_some_and(|a| a == "--help" || a == "-h")
     {
         println!("ringmx: inbound SMTP server. Configured only by environment variables:\n");
-        for (name, default, meaning) in ringmx::config::VARIABLES {
+        for variable in ringmx::config::VARIABLES {
+            let (name, default, meaning) = (variable.name, variable.default, variable.meaning);
             println!("  {name:<32} default {default:<22} {meaning}");
         }
         return ExitCode::SUCCESS;

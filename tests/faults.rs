@@ -28,12 +28,13 @@ use ringmx::server::Running;
 const SENDER: &str = "sender@origin.example";
 const RCPT: &str = "rcpt@rcpt.example";
 const RCPTS: &[&str] = &[RCPT];
-const OPS: [FileOp; 5] = [
+const OPS: [FileOp; faulty::OPS] = [
     FileOp::Create,
     FileOp::Write,
     FileOp::Sync,
     FileOp::Rename,
     FileOp::SyncDir,
+    FileOp::Exists,
 ];
 
 /// `set_plan` is process-global: the in-process cases take turns.
@@ -253,12 +254,12 @@ fn splitmix(state: &mut u64) -> u64 {
 fn plan_for(seed: u64) -> (Plan, usize) {
     let mut s = seed;
     let rates = [0u16, 0, 10, 50, 150, 400];
-    let mut per_mille = [0u16; 5];
+    let mut per_mille = [0u16; faulty::OPS];
     for rate in per_mille.iter_mut() {
         *rate = rates[(splitmix(&mut s) % rates.len() as u64) as usize];
     }
     if per_mille.iter().all(|&r| r == 0) {
-        per_mille[(splitmix(&mut s) % 5) as usize] = 100;
+        per_mille[(splitmix(&mut s) % faulty::OPS as u64) as usize] = 100;
     }
     let plan = Plan {
         seed: splitmix(&mut s) | 1,
@@ -322,7 +323,7 @@ fn nth_faults(backend: Backend) {
         for n in 1..=3u64 {
             let plan = Plan {
                 seed: 1,
-                per_mille: [0; 5],
+                per_mille: [0; faulty::OPS],
                 nth: Some((op, n)),
                 eio: n % 2 == 0,
             };
@@ -350,7 +351,18 @@ fn nth_faults(backend: Backend) {
             running.stop();
             assert!(running.join(), "{what}: a shard failed");
             let (acked, refused) = check_spool(spool.path(), &results, &what);
-            assert_eq!((acked, refused), (4, 1), "{what}: acknowledged, refused");
+            if op == FileOp::Exists {
+                // A taken name in new/ is never replaced: the message moves under a fresh
+                // name and is acknowledged.
+                assert_eq!((acked, refused), (5, 0), "{what}: acknowledged, refused");
+                let renamed = read_files(&spool.path().join("new"))
+                    .iter()
+                    .filter(|(name, _)| name.contains("-1."))
+                    .count();
+                assert_eq!(renamed, 1, "{what}: files under a fresh name");
+            } else {
+                assert_eq!((acked, refused), (4, 1), "{what}: acknowledged, refused");
+            }
         }
     }
 }

@@ -125,6 +125,7 @@ fn drive(session: &mut Session, out: &mut Output, input: &[u8], now: Instant) ->
         pos += n;
         match step {
             Step::Read => break,
+            Step::Begin => {}
             Step::Store => {
                 assert_eq!(session.handle_stored(Ok("0123456789AB"), out), Step::Read);
             }

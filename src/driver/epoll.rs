@@ -6,7 +6,7 @@
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;
@@ -57,8 +57,12 @@ impl Driver for Epoll {
         Ok((stream, peer))
     }
 
-    fn stream_fd(stream: &Self::Stream) -> RawFd {
-        stream.as_raw_fd()
+    fn shutdown_listener(listener: &Self::Listener) {
+        super::shutdown_fd(listener.as_raw_fd());
+    }
+
+    fn peer_has_sent(stream: &Self::Stream) -> bool {
+        super::peek_fd(stream.as_raw_fd())
     }
 
     async fn read(stream: &Self::Stream, mut buf: BytesMut) -> BufResult<usize, BytesMut> {
@@ -91,25 +95,8 @@ impl Driver for Epoll {
         (Ok(()), buf)
     }
 
-    async fn create(path: &Path) -> io::Result<Self::File> {
-        let path = path.to_path_buf();
-        blocking(move || {
-            std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(path)
-        })
-        .await
-        .map(Arc::new)
-    }
-
     fn open_dir(path: &Path) -> io::Result<Self::File> {
         std::fs::File::open(path).map(Arc::new)
-    }
-
-    async fn write_vec_at(file: &Self::File, buf: Vec<u8>, offset: u64) -> BufResult<(), Vec<u8>> {
-        let file = Arc::clone(file);
-        blocking(move || (file.write_all_at(&buf, offset), buf)).await
     }
 
     async fn write_parts_at(
@@ -139,9 +126,9 @@ impl Driver for Epoll {
         .await
     }
 
-    async fn sync(file: &Self::File) -> io::Result<()> {
-        let file = Arc::clone(file);
-        blocking(move || file.sync_all()).await
+    async fn sync_dir(dir: &Self::File) -> io::Result<()> {
+        let dir = Arc::clone(dir);
+        blocking(move || dir.sync_all()).await
     }
 
     async fn close(file: Self::File) -> io::Result<()> {
@@ -151,9 +138,9 @@ impl Driver for Epoll {
         Ok(())
     }
 
-    async fn rename(from: &Path, to: &Path) -> io::Result<()> {
+    async fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
         let (from, to) = (from.to_path_buf(), to.to_path_buf());
-        blocking(move || std::fs::rename(from, to)).await
+        blocking(move || super::rename_noreplace_now(&from, &to)).await
     }
 
     async fn remove(path: &Path) -> io::Result<()> {
@@ -189,8 +176,8 @@ impl Driver for Epoll {
         blocking(move || {
             let synced = if sync { file.sync_all() } else { Ok(()) };
             drop(file);
-            let renamed = synced.and_then(|()| std::fs::rename(&from, &to));
-            if renamed.is_err() {
+            let renamed = synced.and_then(|()| super::rename_noreplace_now(&from, &to));
+            if matches!(&renamed, Err(e) if e.kind() != io::ErrorKind::AlreadyExists) {
                 let _ = std::fs::remove_file(&from);
             }
             renamed

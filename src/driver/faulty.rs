@@ -1,12 +1,18 @@
 //! A fault-injecting driver for tests: wraps another driver and makes chosen file operations
 //! fail with ENOSPC or EIO — at the n-th call of an operation, or at random from a seed — as a
-//! full or failing disk would. It is a separate type, so the real drivers pay nothing for it;
-//! tests start the server with `server::start::<Faulty<Epoll>>` after `set_plan`.
+//! full or failing disk would, or makes the move into `new/` find its name taken. It is a
+//! separate type, so the real drivers pay nothing for it; tests start the server with
+//! `server::start::<Faulty<Epoll>>` after `set_plan`.
+//!
+//! Every file method of `Driver` is wrapped, and a fault always goes through the wrapped
+//! backend's own method, so its own clean-up runs: a failing fsync or rename inside `persist`
+//! is made by asking the backend to move the file into a directory that does not exist (the
+//! rename really fails after the real fsync, and the backend removes the tmp file itself); a
+//! taken name by asking it to move the file onto itself (RENAME_NOREPLACE answers EEXIST).
 
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::RawFd;
 use std::path::Path;
 use std::sync::Mutex;
 
@@ -23,9 +29,12 @@ pub enum FileOp {
     Sync,
     Rename,
     SyncDir,
+    /// The name in `new/` is taken (another process's file): the move answers EEXIST.
+    Exists,
 }
 
-const OPS: usize = 5;
+/// Number of `FileOp`s.
+pub const OPS: usize = 6;
 
 /// Which operations fail, and how.
 #[derive(Clone, Debug, Default)]
@@ -134,8 +143,12 @@ impl<D: Driver> Driver for Faulty<D> {
         D::accept(listener).await
     }
 
-    fn stream_fd(stream: &Self::Stream) -> RawFd {
-        D::stream_fd(stream)
+    fn shutdown_listener(listener: &Self::Listener) {
+        D::shutdown_listener(listener)
+    }
+
+    fn peer_has_sent(stream: &Self::Stream) -> bool {
+        D::peer_has_sent(stream)
     }
 
     async fn read(stream: &Self::Stream, buf: BytesMut) -> BufResult<usize, BytesMut> {
@@ -146,20 +159,27 @@ impl<D: Driver> Driver for Faulty<D> {
         D::write_all(stream, buf).await
     }
 
-    async fn create(path: &Path) -> io::Result<Self::File> {
-        inject(FileOp::Create)?;
-        D::create(path).await
-    }
-
     fn open_dir(path: &Path) -> io::Result<Self::File> {
         D::open_dir(path)
     }
 
-    async fn write_vec_at(file: &Self::File, buf: Vec<u8>, offset: u64) -> BufResult<(), Vec<u8>> {
-        if let Err(e) = inject(FileOp::Write) {
-            return (Err(e), buf);
+    async fn create_with(path: &Path, head: Vec<u8>) -> BufResult<Self::File, Vec<u8>> {
+        if let Err(e) = inject(FileOp::Create) {
+            return (Err(e), head);
         }
-        D::write_vec_at(file, buf, offset).await
+        let (created, head) = D::create_with(path, head).await;
+        let file = match created {
+            Ok(file) => file,
+            Err(e) => return (Err(e), head),
+        };
+        // A failed head write: the backend's file is closed and removed as its own failure
+        // path would.
+        if let Err(e) = inject(FileOp::Write) {
+            let _ = D::close(file).await;
+            let _ = D::remove(path).await;
+            return (Err(e), head);
+        }
+        (Ok(file), head)
     }
 
     async fn write_parts_at(
@@ -175,9 +195,32 @@ impl<D: Driver> Driver for Faulty<D> {
         D::write_parts_at(file, buf, parts, base, offset).await
     }
 
-    async fn sync(file: &Self::File) -> io::Result<()> {
-        inject(FileOp::Sync)?;
-        D::sync(file).await
+    async fn persist(file: Self::File, sync: bool, from: &Path, to: &Path) -> io::Result<()> {
+        let fault = inject(FileOp::Sync).and_then(|()| inject(FileOp::Rename));
+        if let Err(e) = fault {
+            // The backend fsyncs, closes, then fails to move the file into a directory that
+            // does not exist, and cleans up after itself.
+            let nowhere = from.with_file_name("no-such-directory").join("x");
+            let moved = D::persist(file, sync, from, &nowhere).await;
+            assert!(
+                moved.is_err(),
+                "a move into a missing directory cannot succeed"
+            );
+            return Err(e);
+        }
+        if inject(FileOp::Exists).is_err() {
+            // RENAME_NOREPLACE onto the file itself: EEXIST, and the file stays in tmp/.
+            return D::persist(file, sync, from, from).await;
+        }
+        D::persist(file, sync, from, to).await
+    }
+
+    async fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
+        inject(FileOp::Rename)?;
+        if inject(FileOp::Exists).is_err() {
+            return D::rename_noreplace(from, from).await;
+        }
+        D::rename_noreplace(from, to).await
     }
 
     async fn sync_dir(dir: &Self::File) -> io::Result<()> {
@@ -187,11 +230,6 @@ impl<D: Driver> Driver for Faulty<D> {
 
     async fn close(file: Self::File) -> io::Result<()> {
         D::close(file).await
-    }
-
-    async fn rename(from: &Path, to: &Path) -> io::Result<()> {
-        inject(FileOp::Rename)?;
-        D::rename(from, to).await
     }
 
     async fn remove(path: &Path) -> io::Result<()> {

@@ -1,7 +1,8 @@
 //! The driver interface: the one narrow seam between the server and the operating system.
 //!
 //! Everything the server does to sockets and files goes through `Driver`: accept, read into an
-//! owned buffer, write, create a file, write a file from buffers, fsync, rename, remove. Each
+//! owned buffer, write, peek, shut down a listener, create a file with its head, write a file
+//! from buffers, persist it (fsync, close, move without replacing), fsync a directory, remove. Each
 //! operation takes its buffer by value and hands it back with the result (tokio-uring's
 //! `BufResult` shape), because an io_uring operation owns its buffer until the kernel is done.
 //! Two implementations exist: `uring` (tokio-uring) and `epoll` (a tokio current-thread runtime,
@@ -45,31 +46,21 @@ pub trait Driver: Sized + 'static {
     fn listener(listener: std::net::TcpListener) -> io::Result<Self::Listener>;
     /// Accepts one connection.
     async fn accept(listener: &Self::Listener) -> io::Result<(Self::Stream, SocketAddr)>;
-    /// The socket's descriptor (for non-blocking peeks and socket options).
-    fn stream_fd(stream: &Self::Stream) -> RawFd;
+    /// Shuts a listener down (shutdown(2)): an accept in flight ends, and no connection is
+    /// taken any more. The descriptor stays open until the listener is dropped.
+    fn shutdown_listener(listener: &Self::Listener);
+    /// True when the peer has sent something not yet read (a non-blocking peek).
+    fn peer_has_sent(stream: &Self::Stream) -> bool;
     /// Reads into the spare capacity of `buf` (after its length), extending its length.
     async fn read(stream: &Self::Stream, buf: BytesMut) -> BufResult<usize, BytesMut>;
     /// Writes all of `buf`.
     async fn write_all(stream: &Self::Stream, buf: Vec<u8>) -> BufResult<(), Vec<u8>>;
-    /// Creates a new file (it must not exist yet) for writing.
-    async fn create(path: &Path) -> io::Result<Self::File>;
     /// Opens a directory so that it can be fsync'd.
     fn open_dir(path: &Path) -> io::Result<Self::File>;
-    /// Writes all of `buf` at `offset`.
-    async fn write_vec_at(file: &Self::File, buf: Vec<u8>, offset: u64) -> BufResult<(), Vec<u8>>;
-    /// Flushes the file's data and metadata to stable storage.
-    async fn sync(file: &Self::File) -> io::Result<()>;
-    /// Flushes a directory opened with `open_dir` (its entries: renames into it).
-    async fn sync_dir(dir: &Self::File) -> io::Result<()> {
-        Self::sync(dir).await
-    }
-    /// Closes the file, reporting any error.
-    async fn close(file: Self::File) -> io::Result<()>;
-    /// Renames `from` to `to` (atomically, same file system).
-    async fn rename(from: &Path, to: &Path) -> io::Result<()>;
-    /// Removes a file.
-    async fn remove(path: &Path) -> io::Result<()>;
-
+    /// Creates a new file (it must not exist yet) and writes `head` at its start, as one step
+    /// for drivers that pay per operation (epoll's hand-off to a blocking thread). On error
+    /// nothing is left at `path`.
+    async fn create_with(path: &Path, head: Vec<u8>) -> BufResult<Self::File, Vec<u8>>;
     /// Writes message parts (ranges of `buf` offset by `base`, and constants) back to back at
     /// `offset`; returns the bytes written. Backends with vectored writes do it in one
     /// operation (a message body split by dot-unstuffing is many parts).
@@ -80,47 +71,54 @@ pub trait Driver: Sized + 'static {
         base: usize,
         offset: u64,
     ) -> BufResult<u64, BytesMut>;
+    /// Finishes a file written in place: fsync (when `sync`), close, then move `from` to `to`
+    /// without ever replacing an existing `to` (renameat2 RENAME_NOREPLACE), as one step. If
+    /// `to` exists the error is `AlreadyExists` and `from` is kept (closed) for another name;
+    /// on any other error nothing is left at `from` or `to`.
+    async fn persist(file: Self::File, sync: bool, from: &Path, to: &Path) -> io::Result<()>;
+    /// Moves `from` to `to` unless `to` exists (`AlreadyExists`); `from` is kept on error.
+    async fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()>;
+    /// Flushes a directory opened with `open_dir` (its entries: renames into it).
+    async fn sync_dir(dir: &Self::File) -> io::Result<()>;
+    /// Closes the file, reporting any error.
+    async fn close(file: Self::File) -> io::Result<()>;
+    /// Removes a file.
+    async fn remove(path: &Path) -> io::Result<()>;
+}
 
-    /// Creates a new file and writes `head` at its start, as one step for drivers that pay per
-    /// operation (epoll's hand-off to a blocking thread). On error nothing is left at `path`.
-    async fn create_with(path: &Path, head: Vec<u8>) -> BufResult<Self::File, Vec<u8>> {
-        let file = match Self::create(path).await {
-            Ok(file) => file,
-            Err(e) => return (Err(e), head),
-        };
-        let (written, head) = Self::write_vec_at(&file, head, 0).await;
-        match written {
-            Ok(()) => (Ok(file), head),
-            Err(e) => {
-                let _ = Self::close(file).await;
-                let _ = Self::remove(path).await;
-                (Err(e), head)
-            }
-        }
+/// shutdown(2) of both directions on a socket descriptor the caller keeps open.
+pub(crate) fn shutdown_fd(fd: RawFd) {
+    // SAFETY: shutdown(2) on a descriptor the caller owns and keeps open for the call; it
+    // frees nothing.
+    unsafe {
+        libc::shutdown(fd, libc::SHUT_RDWR);
     }
+}
 
-    /// Finishes a file written in place: fsync (when `sync`), close, rename `from` to `to`, as
-    /// one step. On error the file is closed and nothing is left at `from` or `to`.
-    async fn persist(file: Self::File, sync: bool, from: &Path, to: &Path) -> io::Result<()> {
-        let synced = if sync {
-            Self::sync(&file).await
-        } else {
-            Ok(())
-        };
-        let closed = Self::close(file).await;
-        let renamed = match synced.and(closed) {
-            Ok(()) => Self::rename(from, to).await,
-            Err(e) => Err(e),
-        };
-        if renamed.is_err() {
-            let _ = Self::remove(from).await;
-        }
-        renamed
+/// renameat2(2) with RENAME_NOREPLACE: `to` is never replaced.
+pub(crate) fn rename_noreplace_now(from: &Path, to: &Path) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let from = std::ffi::CString::new(from.as_os_str().as_bytes())?;
+    let to = std::ffi::CString::new(to.as_os_str().as_bytes())?;
+    // SAFETY: both paths are NUL-terminated strings that live across the call.
+    let result = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            from.as_ptr(),
+            libc::AT_FDCWD,
+            to.as_ptr(),
+            libc::RENAME_NOREPLACE,
+        )
+    };
+    if result == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
     }
 }
 
 /// True when data is waiting on the socket (a non-blocking peek).
-pub fn peer_has_sent(fd: RawFd) -> bool {
+pub(crate) fn peek_fd(fd: RawFd) -> bool {
     let mut byte = 0u8;
     // SAFETY: `fd` is an open socket owned by the caller for the duration of the call, and the
     // buffer is one valid, writable byte.

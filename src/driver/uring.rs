@@ -2,11 +2,12 @@
 //! that owns its buffer until completion. tokio-uring has no active maintainer, which is why
 //! it is confined to this file.
 
+use std::ffi::CString;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::ops::Range;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::rc::Rc;
 
@@ -138,8 +139,12 @@ impl Driver for Uring {
         Ok((Stream(stream), peer))
     }
 
-    fn stream_fd(stream: &Self::Stream) -> RawFd {
-        stream.0.as_raw_fd()
+    fn shutdown_listener(listener: &Self::Listener) {
+        super::shutdown_fd(listener.as_raw_fd());
+    }
+
+    fn peer_has_sent(stream: &Self::Stream) -> bool {
+        super::peek_fd(stream.0.as_raw_fd())
     }
 
     async fn read(stream: &Self::Stream, mut buf: BytesMut) -> BufResult<usize, BytesMut> {
@@ -156,20 +161,29 @@ impl Driver for Uring {
         stream.0.write_all(buf).await
     }
 
-    async fn create(path: &Path) -> io::Result<Self::File> {
-        tokio_uring::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(path)
-            .await
-    }
-
     fn open_dir(path: &Path) -> io::Result<Self::File> {
         Ok(tokio_uring::fs::File::from_std(std::fs::File::open(path)?))
     }
 
-    async fn write_vec_at(file: &Self::File, buf: Vec<u8>, offset: u64) -> BufResult<(), Vec<u8>> {
-        file.write_all_at(buf, offset).await
+    async fn create_with(path: &Path, head: Vec<u8>) -> BufResult<Self::File, Vec<u8>> {
+        let created = tokio_uring::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(path)
+            .await;
+        let file = match created {
+            Ok(file) => file,
+            Err(e) => return (Err(e), head),
+        };
+        let (written, head) = file.write_all_at(head, 0).await;
+        match written {
+            Ok(()) => (Ok(file), head),
+            Err(e) => {
+                let _ = file.close().await;
+                let _ = tokio_uring::fs::remove_file(path).await;
+                (Err(e), head)
+            }
+        }
     }
 
     async fn write_parts_at(
@@ -222,21 +236,85 @@ impl Driver for Uring {
         (result.map(|()| written), buf)
     }
 
-    async fn sync(file: &Self::File) -> io::Result<()> {
-        file.sync_all().await
+    async fn persist(file: Self::File, sync: bool, from: &Path, to: &Path) -> io::Result<()> {
+        let synced = if sync { file.sync_all().await } else { Ok(()) };
+        let closed = file.close().await;
+        let renamed = match synced.and(closed) {
+            Ok(()) => rename_noreplace(from, to).await,
+            Err(e) => Err(e),
+        };
+        if matches!(&renamed, Err(e) if e.kind() != io::ErrorKind::AlreadyExists) {
+            let _ = tokio_uring::fs::remove_file(from).await;
+        }
+        renamed
+    }
+
+    async fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
+        rename_noreplace(from, to).await
+    }
+
+    async fn sync_dir(dir: &Self::File) -> io::Result<()> {
+        dir.sync_all().await
     }
 
     async fn close(file: Self::File) -> io::Result<()> {
         file.close().await
     }
 
-    async fn rename(from: &Path, to: &Path) -> io::Result<()> {
-        tokio_uring::fs::rename(from, to).await
-    }
-
     async fn remove(path: &Path) -> io::Result<()> {
         tokio_uring::fs::remove_file(path).await
     }
+}
+
+/// The paths a rename in flight points to; the ring reads them until it completes.
+struct RenamePaths {
+    _from: CString,
+    _to: CString,
+}
+
+/// Turns a rename's completion into a result.
+struct RenameDone;
+
+impl tokio_uring::OneshotOutputTransform for RenameDone {
+    type Output = io::Result<()>;
+    type StoredData = RenamePaths;
+
+    fn transform_oneshot_output(
+        self,
+        _paths: RenamePaths,
+        cqe: io_uring::cqueue::Entry,
+    ) -> Self::Output {
+        match cqe.result() {
+            n if n >= 0 => Ok(()),
+            n => Err(io::Error::from_raw_os_error(-n)),
+        }
+    }
+}
+
+/// renameat2(RENAME_NOREPLACE) through the ring (IORING_OP_RENAMEAT with its flags, which
+/// tokio-uring's own rename does not pass).
+async fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
+    use io_uring::{opcode, types};
+    use std::os::unix::ffi::OsStrExt;
+    let from = CString::new(from.as_os_str().as_bytes())?;
+    let to = CString::new(to.as_os_str().as_bytes())?;
+    let entry = opcode::RenameAt::new(
+        types::Fd(libc::AT_FDCWD),
+        from.as_ptr(),
+        types::Fd(libc::AT_FDCWD),
+        to.as_ptr(),
+    )
+    .flags(libc::RENAME_NOREPLACE)
+    .build();
+    // The strings' bytes are on the heap: moving the CStrings into the operation keeps the
+    // pointers above valid until the completion.
+    let paths = RenamePaths {
+        _from: from,
+        _to: to,
+    };
+    tokio_uring::UnsubmittedOneshot::new(paths, RenameDone, entry)
+        .submit()
+        .await
 }
 
 #[cfg(test)]

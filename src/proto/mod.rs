@@ -15,14 +15,17 @@ pub mod command;
 mod reply;
 #[doc(hidden)]
 pub mod sim;
+pub mod trace;
 
 use std::io::Write as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+pub use crate::envelope::Recipients;
 use crate::scan::{self, DataScanner, Line, Scan};
 pub use crate::scan::{BareLf, Part};
 use command::{Bad, Command};
+pub use trace::TlsFacts;
 
 /// The settings a session obeys; built once by the server's configuration and shared.
 #[derive(Clone, Debug)]
@@ -69,6 +72,11 @@ impl Default for Config {
     }
 }
 
+/// Reply bytes a session may leave waiting in `Output::replies`: past this it consumes no more
+/// input until the driver has sent them, so no client can make a connection hold more reply
+/// memory than this (plus one reply) however many commands it pipelines.
+pub const REPLY_BUFFER_MAX: usize = 16 * 1024;
+
 /// The buffers a session writes into; owned by the driver and reused for the whole session.
 #[derive(Debug, Default)]
 pub struct Output {
@@ -91,8 +99,14 @@ impl Output {
 /// What the driver must do after a call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Step {
-    /// Write `out.body` to the open message (if any), send the replies, read more input.
+    /// Write `out.body` to the open message (if any), send the replies, read more input —
+    /// unless `out.replies` holds `REPLY_BUFFER_MAX` bytes or more: then send them first and
+    /// feed the rest of the input again before reading.
     Read,
+    /// A message begins (DATA was accepted, or the first BDAT chunk): begin it in the sink
+    /// with its trace headers, rendered from `envelope()`, then feed the rest of the input.
+    /// The envelope does not change until the message is stored or discarded.
+    Begin,
     /// The message is complete: write `out.body`, make the message durable, then call
     /// `handle_stored` before feeding the rest of the input.
     Store,
@@ -107,13 +121,13 @@ pub enum Step {
     StartTls,
 }
 
-/// What the session knows of its TLS layer: the facts the Received header states.
+/// Why a message handed over with `Step::Store` was not stored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct TlsFacts {
-    /// The protocol version as OpenSSL and Postfix name it: `TLSv1.3`, `TLSv1.2`.
-    pub version: &'static str,
-    /// The IANA name of the negotiated cipher suite, e.g. `TLS_AES_256_GCM_SHA384`.
-    pub cipher: &'static str,
+pub enum StoreError {
+    /// Storage failed (disk full, I/O error, no acknowledgement): `451 4.3.0`.
+    Failed,
+    /// The stored form would be larger than the sink takes: `552 5.3.4`.
+    TooBig,
 }
 
 /// Where the session is in the protocol.
@@ -159,7 +173,6 @@ struct Transaction {
     rcpt_text: String,
     rcpt_ends: Vec<usize>,
     smtputf8: bool,
-    body_8bit: bool,
     /// Unstuffed data bytes accepted so far.
     data_bytes: u64,
     /// The data went over the size limit; the rest is read and dropped.
@@ -176,7 +189,6 @@ impl Transaction {
         self.rcpt_text.clear();
         self.rcpt_ends.clear();
         self.smtputf8 = false;
-        self.body_8bit = false;
         self.data_bytes = 0;
         self.too_big = false;
         self.bdat = false;
@@ -192,8 +204,6 @@ pub struct Envelope<'a> {
     pub sender: &'a str,
     /// RFC 3848 / RFC 6531 protocol name for the Received header.
     pub protocol: &'static str,
-    /// The session's TLS facts, when it runs inside TLS.
-    pub tls: Option<TlsFacts>,
     rcpt_text: &'a str,
     rcpt_ends: &'a [usize],
 }
@@ -209,6 +219,11 @@ impl<'a> Envelope<'a> {
     /// Number of recipients.
     pub fn recipient_count(&self) -> usize {
         self.rcpt_ends.len()
+    }
+
+    /// The recipients as a plain view for delivery.
+    pub fn recipient_list(&self) -> Recipients<'a> {
+        Recipients::new(self.rcpt_text, self.rcpt_ends)
     }
 }
 
@@ -293,7 +308,6 @@ impl Session {
             helo: &self.helo,
             sender: &self.txn.sender,
             protocol,
-            tls: self.tls,
             rcpt_text: &self.txn.rcpt_text,
             rcpt_ends: &self.txn.rcpt_ends,
         }
@@ -368,9 +382,18 @@ impl Session {
         }
     }
 
-    /// Reports the spool's verdict on the message after `Step::Store`: `Ok(queue_id)` once it
-    /// is durable (`250`), `Err(())` if it could not be stored (`451 4.3.0`).
-    pub fn handle_stored(&mut self, result: Result<&str, ()>, out: &mut Output) -> Step {
+    /// Ends the session at the end of the shutdown grace, whatever it was doing: `421 4.3.2`.
+    pub fn handle_stop(&mut self, out: &mut Output) -> Step {
+        self.shutting_down = true;
+        if self.state == State::Closed {
+            return Step::Close;
+        }
+        self.close_shutting_down(out)
+    }
+
+    /// Reports the sink's verdict on the message after `Step::Store`: `Ok(queue_id)` once it
+    /// is durable (`250`), else `451 4.3.0` or `552 5.3.4` as the error says.
+    pub fn handle_stored(&mut self, result: Result<&str, StoreError>, out: &mut Output) -> Step {
         debug_assert_eq!(
             self.state,
             State::Storing,
@@ -385,7 +408,8 @@ impl Session {
                 self.errors = 0;
                 self.junk = 0;
             }
-            Err(()) => out.replies.extend_from_slice(reply::SPOOL_FAILED),
+            Err(StoreError::Failed) => out.replies.extend_from_slice(reply::SPOOL_FAILED),
+            Err(StoreError::TooBig) => out.replies.extend_from_slice(reply::TOO_BIG),
         }
         self.txn.reset();
         self.state = State::Command;
@@ -424,6 +448,9 @@ impl Session {
                     if let Some(step) = self.client_error(reply::LINE_TOO_LONG, out) {
                         return (pos, step);
                     }
+                }
+                State::Command if out.replies.len() >= REPLY_BUFFER_MAX => {
+                    return (pos, Step::Read);
                 }
                 State::Command => match scan::split_line(&input[pos..]) {
                     Line::Partial => return (pos, Step::Read),
@@ -628,7 +655,6 @@ impl Session {
                 self.txn.active = true;
                 self.txn.sender.push_str(from);
                 self.txn.smtputf8 = params.smtputf8;
-                self.txn.body_8bit = params.body_8bit;
                 out.replies.extend_from_slice(reply::MAIL_OK);
                 None
             }
@@ -663,7 +689,7 @@ impl Session {
                 self.state = State::Data;
                 self.transfer_start = now;
                 self.transfer_bytes = 0;
-                None
+                Some(Step::Begin)
             }
             Command::Bdat { size, last } => {
                 let limit = self.config.max_message_size;
@@ -676,7 +702,8 @@ impl Session {
                 } else {
                     None
                 };
-                if !self.txn.bdat {
+                let first = !self.txn.bdat;
+                if first {
                     // The first chunk of a message starts its data deadline.
                     self.transfer_start = now;
                     self.transfer_bytes = 0;
@@ -688,7 +715,7 @@ impl Session {
                     last,
                     fail,
                 };
-                None
+                (first && fail.is_none()).then_some(Step::Begin)
             }
             Command::Rset => {
                 if let Some(step) = self.junk_command(out) {

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::{Config, Output, Part, Session, Step, TlsFacts};
+use super::{Config, Output, Part, Session, Step, StoreError, TlsFacts, REPLY_BUFFER_MAX};
 
 /// A session wired to an in-memory spool.
 pub struct Sim {
@@ -34,6 +34,10 @@ pub struct Sim {
     pub tls_handshakes: u32,
     /// The facts a simulated handshake reports.
     pub tls_facts: TlsFacts,
+    /// A message was begun (`Step::Begin`) and not yet stored or discarded.
+    open: bool,
+    /// Most reply bytes ever waiting at once.
+    pub replies_waiting_max: usize,
     now: Instant,
     id: [u8; 8],
 }
@@ -61,6 +65,8 @@ impl Sim {
                 version: "TLSv1.3",
                 cipher: "TLS_AES_256_GCM_SHA384",
             },
+            open: false,
+            replies_waiting_max: 0,
             now,
             id: *b"00000000",
         };
@@ -82,9 +88,19 @@ impl Sim {
                     .handle_input(&self.pending[pos..], self.now, &mut self.out);
             self.take_body(pos);
             pos += n;
+            self.replies_waiting_max = self.replies_waiting_max.max(self.out.replies.len());
             match step {
+                Step::Read if self.out.replies.len() >= REPLY_BUFFER_MAX => {
+                    // Replies full: send them, then feed the rest again.
+                    self.flush();
+                }
                 Step::Read => break,
+                Step::Begin => {
+                    assert!(!self.open, "Step::Begin while a message is open");
+                    self.open = true;
+                }
                 Step::Store => {
+                    assert!(self.open, "Step::Store without Step::Begin");
                     self.next_id();
                     let ok = !std::mem::take(&mut self.fail_next_store);
                     if ok {
@@ -96,7 +112,7 @@ impl Sim {
                     }
                     self.discard();
                     let id = std::str::from_utf8(&self.id).unwrap_or("0");
-                    let result = if ok { Ok(id) } else { Err(()) };
+                    let result = if ok { Ok(id) } else { Err(StoreError::Failed) };
                     if self.session.handle_stored(result, &mut self.out) == Step::Close {
                         self.closed = true;
                         break;
@@ -149,6 +165,10 @@ impl Sim {
 
     /// Appends the body parts of the last call (ranges of `pending[base..]`).
     fn take_body(&mut self, base: usize) {
+        assert!(
+            self.out.body.is_empty() || self.open,
+            "message data without Step::Begin"
+        );
         if self.keep_messages {
             for part in &self.out.body {
                 match part {
@@ -170,6 +190,7 @@ impl Sim {
 
     /// Forgets the message being received.
     fn discard(&mut self) {
+        self.open = false;
         self.current.clear();
         self.current_len = 0;
     }

@@ -340,7 +340,7 @@ fn realistic_stream() -> Vec<u8> {
         if i % 4 == 1 {
             stream.extend_from_slice(b"..");
         }
-        stream.extend(std::iter::repeat(b'a' + i).take(74 - usize::from(i) * 5));
+        stream.extend(std::iter::repeat_n(b'a' + i, 74 - usize::from(i) * 5));
         match i {
             5 => stream.extend_from_slice(b"\n"),
             8 => stream.extend_from_slice(b"\rx\r\n"),
@@ -480,7 +480,7 @@ proptest! {
         let mut stream = Vec::new();
         for (head, filler, end) in &lines {
             stream.extend_from_slice(head);
-            stream.extend(std::iter::repeat(b'x').take(*filler));
+            stream.extend(std::iter::repeat_n(b'x', *filler));
             stream.extend_from_slice(end);
         }
         stream.extend_from_slice(b"\r\n.\r\n");

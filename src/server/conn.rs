@@ -1,25 +1,45 @@
-//! One connection: moves bytes between the socket, the session and the spool.
+//! One connection: moves bytes between the socket, the session and the delivery sink.
 //!
-//! The loop is: send the replies the session wrote, read (racing the session's deadline and
-//! the shutdown signal), hand the bytes to the session, and obey its `Step`s. Message data is
-//! written to the spool file straight from the receive buffer, as the ranges the session
-//! returned. Replies of one batch of pipelined commands go out in one write, after any
-//! message in the batch is durable. A connection waiting for commands holds only a small
-//! buffer; a large one is taken from the shard's pool while message data flows.
+//! The loop waits for the next event — input read, replies written, the session's deadline,
+//! the write deadline, a shutdown phase — and acts on it. At most one read and one write are
+//! in flight; both are handed to the kernel together, so replies and the next read cost one
+//! trip. Input is fed to the session, which answers with steps the connection only executes:
+//! `Begin` (render the trace headers, begin the message in the sink), body parts (appended
+//! straight from the receive buffer, no copy), `Store` (commit, then tell the session the
+//! verdict, which writes the `250`/`451`), `Discard`, `Close`. Replies wait in the session's
+//! output until the write in flight is done; while more than `REPLY_BUFFER_MAX` bytes wait,
+//! no more input is fed or read, so a client that pipelines without reading cannot make a
+//! connection hold more memory than that. A connection waiting for commands holds only a small
+//! receive buffer; a large one is taken from the shard's pool while message data flows.
+//!
+//! Every byte to and from the peer passes through `start_read`/`on_read` and `start_write`:
+//! after STARTTLS the TLS layer sits there, between this loop and the driver. A read then
+//! fills the layer's ciphertext buffer and `on_read` decrypts it into the receive buffer;
+//! replies are sealed into records before their write starts. The handshake itself runs
+//! between two turns of the loop, once the `220` is out, within its own deadline.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::{pin, Pin};
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Instant;
+use std::task::Poll;
+use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
 
 use super::{Phase, Refused, Shard, LARGE_BUFFER, SMALL_BUFFER};
-use crate::driver::{peer_has_sent, Driver};
-use crate::proto::{self, Output, Session, Step};
-use crate::spool::Draft;
-use crate::tls::stream::TlsStream;
+use crate::delivery::{AnySink, DeliveryError, MessageStart, QueueId, Sink};
+use crate::driver::Driver;
+use crate::proto::trace::{self, Trace};
+use crate::proto::{self, Output, Session, Step, StoreError, REPLY_BUFFER_MAX};
+use crate::tls::stream::{Decrypted, TlsStream};
 use crate::{log_debug, log_info};
+
+/// Time given to the last replies (the 421) when the shutdown grace is over.
+const STOP_FLUSH: Duration = Duration::from_secs(1);
+/// Capacity a reply buffer returns to when a burst of replies has been sent.
+const REPLY_BUFFER_IDLE: usize = 1024;
 
 /// How a session ended, for its log line.
 #[derive(Clone, Copy, Debug)]
@@ -37,6 +57,39 @@ enum End {
     WriteError,
     /// The TLS handshake after STARTTLS failed or timed out.
     TlsFailed,
+    /// A TLS record failed (bad record, alert) after the handshake.
+    TlsError,
+}
+
+/// The message the session is receiving, as far as the sink is concerned.
+enum Message<M> {
+    /// No message begun.
+    Idle,
+    /// Begun in the sink, with its queue ID.
+    Open(M, QueueId),
+    /// The sink could not begin it: its end gets 451.
+    Failed,
+}
+
+/// What feeding the input did.
+enum Fed {
+    /// All complete input is consumed: read more.
+    NeedInput,
+    /// Replies are full: send them, then feed the rest of the input again.
+    RepliesFull,
+    /// The session is over; its last replies are in the output.
+    Over(End),
+    /// STARTTLS was accepted: send the `220`, then run the handshake.
+    StartTls,
+}
+
+/// One event of the loop.
+enum Event {
+    Read(std::io::Result<usize>, BytesMut),
+    Written(std::io::Result<()>, Vec<u8>),
+    WriteTimeout,
+    Deadline,
+    Phase(Phase),
 }
 
 /// Serves one accepted connection to its end.
@@ -64,39 +117,33 @@ pub(crate) async fn serve<D: Driver>(stream: D::Stream, peer: SocketAddr, shard:
     let mut session = Session::new(Arc::clone(&shard.session_config), started);
     let mut out = Output::new();
     let mut phase = shard.phase.clone();
-
-    if !config.greet_delay.is_zero() {
-        tokio::select! {
-            _ = tokio::time::sleep(config.greet_delay) => {}
-            _ = phase.changed() => {}
+    if let Some(end) = greet::<D>(&stream, shard, &mut phase, &mut session, &mut out).await {
+        if !out.replies.is_empty() {
+            let write = D::write_all(&stream, std::mem::take(&mut out.replies));
+            let _ = tokio::time::timeout(shard.session_config.command_timeout, write).await;
         }
-        if config.reject_early_talkers && peer_has_sent(D::stream_fd(&stream)) {
-            session.reject_early_talker(&mut out);
-            let _ = D::write_all(&stream, std::mem::take(&mut out.replies)).await;
-            log_info!("{peer}: early talker refused");
-            drop(admission);
-            return;
-        }
+        log_info!("{peer}: session ended ({end:?}) before the greeting");
+        return;
     }
-    session.greeting(&mut out);
 
     let mut conn = Conn::<D> {
         shard,
+        stream: &stream,
         peer,
+        session,
+        out,
         buf: BytesMut::with_capacity(SMALL_BUFFER),
         large: false,
-        scratch: Vec::with_capacity(512),
-        draft: None,
-        failed: false,
+        scratch: Vec::with_capacity(REPLY_BUFFER_IDLE),
+        message: Message::Idle,
+        phase,
+        phase_seen: Phase::Running,
         bytes: 0,
         tls: None,
-        start_tls: false,
     };
-    let end = conn.run(&stream, &mut session, &mut out, &mut phase).await;
-    if let Some(draft) = conn.draft.take() {
-        if let Some(spool) = &shard.spool {
-            spool.abort(draft).await;
-        }
+    let end = conn.run().await;
+    if let Message::Open(message, _) = std::mem::replace(&mut conn.message, Message::Idle) {
+        shard.sink.abort(message).await;
     }
     if conn.large {
         shard.give_large(std::mem::take(&mut conn.buf));
@@ -105,215 +152,272 @@ pub(crate) async fn serve<D: Driver>(stream: D::Stream, peer: SocketAddr, shard:
     log_info!(
         "{peer}: session ended ({end:?}) after {} ms, {} message(s), {} byte(s) in",
         started.elapsed().as_millis(),
-        session.messages_stored(),
+        conn.session.messages_stored(),
         conn.bytes
     );
+}
+
+/// Waits out `RINGMX_GREET_DELAY_MS` and writes the greeting. Returns `Some` when the session
+/// ends instead (an early talker refused, or shutdown began during the delay), its reply in
+/// `out`.
+async fn greet<D: Driver>(
+    stream: &D::Stream,
+    shard: &Shard<D>,
+    phase: &mut tokio::sync::watch::Receiver<Phase>,
+    session: &mut Session,
+    out: &mut Output,
+) -> Option<End> {
+    let config = &shard.config;
+    if !config.greet_delay.is_zero() {
+        let delay = tokio::time::sleep(config.greet_delay);
+        tokio::pin!(delay);
+        while *phase.borrow_and_update() == Phase::Running {
+            tokio::select! {
+                _ = &mut delay => break,
+                changed = phase.changed() => if changed.is_err() { break },
+            }
+        }
+        if *phase.borrow() != Phase::Running {
+            session.handle_stop(out);
+            return Some(End::Shutdown);
+        }
+        if config.reject_early_talkers && D::peer_has_sent(stream) {
+            session.reject_early_talker(out);
+            log_info!("early talker refused");
+            return Some(End::Closed);
+        }
+    }
+    session.greeting(out);
+    None
 }
 
 /// The per-connection state the loop carries.
 struct Conn<'a, D: Driver> {
     shard: &'a Rc<Shard<D>>,
+    stream: &'a D::Stream,
     peer: SocketAddr,
+    session: Session,
+    out: Output,
+    /// Received bytes not yet consumed by the session.
     buf: BytesMut,
     /// `buf` is a large buffer from the pool.
     large: bool,
-    /// Reused buffer for replies in flight and spool headers.
+    /// The reply buffer not in use by the session: replies in flight, or trace headers.
     scratch: Vec<u8>,
-    draft: Option<Draft<D>>,
-    /// The current message's spool file could not be created: its end gets 451.
-    failed: bool,
+    message: Message<<AnySink<D> as Sink>::Message>,
+    phase: tokio::sync::watch::Receiver<Phase>,
+    /// The last shutdown phase acted on.
+    phase_seen: Phase,
     bytes: u64,
     /// The TLS layer, once STARTTLS succeeded.
     tls: Option<TlsStream>,
-    /// The session asked for STARTTLS in the input just processed.
-    start_tls: bool,
 }
 
 impl<D: Driver> Conn<'_, D> {
-    /// The read–process–reply loop. Returns how the session ended.
-    async fn run(
-        &mut self,
-        stream: &D::Stream,
-        session: &mut Session,
-        out: &mut Output,
-        phase: &mut tokio::sync::watch::Receiver<Phase>,
-    ) -> End {
-        let mut closing: Option<End> = None;
-        let mut draining = false;
+    /// The event loop. Returns how the session ended.
+    async fn run(&mut self) -> End {
+        let stream = self.stream;
         let write_timeout = self.shard.session_config.command_timeout;
+        // The read and the write in flight (at most one of each). The read owns the receive
+        // buffer until it completes; the write owns `scratch`.
+        let mut read = pin!(idle(|| D::read(stream, BytesMut::new())));
+        let mut write = pin!(idle(|| D::write_all(stream, Vec::new())));
+        let mut write_deadline: Option<tokio::time::Instant> = None;
+        let mut fed = Fed::NeedInput;
         loop {
-            // Replies to send go from `scratch`, leaving `out.replies` empty with its capacity.
-            let sending = !out.replies.is_empty();
-            let mut replies = std::mem::take(&mut self.scratch);
-            if sending {
-                replies.clear();
-                std::mem::swap(&mut replies, &mut out.replies);
+            if write.is_none() && !self.out.replies.is_empty() {
+                let last = matches!(fed, Fed::Over(_));
+                let Some(wire) = self.start_write(last) else {
+                    return End::WriteError;
+                };
+                write.set(Some(D::write_all(stream, wire)));
+                write_deadline = Some(tokio::time::Instant::now() + write_timeout);
             }
-            if let Some(end) = closing {
-                if sending {
-                    let wire = match &mut self.tls {
-                        Some(tls) => tls.seal(replies, true),
-                        None => Ok(replies),
+            match fed {
+                Fed::Over(end) if write.is_none() => return end,
+                Fed::StartTls if write.is_none() => {
+                    // The 220 is out and no read is in flight: the next bytes are the
+                    // client's handshake.
+                    fed = match self.start_tls().await {
+                        Ok(()) if self.buf.is_empty() => Fed::NeedInput,
+                        Ok(()) => self.feed().await,
+                        Err(end) => return end,
                     };
-                    if let Ok(wire) = wire {
-                        let write = D::write_all(stream, wire);
-                        let _ = tokio::time::timeout(write_timeout, write).await;
-                    }
+                    continue;
                 }
-                return end;
+                Fed::NeedInput if read.is_none() => {
+                    self.size_buffer();
+                    match self.start_read() {
+                        Ok(Some(buf)) => read.set(Some(D::read(stream, buf))),
+                        // Records already read held more input.
+                        Ok(None) => fed = self.feed().await,
+                        Err(end) => fed = Fed::Over(end),
+                    }
+                    continue;
+                }
+                _ => {}
             }
-            let replies = match &mut self.tls {
-                Some(tls) if sending => match tls.seal(replies, false) {
-                    Ok(wire) => wire,
-                    Err(_) => return End::WriteError,
-                },
-                _ => replies,
-            };
-            self.size_buffer(session.receiving_data());
 
-            // Send the replies and read the next input at once: both operations are handed to
-            // the kernel together. A client that reads nothing for a whole command timeout is
-            // dropped, so it cannot hold a connection (or our reply bytes) for ever. The read
-            // keeps its buffer while we react to the deadline or shutdown, so no received byte
-            // is dropped; input is processed only once the replies before it are out.
-            let deadline = session.deadline().map(tokio::time::Instant::from_std);
-            let write_deadline = sending.then(|| tokio::time::Instant::now() + write_timeout);
-            // The futures live in this block, so the read lets go of the TLS layer before
-            // the input is processed.
-            let (result, buf) = {
-                let write = async {
-                    if sending {
-                        Some(D::write_all(stream, replies).await)
-                    } else {
-                        None
-                    }
-                };
-                let read_buf = std::mem::take(&mut self.buf);
-                let tls = self.tls.as_mut();
-                let read = async move {
-                    match tls {
-                        Some(tls) => tls.read::<D>(stream, read_buf).await,
-                        None => D::read(stream, read_buf).await,
-                    }
-                };
-                tokio::pin!(write);
-                tokio::pin!(read);
-                let mut write_pending = sending;
-                let mut read_done = None;
-                let done = loop {
-                    tokio::select! {
-                        biased;
-                        written = &mut write, if write_pending => {
-                            write_pending = false;
-                            match written {
-                                Some((Ok(()), sent)) => self.scratch = sent,
-                                Some((Err(_), _)) => return End::WriteError,
-                                None => {}
-                            }
-                            if let Some(done) = read_done.take() {
-                                break done;
-                            }
-                        }
-                        done = &mut read, if read_done.is_none() => {
-                            if !write_pending {
-                                break done;
-                            }
-                            read_done = Some(done);
-                        }
-                        _ = sleep_until(write_deadline), if write_pending => return End::WriteError,
-                        _ = sleep_until(deadline), if !write_pending => {
-                            if session.handle_timeout(Instant::now(), out) == Step::Close {
-                                log_debug!("{}: timeout", self.peer);
-                                closing = Some(End::Timeout);
-                                break (Ok(0), BytesMut::new());
-                            }
-                        }
-                        changed = phase.changed(), if !draining || *phase.borrow() != Phase::Stopping => {
-                            let now_phase = if changed.is_ok() { *phase.borrow() } else { Phase::Stopping };
-                            if now_phase == Phase::Stopping {
-                                return End::Shutdown;
-                            }
-                            if !draining {
-                                draining = true;
-                                if session.handle_shutdown(out) == Step::Close {
-                                    closing = Some(End::Shutdown);
-                                    break (Ok(0), BytesMut::new());
-                                }
-                            }
-                        }
-                    }
-                };
-                if write_pending {
-                    // Closing with replies still on their way: let them finish first (a lost
-                    // `250` would make the client send its message again).
-                    let finish = tokio::time::timeout_at(
-                        write_deadline.unwrap_or_else(tokio::time::Instant::now),
-                        &mut write,
-                    );
-                    match finish.await {
-                        Ok(Some((Ok(()), sent))) => self.scratch = sent,
-                        _ => return End::WriteError,
-                    }
-                }
-                done
+            let deadline = match fed {
+                Fed::Over(_) => None,
+                _ => self.session.deadline().map(tokio::time::Instant::from_std),
             };
-            if closing.is_some() {
-                // The timeout or shutdown reply is in `out`; the loop top sends it. The read
-                // in flight was cancelled with its buffer.
-                if self.large {
-                    self.shard.give_large(BytesMut::new());
-                    self.large = false;
+            let event = tokio::select! {
+                biased;
+                (result, sent) = in_slot(write.as_mut()) => Event::Written(result, sent),
+                (result, buf) = in_slot(read.as_mut()) => Event::Read(result, buf),
+                () = sleep_until(write_deadline) => Event::WriteTimeout,
+                () = sleep_until(deadline) => Event::Deadline,
+                changed = self.phase.changed(), if self.phase_seen != Phase::Stopping => {
+                    Event::Phase(if changed.is_ok() { *self.phase.borrow() } else { Phase::Stopping })
                 }
-                self.buf = BytesMut::with_capacity(SMALL_BUFFER);
-                continue;
-            }
-            self.buf = buf;
-            match result {
-                Ok(0) => return End::PeerClosed,
-                Ok(n) => self.bytes += n as u64,
-                Err(_) => return End::ReadError,
-            }
-            if let Some(end) = self.process(session, out).await {
-                // The last replies (221, 421) go out at the loop top, then the session ends.
-                closing = Some(if draining { End::Shutdown } else { end });
-            }
-            if std::mem::take(&mut self.start_tls) {
-                if let Err(end) = self.start_tls(stream, session, out).await {
-                    return end;
+            };
+
+            match event {
+                Event::Written(result, sent) => {
+                    write.set(None);
+                    write_deadline = None;
+                    if result.is_err() {
+                        return End::WriteError;
+                    }
+                    self.end_write(sent);
+                    if matches!(fed, Fed::RepliesFull) {
+                        fed = self.feed().await;
+                    }
                 }
-                // The client may have sent its first command right behind its Finished.
-                if !self.buf.is_empty() {
-                    if let Some(end) = self.process(session, out).await {
-                        closing = Some(if draining { End::Shutdown } else { end });
+                Event::Read(result, buf) => {
+                    read.set(None);
+                    let result = self.on_read(result, buf);
+                    if let Fed::Over(_) = fed {
+                        // Input after the last reply is not looked at.
+                        continue;
+                    }
+                    fed = match result {
+                        // Replies still waiting go out first: a client that half-closed
+                        // may still be reading its 250s.
+                        Ok(Some(0)) => Fed::Over(End::PeerClosed),
+                        Ok(Some(n)) => {
+                            self.bytes += n as u64;
+                            self.feed().await
+                        }
+                        // Only part of a record: read on.
+                        Ok(None) => Fed::NeedInput,
+                        Err(end) => Fed::Over(end),
+                    };
+                }
+                Event::WriteTimeout => return End::WriteError,
+                Event::Deadline => {
+                    if self.session.handle_timeout(Instant::now(), &mut self.out) == Step::Close {
+                        log_debug!("{}: timeout", self.peer);
+                        fed = Fed::Over(End::Timeout);
+                    }
+                }
+                Event::Phase(phase) => {
+                    self.phase_seen = phase;
+                    match phase {
+                        Phase::Running => {}
+                        Phase::Draining => {
+                            if self.session.handle_shutdown(&mut self.out) == Step::Close {
+                                fed = Fed::Over(End::Shutdown);
+                            }
+                        }
+                        Phase::Stopping => {
+                            // The grace is over: 421 now, sent within a short bound.
+                            if !matches!(fed, Fed::Over(_)) {
+                                self.session.handle_stop(&mut self.out);
+                                fed = Fed::Over(End::Shutdown);
+                            }
+                            let soon = tokio::time::Instant::now() + STOP_FLUSH;
+                            write_deadline = Some(write_deadline.map_or(soon, |d| d.min(soon)));
+                        }
                     }
                 }
             }
         }
     }
 
-    /// After `220 Ready to start TLS` is in `out`: sends it, drops any input that followed
-    /// STARTTLS (CVE-2011-0411; the session consumed it already), runs the handshake within
-    /// its deadline and tells the session. A failure ends the connection.
-    async fn start_tls(
-        &mut self,
-        stream: &D::Stream,
-        session: &mut Session,
-        out: &mut Output,
-    ) -> Result<(), End> {
-        let store = self.shard.tls.as_ref().ok_or(End::TlsFailed)?;
-        let write_timeout = self.shard.session_config.command_timeout;
+    /// Hands the waiting replies over for sending (sealed into TLS records inside TLS, with a
+    /// close_notify after the `last` ones); the session's output keeps a buffer. `None` when
+    /// they cannot be sealed.
+    fn start_write(&mut self, last: bool) -> Option<Vec<u8>> {
         let mut replies = std::mem::take(&mut self.scratch);
         replies.clear();
-        std::mem::swap(&mut replies, &mut out.replies);
-        let write = D::write_all(stream, replies);
-        match tokio::time::timeout(write_timeout, write).await {
-            Ok((Ok(()), sent)) => self.scratch = sent,
-            _ => return Err(End::WriteError),
+        std::mem::swap(&mut replies, &mut self.out.replies);
+        match &mut self.tls {
+            None => Some(replies),
+            Some(tls) => match tls.seal(replies, last) {
+                Ok(wire) => Some(wire),
+                Err(e) => {
+                    log_info!("{}: TLS: {e}", self.peer);
+                    None
+                }
+            },
         }
+    }
+
+    /// The buffer the next socket read fills: the receive buffer, or inside TLS the
+    /// ciphertext buffer. `Ok(None)` when no read is needed because whole records already read
+    /// were decrypted into the receive buffer.
+    fn start_read(&mut self) -> Result<Option<BytesMut>, End> {
+        let Some(tls) = &mut self.tls else {
+            return Ok(Some(std::mem::take(&mut self.buf)));
+        };
+        match tls.decrypt(&mut self.buf) {
+            Ok(Decrypted::Plain(n)) => {
+                self.bytes += n as u64;
+                Ok(None)
+            }
+            Ok(Decrypted::Closed) => Err(End::PeerClosed),
+            Ok(Decrypted::NeedMore) => Ok(Some(tls.take_read_buffer())),
+            Err(e) => {
+                log_info!("{}: TLS: {e}", self.peer);
+                Err(End::TlsError)
+            }
+        }
+    }
+
+    /// Takes back the buffer of a finished read. Returns the plaintext bytes added to the
+    /// receive buffer (`Some(0)`: the client closed), `None` when more ciphertext is needed.
+    /// A TCP close in the middle of a record is a close: a truncated record is never used.
+    fn on_read(
+        &mut self,
+        result: std::io::Result<usize>,
+        buf: BytesMut,
+    ) -> Result<Option<usize>, End> {
+        let Some(tls) = &mut self.tls else {
+            self.buf = buf;
+            return result.map(Some).map_err(|_| End::ReadError);
+        };
+        tls.put_read_buffer(buf);
+        match result {
+            Ok(0) => return Ok(Some(0)),
+            Ok(_) => {}
+            Err(_) => return Err(End::ReadError),
+        }
+        match tls.decrypt(&mut self.buf) {
+            Ok(Decrypted::Plain(n)) => Ok(Some(n)),
+            Ok(Decrypted::Closed) => Ok(Some(0)),
+            Ok(Decrypted::NeedMore) => Ok(None),
+            Err(e) => {
+                log_info!("{}: TLS: {e}", self.peer);
+                Err(End::TlsError)
+            }
+        }
+    }
+
+    /// After `220 Ready to start TLS` went out: runs the handshake within its deadline and
+    /// tells the session. Input that followed STARTTLS was consumed by the session and is
+    /// gone (CVE-2011-0411). A failure ends the connection.
+    async fn start_tls(&mut self) -> Result<(), End> {
         debug_assert!(self.buf.is_empty(), "input after STARTTLS left unconsumed");
         self.buf.clear();
+        let Some(store) = self.shard.tls.as_ref() else {
+            debug_assert!(false, "STARTTLS accepted without a certificate");
+            return Err(End::TlsFailed);
+        };
         let timeout = self.shard.config.tls_handshake_timeout;
-        match TlsStream::accept::<D>(stream, store.current(), &mut self.buf, timeout).await {
+        let accept = TlsStream::accept::<D>(self.stream, store.current(), &mut self.buf, timeout);
+        match accept.await {
             Ok(tls) => {
                 let facts = tls.facts();
                 log_debug!(
@@ -322,7 +426,7 @@ impl<D: Driver> Conn<'_, D> {
                     facts.version,
                     facts.cipher
                 );
-                session.handle_tls_established(facts, Instant::now());
+                self.session.handle_tls_established(facts, Instant::now());
                 self.tls = Some(tls);
                 Ok(())
             }
@@ -333,109 +437,139 @@ impl<D: Driver> Conn<'_, D> {
         }
     }
 
-    /// Feeds the received bytes to the session and carries out its steps. Returns `Some` when
-    /// the session is over (its last replies are in `out`).
-    async fn process(&mut self, session: &mut Session, out: &mut Output) -> Option<End> {
+    /// Takes back the buffer of a finished write; after a burst of replies both reply buffers
+    /// return to their idle size.
+    fn end_write(&mut self, mut sent: Vec<u8>) {
+        if sent.capacity() > REPLY_BUFFER_MAX {
+            sent = Vec::with_capacity(REPLY_BUFFER_IDLE);
+            if self.out.replies.is_empty() {
+                self.out.replies = Vec::with_capacity(REPLY_BUFFER_IDLE);
+            }
+        }
+        self.scratch = sent;
+    }
+
+    /// Feeds the received bytes to the session and carries out its steps.
+    async fn feed(&mut self) -> Fed {
         let mut pos = 0;
         let now = Instant::now();
-        let end = loop {
-            let (n, step) = session.handle_input(&self.buf[pos..], now, out);
-            if !out.body.is_empty() {
-                self.write_body(session, &out.body, pos).await;
-                out.body.clear();
+        let fed = loop {
+            let (n, step) = self
+                .session
+                .handle_input(&self.buf[pos..], now, &mut self.out);
+            if !self.out.body.is_empty() {
+                self.append(pos).await;
+                self.out.body.clear();
             }
             pos += n;
             match step {
-                Step::Read => break None,
+                Step::Read if self.out.replies.len() >= REPLY_BUFFER_MAX => break Fed::RepliesFull,
+                Step::Read => break Fed::NeedInput,
+                Step::Begin => self.begin().await,
                 Step::Store => {
-                    let result = self.store(session).await;
-                    let step = match &result {
-                        Ok(id) => session.handle_stored(Ok(id.as_str()), out),
-                        Err(()) => session.handle_stored(Err(()), out),
-                    };
-                    if step == Step::Close {
-                        break Some(End::Shutdown);
+                    let stored = self.store().await;
+                    let result = stored.as_ref().map(QueueId::as_str).map_err(|e| *e);
+                    if self.session.handle_stored(result, &mut self.out) == Step::Close {
+                        break Fed::Over(End::Shutdown);
                     }
                 }
                 Step::Discard => self.discard().await,
-                Step::Close => break Some(End::Closed),
-                Step::StartTls => {
-                    self.start_tls = true;
-                    break None;
+                Step::StartTls => break Fed::StartTls,
+                Step::Close => {
+                    let end = if self.phase_seen == Phase::Running {
+                        End::Closed
+                    } else {
+                        End::Shutdown
+                    };
+                    break Fed::Over(end);
                 }
             }
         };
         self.buf.advance(pos);
-        end
+        fed
     }
 
-    /// Writes the parts the session just produced (ranges of `buf[base..]`) to the draft,
-    /// starting the draft first if this is the message's first data.
-    async fn write_body(&mut self, session: &Session, parts: &[proto::Part], base: usize) {
-        let Some(spool) = &self.shard.spool else {
-            return;
-        };
-        if self.draft.is_none() {
-            if self.failed {
-                return;
-            }
-            self.begin(session).await;
-        }
-        if let Some(draft) = &mut self.draft {
-            let buf = std::mem::take(&mut self.buf);
-            self.buf = spool.append(draft, parts, base, buf).await;
-        }
-    }
-
-    /// Creates the spool file for the current message; a failure is remembered for a 451.
-    async fn begin(&mut self, session: &Session) {
-        let Some(spool) = &self.shard.spool else {
-            return;
-        };
+    /// Begins the session's message in the sink, with its trace headers.
+    async fn begin(&mut self) {
+        debug_assert!(
+            matches!(self.message, Message::Idle),
+            "a message begun twice"
+        );
+        let sink = &self.shard.sink;
         let id = self.shard.next_id();
-        let scratch = std::mem::take(&mut self.scratch);
-        let (draft, scratch) = spool
-            .begin(id, &session.envelope(), self.peer.ip(), scratch)
-            .await;
-        self.scratch = scratch;
-        match draft {
-            Ok(draft) => self.draft = Some(draft),
+        let envelope = self.session.envelope();
+        let mut head = std::mem::take(&mut self.scratch);
+        head.clear();
+        if sink.keeps_head() {
+            let trace = Trace {
+                envelope: &envelope,
+                peer: self.peer.ip(),
+                hostname: &self.shard.session_config.hostname,
+                id: id.as_str(),
+                now: chrono::Utc::now(),
+                tls: self.session.tls(),
+            };
+            trace::write_trace(&mut head, &trace);
+        }
+        let start = MessageStart {
+            id: id.as_str(),
+            sender: envelope.sender,
+            recipients: envelope.recipient_list(),
+        };
+        let (begun, head) = sink.begin(&start, head).await;
+        self.scratch = head;
+        self.message = match begun {
+            Ok(message) => Message::Open(message, id),
             Err(e) => {
-                log_info!("{}: spool file not created: {e}", self.peer);
-                self.failed = true;
+                log_info!("{}: message not begun: {e}", self.peer);
+                Message::Failed
             }
+        };
+    }
+
+    /// Appends the parts the session just produced (ranges of `buf[base..]`) to the message.
+    async fn append(&mut self, base: usize) {
+        if let Message::Open(message, _) = &mut self.message {
+            let buf = std::mem::take(&mut self.buf);
+            self.buf = self
+                .shard
+                .sink
+                .append(message, buf, &self.out.body, base)
+                .await;
         }
     }
 
-    /// Makes the message durable; returns its queue ID or `Err` for a 451.
-    async fn store(&mut self, session: &Session) -> Result<crate::spool::QueueId, ()> {
-        let Some(spool) = &self.shard.spool else {
-            // Discard delivery: accepted and dropped, but still given an ID.
-            return Ok(self.shard.next_id());
-        };
-        if self.draft.is_none() && !self.failed {
-            self.begin(session).await;
+    /// Commits the message; returns its queue ID, or why it was not stored.
+    async fn store(&mut self) -> Result<QueueId, StoreError> {
+        match std::mem::replace(&mut self.message, Message::Idle) {
+            Message::Open(message, id) => match self.shard.sink.commit(message).await {
+                Ok(()) => Ok(id),
+                Err(e) => {
+                    log_info!("{}: message not stored: {e}", self.peer);
+                    Err(match e {
+                        DeliveryError::TooBig => StoreError::TooBig,
+                        DeliveryError::Temporary(_) => StoreError::Failed,
+                    })
+                }
+            },
+            Message::Failed => Err(StoreError::Failed),
+            Message::Idle => {
+                debug_assert!(false, "Step::Store without Step::Begin");
+                Err(StoreError::Failed)
+            }
         }
-        self.failed = false;
-        let Some(draft) = self.draft.take() else {
-            return Err(());
-        };
-        spool
-            .commit(draft)
-            .await
-            .map_err(|e| log_info!("{}: message not stored: {e}", self.peer))
     }
 
     /// Drops the message in progress.
     async fn discard(&mut self) {
-        self.failed = false;
-        if let (Some(spool), Some(draft)) = (&self.shard.spool, self.draft.take()) {
-            spool.abort(draft).await;
+        if let Message::Open(message, _) = std::mem::replace(&mut self.message, Message::Idle) {
+            self.shard.sink.abort(message).await;
         }
     }
 
     /// Gives the connection a large buffer while data flows, a small one otherwise.
-    fn size_buffer(&mut self, data: bool) {
+    fn size_buffer(&mut self) {
+        let data = self.session.receiving_data();
         if data && !self.large {
             if let Some(mut large) = self.shard.take_large() {
                 large.extend_from_slice(&self.buf);
@@ -458,6 +592,20 @@ impl<D: Driver> Conn<'_, D> {
             self.buf.reserve(want / 2);
         }
     }
+}
+
+/// An empty slot for an operation of the type `make` would start (never called: it only
+/// names the type).
+fn idle<F>(_make: impl FnOnce() -> F) -> Option<F> {
+    None
+}
+
+/// Completes with the operation in `slot`; never, when the slot is empty.
+fn in_slot<F: Future>(mut slot: Pin<&mut Option<F>>) -> impl Future<Output = F::Output> + '_ {
+    std::future::poll_fn(move |cx| match slot.as_mut().as_pin_mut() {
+        Some(operation) => operation.poll(cx),
+        None => Poll::Pending,
+    })
 }
 
 /// Sleeps until `deadline`, or forever when there is none.

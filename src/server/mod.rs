@@ -14,7 +14,6 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::os::fd::RawFd;
 use std::process::ExitCode;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -26,8 +25,8 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tokio::sync::{watch, Notify};
 
 use crate::config::{Backend, Delivery, ServerConfig};
+use crate::delivery::{maildir, AnySink, IdGenerator, Maildir, QueueId};
 use crate::driver::{epoll::Epoll, uring, uring::Uring, Driver};
-use crate::spool::{self, IdGenerator, QueueId, Spool};
 use crate::{log_error, log_info, log_warn};
 
 /// Listen backlog of every listener (the kernel caps it at net.core.somaxconn).
@@ -99,8 +98,8 @@ impl Shared {
         if total > config.max_connections {
             return Err(Refused::TooManyConnections);
         }
-        let ip = canonical(ip);
         if !config.limit_exempt.iter().any(|net| net.contains(ip)) {
+            let ip = crate::config::client_of(ip, config.ipv6_prefix);
             let mut per_ip = self.per_ip.lock().unwrap_or_else(|e| e.into_inner());
             let count = per_ip.entry(ip).or_insert(0);
             *count += 1;
@@ -113,21 +112,13 @@ impl Shared {
     }
 }
 
-/// An IPv4-mapped IPv6 address as the IPv4 address it is.
-fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        v4 => v4,
-    }
-}
-
 /// One shard's state, shared by its connection tasks (single-threaded, hence `Rc`/`Cell`).
 pub(crate) struct Shard<D: Driver> {
     pub id: usize,
     pub config: Arc<ServerConfig>,
     pub session_config: Arc<crate::proto::Config>,
     pub shared: Arc<Shared>,
-    pub spool: Option<Spool<D>>,
+    pub sink: AnySink<D>,
     /// The STARTTLS certificate store, when TLS is offered.
     pub tls: Option<Arc<crate::tls::CertStore>>,
     pub phase: watch::Receiver<Phase>,
@@ -238,11 +229,6 @@ pub struct Running {
 }
 
 impl Running {
-    /// Begins a graceful shutdown (as SIGTERM does); `stop` ends the grace period.
-    pub fn shutdown(&self) {
-        let _ = self.phase.send_replace(Phase::Draining);
-    }
-
     /// Stops everything now: sessions are closed, unfinished messages removed.
     pub fn stop(&self) {
         let _ = self.phase.send_replace(Phase::Stopping);
@@ -275,12 +261,23 @@ impl Running {
 pub fn start<D: Driver>(config: ServerConfig) -> Result<Running, String> {
     let listeners = bind_all(&config)?;
     if config.delivery == Delivery::Maildir {
-        match spool::prepare(&config.spool) {
-            Ok(0) => {}
-            Ok(n) => log_info!(
-                "removed {n} stale file(s) from {}",
-                config.spool.join("tmp").display()
-            ),
+        match maildir::prepare(&config.spool) {
+            Ok(prepared) => {
+                if prepared.removed > 0 {
+                    log_info!(
+                        "removed {} stale file(s) from {}",
+                        prepared.removed,
+                        config.spool.join("tmp").display()
+                    );
+                }
+                if prepared.kept > 0 {
+                    log_info!(
+                        "kept {} file(s) in {} that running processes are writing",
+                        prepared.kept,
+                        config.spool.join("tmp").display()
+                    );
+                }
+            }
             Err(e) => return Err(format!("RINGMX_SPOOL: {}: {e}", config.spool.display())),
         }
     }
@@ -314,6 +311,7 @@ pub fn start<D: Driver>(config: ServerConfig) -> Result<Running, String> {
     };
 
     let grace = config.shutdown_grace;
+    let nonce = crate::delivery::process_nonce();
     let config = Arc::new(config);
     let shared = Arc::new(Shared {
         connections: AtomicUsize::new(0),
@@ -338,7 +336,7 @@ pub fn start<D: Driver>(config: ServerConfig) -> Result<Running, String> {
                 // server with exit status 1 for its supervisor to restart (acknowledged mail is
                 // on disk), rather than leaving the server running one shard short.
                 let run = std::panic::AssertUnwindSafe(|| {
-                    run_shard::<D>(id, config, shared, tls, phase, shard_listeners)
+                    run_shard::<D>(id, nonce, config, shared, tls, phase, shard_listeners)
                 });
                 let result = std::panic::catch_unwind(run)
                     .unwrap_or_else(|_| Err(io::Error::other("the shard panicked")));
@@ -454,6 +452,7 @@ fn pin_to_cpu(cpu: usize) {
 /// Runs one shard: its runtime, its listeners' accept loops and its connections.
 fn run_shard<D: Driver>(
     id: usize,
+    nonce: u64,
     config: Arc<ServerConfig>,
     shared: Arc<Shared>,
     tls: Option<Arc<crate::tls::CertStore>>,
@@ -461,37 +460,36 @@ fn run_shard<D: Driver>(
     listeners: Vec<std::net::TcpListener>,
 ) -> io::Result<()> {
     D::block_on(config.ring_entries, async move {
-        let spool = match config.delivery {
-            Delivery::Maildir => Some(Spool::<D>::open(
+        let sink = match config.delivery {
+            Delivery::Maildir => AnySink::Maildir(Maildir::<D>::open(
                 &config.spool,
                 config.fsync,
                 &config.session.hostname,
             )?),
-            Delivery::Discard => None,
+            Delivery::Discard => AnySink::Discard,
         };
         let shard = Rc::new(Shard {
             id,
             session_config: Arc::new(config.session.clone()),
             config,
             shared,
-            spool,
+            sink,
             tls,
             phase,
             pool: RefCell::new(Vec::new()),
             large_in_use: Cell::new(0),
-            ids: RefCell::new(IdGenerator::new(id)),
+            ids: RefCell::new(IdGenerator::new(id, nonce)),
             active: Cell::new(0),
             idle: Notify::new(),
         });
         let mut accepting = Vec::new();
         for listener in listeners {
-            let fd = std::os::fd::AsRawFd::as_raw_fd(&listener);
             let listener = D::listener(listener)?;
             let shard = Rc::clone(&shard);
             let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel::<()>();
             accepting.push(stopped_rx);
             D::spawn(async move {
-                accept_loop(listener, fd, shard).await;
+                accept_loop(listener, shard).await;
                 let _ = stopped_tx.send(());
             });
         }
@@ -510,13 +508,12 @@ fn run_shard<D: Driver>(
     })?
 }
 
-/// Accepts connections until shutdown begins, then shuts the listener (descriptor `fd`) down.
-async fn accept_loop<D: Driver>(listener: D::Listener, fd: RawFd, shard: Rc<Shard<D>>) {
+/// Accepts connections until shutdown begins, then shuts the listener down.
+async fn accept_loop<D: Driver>(listener: D::Listener, shard: Rc<Shard<D>>) {
     let mut phase = shard.phase.clone();
     loop {
         if *phase.borrow() != Phase::Running {
-            // SAFETY: shutdown(2) on `listener`'s descriptor, open while `listener` lives.
-            unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+            D::shutdown_listener(&listener);
             return;
         }
         let accept = D::accept(&listener);
@@ -528,8 +525,7 @@ async fn accept_loop<D: Driver>(listener: D::Listener, fd: RawFd, shard: Rc<Shar
                 // Dropping the accept is not enough on io_uring: the socket stays open while
                 // the accept is in the kernel, and a connection it takes then is never closed.
                 // Shut the listener down, which ends the accept, and close what it returns.
-                // SAFETY: shutdown(2) on `listener`'s descriptor, open while `listener` lives.
-                unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+                D::shutdown_listener(&listener);
                 let _ = tokio::time::timeout(ACCEPT_DRAIN, accept).await;
                 return;
             }
@@ -554,5 +550,64 @@ async fn accept_loop<D: Driver>(listener: D::Listener, fd: RawFd, shard: Rc<Shar
                 tokio::time::sleep(std::time::Duration::from_millis(10)).await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(vars: &[(&str, &str)]) -> ServerConfig {
+        let vars = vars.iter().map(|(n, v)| (n.to_string(), v.to_string()));
+        crate::config::from_vars(vars, vec![0], "mx.example").expect("config")
+    }
+
+    fn shared() -> Shared {
+        Shared {
+            connections: AtomicUsize::new(0),
+            per_ip: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn ipv6_clients_count_per_prefix() {
+        let config = config(&[("RINGMX_MAX_CONNECTIONS_PER_IP", "2")]);
+        let shared = shared();
+        let a = shared.admit(&config, ip("2001:db8::1")).ok().unwrap();
+        let b = shared.admit(&config, ip("2001:db8::ffff:2")).ok().unwrap();
+        // A third address of the same /64 is the same client.
+        assert!(matches!(
+            shared.admit(&config, ip("2001:db8::3")),
+            Err(Refused::TooManyFromAddress)
+        ));
+        // The next /64 is another client.
+        let c = shared.admit(&config, ip("2001:db8:0:1::1")).ok().unwrap();
+        drop((a, b, c));
+        assert_eq!(shared.per_ip.lock().unwrap().len(), 0);
+
+        // With /128, every address is its own client.
+        let config = self::config(&[
+            ("RINGMX_MAX_CONNECTIONS_PER_IP", "1"),
+            ("RINGMX_IPV6_PREFIX", "128"),
+        ]);
+        let a = shared.admit(&config, ip("2001:db8::1")).ok().unwrap();
+        let b = shared.admit(&config, ip("2001:db8::2")).ok().unwrap();
+        drop((a, b));
+    }
+
+    #[test]
+    fn ipv4_mapped_clients_count_as_ipv4() {
+        let config = config(&[("RINGMX_MAX_CONNECTIONS_PER_IP", "1")]);
+        let shared = shared();
+        let _a = shared.admit(&config, ip("192.0.2.7")).ok().unwrap();
+        assert!(matches!(
+            shared.admit(&config, ip("::ffff:192.0.2.7")),
+            Err(Refused::TooManyFromAddress)
+        ));
+        let _b = shared.admit(&config, ip("192.0.2.8")).ok().unwrap();
     }
 }

@@ -3,9 +3,10 @@
 //! replies sealed into records before they are written. Both backends share it because it uses
 //! only `Driver::read` and `Driver::write_all`.
 //!
-//! Reads and writes of one connection run at the same time in the connection loop, so the
-//! write side never borrows this state: replies are sealed into a ciphertext buffer first
-//! (`seal`), and the write owns that buffer until the kernel is done with it.
+//! Reads and writes of one connection run at the same time in the connection loop, so neither
+//! operation borrows this state: a read owns the ciphertext buffer (`take_read_buffer`) until
+//! it completes and `decrypt` turns what it read into plaintext; replies are sealed into a
+//! ciphertext buffer first (`seal`), and the write owns that buffer until the kernel is done.
 
 use std::io;
 use std::sync::Arc;
@@ -43,6 +44,17 @@ impl std::fmt::Display for HandshakeError {
             HandshakeError::Io(e) => write!(f, "{e}"),
         }
     }
+}
+
+/// What `decrypt` produced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decrypted {
+    /// This many plaintext bytes were appended to the receive buffer.
+    Plain(usize),
+    /// The client sent close_notify.
+    Closed,
+    /// No whole record is buffered: read more ciphertext.
+    NeedMore,
 }
 
 /// One connection's TLS state: the layer and the ciphertext on its way in and out.
@@ -152,47 +164,45 @@ impl TlsStream {
         result
     }
 
-    /// Reads plaintext into the spare capacity of `buf` (without growing it), as
-    /// `Driver::read` does for a plain connection: returns the bytes added, 0 when the client
-    /// closed (close_notify, or TCP EOF even in the middle of a record: a truncated record is
-    /// never delivered). A TLS error is an `io::Error` of kind `InvalidData`.
-    pub async fn read<D: Driver>(
-        &mut self,
-        stream: &D::Stream,
-        mut buf: BytesMut,
-    ) -> (io::Result<usize>, BytesMut) {
-        let max = buf.capacity();
-        // Bounded: each turn either reads from the socket or returns.
-        loop {
-            if !self.cipher.is_empty() || self.pending {
-                let done = match self.layer.receive(&self.cipher, &mut buf, max) {
-                    Ok(done) => done,
-                    Err(e) => {
-                        let e = io::Error::new(io::ErrorKind::InvalidData, e.to_string());
-                        return (Err(e), buf);
-                    }
-                };
-                self.cipher.advance(done.consumed);
-                self.pending = done.pending;
-                if done.plaintext > 0 {
-                    return (Ok(done.plaintext), buf);
-                }
-                if done.closed {
-                    return (Ok(0), buf);
-                }
-                if self.pending {
-                    // No room in `buf` at all: the caller must consume before reading.
-                    let e = io::Error::other("TLS read with a full receive buffer");
-                    return (Err(e), buf);
-                }
-                // Only a partial record (or records without data, such as a key update).
-            }
-            match self.read_cipher::<D>(stream).await {
-                Ok(0) => return (Ok(0), buf),
-                Ok(_) => {}
-                Err(e) => return (Err(e), buf),
-            }
+    /// Decrypts the ciphertext already read into `plain`, up to its capacity (it never grows).
+    /// A TLS error is an `io::Error` of kind `InvalidData`; the connection must end.
+    pub fn decrypt(&mut self, plain: &mut BytesMut) -> io::Result<Decrypted> {
+        if self.cipher.is_empty() && !self.pending {
+            return Ok(Decrypted::NeedMore);
         }
+        let max = plain.capacity();
+        let done = self
+            .layer
+            .receive(&self.cipher, plain, max)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+        self.cipher.advance(done.consumed);
+        self.pending = done.pending;
+        if done.plaintext > 0 {
+            return Ok(Decrypted::Plain(done.plaintext));
+        }
+        if done.closed {
+            return Ok(Decrypted::Closed);
+        }
+        if self.pending {
+            // No room in `plain` at all: the connection must consume before decrypting more.
+            return Err(io::Error::other("TLS read with a full receive buffer"));
+        }
+        // Only a partial record, or records without data (a key update).
+        Ok(Decrypted::NeedMore)
+    }
+
+    /// The ciphertext buffer, with room for a whole record, for the next socket read; give
+    /// it back with `put_read_buffer` when the read completes.
+    pub fn take_read_buffer(&mut self) -> BytesMut {
+        if self.cipher.capacity() - self.cipher.len() < CIPHER_READ_ROOM {
+            self.cipher.reserve(CIPHER_READ_ROOM);
+        }
+        std::mem::take(&mut self.cipher)
+    }
+
+    /// Takes back the ciphertext buffer after a read (the new bytes after the old ones).
+    pub fn put_read_buffer(&mut self, cipher: BytesMut) {
+        self.cipher = cipher;
     }
 
     /// Seals reply plaintext into records; returns the ciphertext to write, in a buffer that

@@ -685,7 +685,7 @@ pub fn check_trace<'f>(name: &str, file: &'f [u8], want: &Expected<'_>) -> (Stri
 }
 
 /// Checks that the files in `new/` are exactly the messages `ids` → bodies: every file is
-/// named `<ID>.<HOSTNAME>`, its Received header names the same ID, and its content is the
+/// named `<ID>.<HOSTNAME>` (or `<ID>-<n>.<HOSTNAME>` when the first name was taken), its Received header names the same ID, and its content is the
 /// body sent under that ID.
 pub fn check_spool_matches(
     files: &[(String, Vec<u8>)],
@@ -698,9 +698,11 @@ pub fn check_spool_matches(
         "files in new/ vs messages acknowledged"
     );
     for (name, bytes) in files {
-        let id = name
+        let stem = name
             .strip_suffix(&format!(".{HOSTNAME}"))
             .unwrap_or_else(|| panic!("file name {name:?} is not <ID>.{HOSTNAME}"));
+        // A name that was taken in new/ makes the spool try `<ID>-<n>`.
+        let id = stem.split_once('-').map_or(stem, |(id, _)| id);
         let body = sent
             .get(id)
             .unwrap_or_else(|| panic!("file {name} has an ID no 250 reply named"));
