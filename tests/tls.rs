@@ -924,3 +924,60 @@ fn loadgen_starttls() {
     assert!(!status.success());
     assert!(err.contains("STARTTLS"), "{err}");
 }
+
+/// The SMTP smuggling vectors sent inside TLS are refused exactly as in plain text: the
+/// message ends only at its real CRLF `.` CRLF, is answered 550 5.6.0, nothing after the fake
+/// terminator runs, and the session goes on.
+#[test]
+fn smuggling_vectors_inside_tls() {
+    let pair = Pair::new(50);
+    for backend in ["uring", "epoll"] {
+        let Some(server) = tls_server(backend, &pair, &[], "smuggling_vectors_inside_tls") else {
+            continue;
+        };
+        let mut tls = TlsClient::connect(server.addr(), &pair.cert);
+        tls.ehlo();
+        for vector in ["\n.\r\n", "\n.\n", "\r.\r\n", "\r.\r"] {
+            tls.send(b"MAIL FROM:<s@y.example>\r\nRCPT TO:<v@x.example>\r\nDATA\r\n");
+            tls.expect("250 2.1.0");
+            tls.expect("250 2.1.5");
+            tls.expect("354");
+            let data = format!(
+                "Subject: x\r\n\r\nhi{vector}MAIL FROM:<evil@y.example>\r\n\
+                 RCPT TO:<evil@x.example>\r\nDATA\r\nsmuggled\r\n.\r\n"
+            );
+            tls.send(data.as_bytes());
+            let reply = tls.reply();
+            assert!(
+                reply.starts_with("550 5.6.0"),
+                "{backend} {vector:?}: {reply}"
+            );
+        }
+        let id = tls.message("v@x.example", b"Subject: clean\r\n\r\nclean\r\n");
+        let files = server.new_files();
+        assert_eq!(files.len(), 1, "{backend}");
+        let text = String::from_utf8_lossy(&files[0].1);
+        assert!(text.contains(&id) && !text.contains("evil") && !text.contains("smuggled"));
+    }
+}
+
+/// A client stalled in its handshake does not hold up the end of a shutdown: the server exits
+/// once the grace is over.
+#[test]
+fn shutdown_does_not_wait_for_a_handshake() {
+    let pair = Pair::new(60);
+    let mut server = tls_server(
+        "epoll",
+        &pair,
+        &[
+            ("RINGMX_SHUTDOWN_GRACE_SECS", "1"),
+            ("RINGMX_TLS_HANDSHAKE_TIMEOUT_SECS", "600"),
+        ],
+        "shutdown_does_not_wait_for_a_handshake",
+    )
+    .unwrap();
+    let _stalled = plain_until_starttls(server.addr());
+    server.sigterm();
+    let status = server.wait_exit(Duration::from_secs(10));
+    assert!(status.is_some(), "still running: {}", server.log_text());
+}

@@ -1486,3 +1486,43 @@ proptest! {
         prop_assert_eq!(sim.messages.clone(), vec![b"hi\r\n".to_vec()]);
     }
 }
+
+#[test]
+fn the_trace_of_a_tls_message_names_version_and_cipher() {
+    use chrono::TimeZone as _;
+    let mut sim = tls_sim();
+    sim.tls_facts = TlsFacts {
+        version: "TLSv1.2",
+        cipher: "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256",
+    };
+    say(&mut sim, "EHLO c.example\r\nSTARTTLS\r\n");
+    say(
+        &mut sim,
+        "EHLO c.example\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<c@d.example>\r\n",
+    );
+    let envelope = sim.session.envelope();
+    let now = chrono::Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 5).unwrap();
+    let mut head = Vec::new();
+    let trace = trace::Trace {
+        envelope: &envelope,
+        peer: "192.0.2.7".parse().unwrap(),
+        hostname: "mx.example",
+        id: "QID1",
+        now,
+        tls: sim.session.tls(),
+    };
+    trace::write_trace(&mut head, &trace);
+    assert_eq!(
+        String::from_utf8(head).unwrap(),
+        "Return-Path: <a@b.example>\r\nDelivered-To: c@d.example\r\n\
+         Received: from c.example ([192.0.2.7])\r\n\
+         \t(using TLSv1.2 with cipher TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256)\r\n\
+         \tby mx.example (ringmx) with ESMTPS id QID1\r\n\
+         \tfor <c@d.example>; Fri, 02 Jan 2026 03:04:05 +0000\r\n"
+    );
+    // Without TLS there is no comment line.
+    let mut head = Vec::new();
+    trace::write_trace(&mut head, &trace::Trace { tls: None, ..trace });
+    let text = String::from_utf8(head).unwrap();
+    assert!(text.contains("([192.0.2.7])\r\n\tby mx.example"), "{text}");
+}

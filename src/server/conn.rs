@@ -417,7 +417,20 @@ impl<D: Driver> Conn<'_, D> {
         };
         let timeout = self.shard.config.tls_handshake_timeout;
         let accept = TlsStream::accept::<D>(self.stream, store.current(), &mut self.buf, timeout);
-        match accept.await {
+        // The end of the shutdown grace does not wait for a handshake.
+        let mut phase = self.phase.clone();
+        let stopping = async move {
+            while *phase.borrow_and_update() != Phase::Stopping {
+                if phase.changed().await.is_err() {
+                    break;
+                }
+            }
+        };
+        let accepted = tokio::select! {
+            accepted = accept => accepted,
+            () = stopping => return Err(End::Shutdown),
+        };
+        match accepted {
             Ok(tls) => {
                 let facts = tls.facts();
                 log_debug!(
