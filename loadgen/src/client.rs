@@ -500,6 +500,7 @@ impl Slot {
         let Some(tls) = plan.tls.as_ref() else {
             return Err(SessErr::Protocol);
         };
+        let start = Instant::now();
         self.out.cmd(b"STARTTLS\r\n");
         self.flush(s).await?;
         if self.reply(s, true).await? != 220 {
@@ -516,6 +517,12 @@ impl Slot {
             Ok(Err(_)) => return Err(SessErr::Io),
             Err(_) => return Err(SessErr::Timeout),
         };
+        if start >= plan.measure_start {
+            self.stats
+                .borrow_mut()
+                .tls_handshake
+                .saturating_record(micros(start.elapsed()));
+        }
         self.out.cmd(&plan.ehlo_cmd);
         self.flush(s).await?;
         if self.reply(s, true).await? != 250 {

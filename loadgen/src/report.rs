@@ -122,9 +122,13 @@ pub fn print_summary(s: &Settings, o: &Outcome) {
     );
     for (name, h) in [
         ("connect+greeting", &st.connect),
+        ("tls handshake", &st.tls_handshake),
         ("message", &st.message),
         ("session", &st.session),
     ] {
+        if name == "tls handshake" && h.is_empty() {
+            continue;
+        }
         let p = percentiles(h);
         let ms = |us: u64| us as f64 / 1000.0;
         println!(
@@ -312,6 +316,7 @@ pub fn write_json(path: &Path, s: &Settings, o: &Outcome) -> std::io::Result<()>
         ("connect", &st.connect),
         ("message", &st.message),
         ("session", &st.session),
+        ("tls_handshake", &st.tls_handshake),
     ];
     let r = Report {
         schema_version: SCHEMA_VERSION,

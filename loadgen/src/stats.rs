@@ -32,6 +32,8 @@ pub struct ThreadStats {
     pub message: Histogram<u64>,
     /// TCP connect until QUIT's reply.
     pub session: Histogram<u64>,
+    /// STARTTLS written until the TLS handshake is complete (`--starttls`).
+    pub tls_handshake: Histogram<u64>,
     pub accepted: u64,
     pub refused: u64,
     pub failed: u64,
@@ -55,6 +57,7 @@ impl ThreadStats {
             connect: new_histogram(),
             message: new_histogram(),
             session: new_histogram(),
+            tls_handshake: new_histogram(),
             accepted: 0,
             refused: 0,
             failed: 0,
@@ -76,6 +79,9 @@ impl ThreadStats {
         self.connect.add(&o.connect).expect("same histogram bounds");
         self.message.add(&o.message).expect("same histogram bounds");
         self.session.add(&o.session).expect("same histogram bounds");
+        self.tls_handshake
+            .add(&o.tls_handshake)
+            .expect("same histogram bounds");
         self.accepted += o.accepted;
         self.refused += o.refused;
         self.failed += o.failed;
