@@ -3,7 +3,10 @@
 //! panic; every reply line is well-formed (three digits, space or hyphen, CRLF); the cut run
 //! equals the uncut run (replies, stored messages, closed); one `queued as` reply per stored
 //! message; and every stored message, relayed as DATA (dot-stuffed, terminated), ends exactly
-//! at its own terminator, so no stored message holds a terminator that was not one.
+//! at its own terminator, so no stored message holds a terminator that was not one. With
+//! STARTTLS offered (flag 8), nothing after an accepted STARTTLS in the same read ever runs
+//! (CVE-2011-0411): the uncut run, one read, ends with the `220` of the handshake; cut runs,
+//! whose later reads arrive after the handshake, must equal the uncut run only up to it.
 //!
 //! Input layout: byte 0 picks the configuration, byte 1 the number of cuts (mod 16), then two
 //! bytes per cut (little-endian offset, taken modulo the length), then the client's bytes.
@@ -36,6 +39,15 @@ fuzz_target!(|data: &[u8]| {
 
     let whole = run(&config, input, &[]);
     check_replies(&whole.replies);
+    if whole.tls_handshakes > 0 {
+        assert!(config.starttls);
+        assert_eq!(whole.tls_handshakes, 1, "a second handshake from one read");
+        assert!(
+            whole.replies.ends_with(b"220 2.0.0 Ready to start TLS\r\n"),
+            "a reply after STARTTLS in the same read"
+        );
+        assert!(!whole.closed);
+    }
     let queued = whole
         .replies
         .windows(10)
@@ -49,6 +61,13 @@ fuzz_target!(|data: &[u8]| {
     }
 
     let split = run(&config, input, &cuts);
+    check_replies(&split.replies);
+    if whole.tls_handshakes > 0 || split.tls_handshakes > 0 {
+        // Reads after STARTTLS are the TLS session's: the runs agree up to the handshake.
+        let n = whole.replies.len().min(split.replies.len());
+        assert_eq!(split.replies[..n], whole.replies[..n]);
+        return;
+    }
     assert_eq!(
         split.replies, whole.replies,
         "replies differ with cuts {cuts:?}"
@@ -78,6 +97,7 @@ fn config(flags: u8) -> Config {
         } else {
             Vec::new()
         },
+        starttls: flags & 8 != 0,
         ..Config::default()
     }
 }
