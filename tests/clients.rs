@@ -96,7 +96,7 @@ fn lettre_messages() {
 /// when python3 is not available.
 fn python(script: &str, port: u16, test: &str) -> Option<String> {
     if find_program("python3").is_none() {
-        eprintln!("SKIP {test}: python3 is not on PATH");
+        skip_or_fail(test, "python3 is not on PATH");
         return None;
     }
     let mut command = Command::new("python3");
@@ -197,7 +197,7 @@ print("FLAT", b.getvalue().hex())
 fn swaks(test: &str) -> Option<std::path::PathBuf> {
     let found = find_program("swaks");
     if found.is_none() {
-        eprintln!("SKIP {test}: swaks is not on PATH (apt-get install swaks)");
+        skip_or_fail(test, "swaks is not on PATH (apt-get install swaks)");
     }
     found
 }
@@ -296,7 +296,10 @@ fn swaks_data_with_dot_lines() {
 fn smtp_source_messages() {
     const SMTP_SOURCE: &str = "/usr/sbin/smtp-source";
     if find_program(SMTP_SOURCE).is_none() {
-        eprintln!("SKIP smtp_source_messages: {SMTP_SOURCE} not found (apt-get install postfix)");
+        skip_or_fail(
+            "smtp_source_messages",
+            &format!("{SMTP_SOURCE} not found (apt-get install postfix)"),
+        );
         return;
     }
     let server = Server::start(&[]);

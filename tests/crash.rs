@@ -31,14 +31,7 @@ const MESSAGES_PER_SESSION_MAX: usize = 5_000;
 
 /// The trace headers every message from `Client::ehlo` on 127.0.0.1 carries.
 fn template() -> Expected<'static> {
-    Expected {
-        sender: SENDER,
-        recipients: RCPTS,
-        helo: "client.example",
-        peer: "127.0.0.1",
-        protocol: "ESMTP",
-        body: b"",
-    }
+    expected(SENDER, RCPTS)
 }
 
 /// The body of message `n` of session `s` in round `round`; its Subject names it uniquely.

@@ -42,14 +42,7 @@ static PLAN_LOCK: Mutex<()> = Mutex::new(());
 
 /// The trace headers every message from `Client::ehlo` on 127.0.0.1 carries.
 fn template() -> Expected<'static> {
-    Expected {
-        sender: SENDER,
-        recipients: RCPTS,
-        helo: "client.example",
-        peer: "127.0.0.1",
-        protocol: "ESMTP",
-        body: b"",
-    }
+    expected(SENDER, RCPTS)
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -81,7 +74,7 @@ fn uring_works(test: &str) -> bool {
     match uring::probe(256) {
         Ok(()) => true,
         Err(e) => {
-            eprintln!("SKIP {test} on io_uring: {e}");
+            skip_or_fail(test, &format!("io_uring cannot be set up: {e}"));
             false
         }
     }
@@ -433,7 +426,10 @@ impl Drop for TinyTmpfs {
 #[test]
 fn full_filesystem_then_space_freed() {
     let Some(tmpfs) = TinyTmpfs::mount("256k") else {
-        eprintln!("SKIP full_filesystem_then_space_freed: not root or cannot mount a tmpfs");
+        skip_or_fail(
+            "full_filesystem_then_space_freed",
+            "not root or cannot mount a tmpfs",
+        );
         return;
     };
     let spool = tmpfs.dir.display().to_string();

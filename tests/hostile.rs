@@ -25,16 +25,6 @@ use common::*;
 const SENDER: &str = "sender@origin.example";
 const RCPTS: &[&str] = &["rcpt@rcpt.example"];
 
-/// The server's resident memory in KiB (VmRSS in /proc/PID/status).
-fn rss_kib(pid: i32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS line")
-}
-
 /// Raises this process's soft RLIMIT_NOFILE to the hard limit (children inherit it); returns
 /// the new soft limit.
 fn raise_nofile() -> u64 {

@@ -23,16 +23,6 @@ const RCPTS: &[&str] = &["rcpt@rcpt.example"];
 const WORKERS: usize = 8;
 const MESSAGES_PER_SESSION: usize = 20;
 
-/// The server's resident memory in KiB.
-fn rss_kib(pid: i32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS line")
-}
-
 /// The server's open file descriptors.
 fn fds(pid: i32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))

@@ -19,7 +19,7 @@ use std::time::{Duration, SystemTime};
 use bytes::BytesMut;
 use tokio::sync::Notify;
 
-use super::{DeliveryError, MessageStart, Sink};
+use super::{DeliveryError, MessageStart, QueueId, Sink};
 use crate::driver::Driver;
 use crate::scan::Part;
 
@@ -39,6 +39,18 @@ pub fn file_host(hostname: &str) -> String {
         .chars()
         .map(|c| if c == '/' || c == ':' { '_' } else { c })
         .collect()
+}
+
+/// `dir/` followed by `pieces`, in one allocation.
+fn join(dir: &Path, pieces: &[&str]) -> PathBuf {
+    let len = pieces.iter().map(|p| p.len()).sum::<usize>();
+    let mut path = PathBuf::with_capacity(dir.as_os_str().len() + 1 + len);
+    path.push(dir);
+    path.push(pieces[0]);
+    for piece in &pieces[1..] {
+        path.as_mut_os_string().push(piece);
+    }
+    path
 }
 
 /// What `prepare` found in `tmp/`.
@@ -131,8 +143,8 @@ pub struct Draft<D: Driver> {
     file: D::File,
     offset: u64,
     tmp_path: PathBuf,
-    /// The name in `new/` (without the retry suffix).
-    id: String,
+    /// The queue ID, which names the file in `new/`.
+    id: QueueId,
     /// The first write error; the draft is then doomed and its commit fails.
     failed: bool,
 }
@@ -160,13 +172,11 @@ impl<D: Driver> Maildir<D> {
 
     /// The path in `new/` for `id`, with retry suffix `attempt` after the first.
     fn new_path(&self, id: &str, attempt: u32) -> PathBuf {
-        let mut path = self.new.clone();
-        if attempt == 0 {
-            path.push(format!("{id}{}", self.new_suffix));
-        } else {
-            path.push(format!("{id}-{attempt}{}", self.new_suffix));
+        let mut name = String::new();
+        if attempt > 0 {
+            name = format!("-{attempt}");
         }
-        path
+        join(&self.new, &[id, &name, &self.new_suffix])
     }
 
     /// Moves a synced, closed file from `tmp/` to a free name in `new/`: the first name is
@@ -231,8 +241,10 @@ impl<D: Driver> Sink for Maildir<D> {
         start: &MessageStart<'_>,
         head: Vec<u8>,
     ) -> (io::Result<Draft<D>>, Vec<u8>) {
-        let mut tmp_path = self.tmp.clone();
-        tmp_path.push(format!("{}{}", start.id, self.tmp_suffix));
+        let Some(id) = QueueId::parse(start.id) else {
+            return (Err(io::Error::other("not a queue ID")), head);
+        };
+        let tmp_path = join(&self.tmp, &[start.id, &self.tmp_suffix]);
         let (created, head) = D::create_with(&tmp_path, head).await;
         let file = match created {
             Ok(file) => file,
@@ -242,7 +254,7 @@ impl<D: Driver> Sink for Maildir<D> {
             file,
             offset: head.len() as u64,
             tmp_path,
-            id: start.id.to_string(),
+            id,
             failed: false,
         };
         (Ok(draft), head)
@@ -282,7 +294,7 @@ impl<D: Driver> Sink for Maildir<D> {
             )));
         }
         let new_path = self
-            .publish(file, &tmp_path, &id)
+            .publish(file, &tmp_path, id.as_str())
             .await
             .map_err(DeliveryError::Temporary)?;
         if self.fsync {

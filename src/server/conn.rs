@@ -134,6 +134,7 @@ pub(crate) async fn serve<D: Driver>(stream: D::Stream, peer: SocketAddr, shard:
         out,
         buf: BytesMut::with_capacity(SMALL_BUFFER),
         large: false,
+        small: BytesMut::new(),
         scratch: Vec::with_capacity(REPLY_BUFFER_IDLE),
         message: Message::Idle,
         phase,
@@ -202,6 +203,8 @@ struct Conn<'a, D: Driver> {
     buf: BytesMut,
     /// `buf` is a large buffer from the pool.
     large: bool,
+    /// The small receive buffer, kept aside while `buf` is a large one.
+    small: BytesMut,
     /// The reply buffer not in use by the session: replies in flight, or trace headers.
     scratch: Vec<u8>,
     message: Message<<AnySink<D> as Sink>::Message>,
@@ -450,12 +453,14 @@ impl<D: Driver> Conn<'_, D> {
         }
     }
 
-    /// Takes back the buffer of a finished write; after a burst of replies both reply buffers
-    /// return to their idle size.
+    /// Takes back the buffer of a finished write. A reply buffer grows to at most
+    /// `REPLY_BUFFER_MAX` plus one batch (rounded up by `Vec` to twice that) in steady
+    /// pipelining, which is kept so that a busy session does not allocate; one that grew
+    /// past it (a single batch larger than the bound) returns to its idle size.
     fn end_write(&mut self, mut sent: Vec<u8>) {
-        if sent.capacity() > REPLY_BUFFER_MAX {
+        if sent.capacity() > 2 * REPLY_BUFFER_MAX {
             sent = Vec::with_capacity(REPLY_BUFFER_IDLE);
-            if self.out.replies.is_empty() {
+            if self.out.replies.is_empty() && self.out.replies.capacity() > 2 * REPLY_BUFFER_MAX {
                 self.out.replies = Vec::with_capacity(REPLY_BUFFER_IDLE);
             }
         }
@@ -580,17 +585,19 @@ impl<D: Driver> Conn<'_, D> {
         }
     }
 
-    /// Gives the connection a large buffer while data flows, a small one otherwise.
+    /// Gives the connection a large buffer while data flows, its small one otherwise (kept
+    /// aside meanwhile, so that switching allocates nothing).
     fn size_buffer(&mut self) {
         let data = self.session.receiving_data();
         if data && !self.large {
             if let Some(mut large) = self.shard.take_large() {
                 large.extend_from_slice(&self.buf);
-                self.buf = large;
+                self.small = std::mem::replace(&mut self.buf, large);
+                self.small.clear();
                 self.large = true;
             }
         } else if !data && self.large && self.buf.len() <= SMALL_BUFFER / 2 {
-            let mut small = BytesMut::with_capacity(SMALL_BUFFER);
+            let mut small = std::mem::take(&mut self.small);
             small.extend_from_slice(&self.buf);
             self.shard
                 .give_large(std::mem::replace(&mut self.buf, small));

@@ -154,9 +154,14 @@ impl<D: Driver> Shard<D> {
     pub fn give_large(&self, mut buf: BytesMut) {
         self.large_in_use.set(self.large_in_use.get() - 1);
         let mut pool = self.pool.borrow_mut();
-        if pool.len() < POOLED_BUFFERS_MAX && buf.capacity() >= LARGE_BUFFER {
+        if pool.len() < POOLED_BUFFERS_MAX {
+            // A buffer read from has its start advanced; clearing and reserving takes the
+            // whole allocation back without a new one.
             buf.clear();
-            pool.push(buf);
+            buf.reserve(LARGE_BUFFER);
+            if buf.capacity() >= LARGE_BUFFER {
+                pool.push(buf);
+            }
         }
     }
 }

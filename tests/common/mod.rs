@@ -717,6 +717,75 @@ pub fn ipv6_loopback_available() -> bool {
     std::net::TcpListener::bind("[::1]:0").is_ok()
 }
 
+/// A test cannot run here because `why` (a peer program, io_uring, root, ::1 is missing).
+/// Under `CI=true` that fails the test: CI installs every peer, so a missing one is a broken
+/// set-up, never a pass. Elsewhere the test says so and returns.
+pub fn skip_or_fail(test: &str, why: &str) {
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("{test}: {why} (CI=true: a missing peer fails the test)");
+    }
+    eprintln!("SKIP {test}: {why}");
+}
+
+/// The sender, HELO name and client address of the messages `Client::ehlo` sends on IPv4
+/// loopback with `transaction`, as `check_stored` expects them.
+pub fn expected(sender: &'static str, recipients: &'static [&'static str]) -> Expected<'static> {
+    Expected {
+        sender,
+        recipients,
+        helo: "client.example",
+        peer: "127.0.0.1",
+        protocol: "ESMTP",
+        body: b"",
+    }
+}
+
+/// The resident set size of process `pid`, in KiB.
+pub fn rss_kib(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS line")
+}
+
+/// Sends `bodies` over one connection in a single write (EHLO `client.example`, every
+/// transaction, QUIT), written from another thread, then reads every reply in order. Returns
+/// queue ID → body.
+pub fn pipelined_session(
+    addr: SocketAddr,
+    sender: &str,
+    recipients: &[&str],
+    bodies: Vec<Vec<u8>>,
+) -> HashMap<String, Vec<u8>> {
+    let mut client = Client::greeted(addr);
+    let mut script = b"EHLO client.example\r\n".to_vec();
+    for body in &bodies {
+        script.extend_from_slice(&transaction(sender, recipients, body));
+    }
+    script.extend_from_slice(b"QUIT\r\n");
+    // Written from another thread: the server's replies could fill our receive window first.
+    let mut writer = client.stream().try_clone().unwrap();
+    let sent = std::thread::spawn(move || writer.write_all(&script));
+    let ehlo = client.expect("250-");
+    assert!(ehlo.contains("PIPELINING"), "{ehlo}");
+    let mut ids = HashMap::new();
+    for body in bodies {
+        client.expect("250 2.1.0");
+        for _ in recipients {
+            client.expect("250 2.1.5");
+        }
+        client.expect("354 ");
+        let id = client.expect_queued();
+        assert!(ids.insert(id.clone(), body).is_none(), "ID {id} repeated");
+    }
+    client.expect("221 2.0.0");
+    assert_eq!(client.read_until_closed(), "");
+    sent.join().unwrap().expect("pipelined write");
+    ids
+}
+
 /// Whether the server refused to start because io_uring is unavailable (the test then skips).
 pub fn uring_refused(error: &StartError) -> bool {
     error
@@ -740,10 +809,8 @@ pub fn start_backend(backend: &str, vars: &[(&str, &str)], test: &str) -> Option
             Some(server)
         }
         Err(e) if backend == "uring" && uring_refused(&e) => {
-            eprintln!(
-                "SKIP {test}: io_uring is refused on this machine: {}",
-                e.log.join(" | ")
-            );
+            let why = format!("io_uring is refused on this machine: {}", e.log.join(" | "));
+            skip_or_fail(test, &why);
             None
         }
         Err(e) => panic!(
