@@ -981,3 +981,53 @@ fn shutdown_does_not_wait_for_a_handshake() {
     let status = server.wait_exit(Duration::from_secs(10));
     assert!(status.is_some(), "still running: {}", server.log_text());
 }
+
+/// lettre with rustls (`Tls::Required`, trusting only the test's certificate): messages sent
+/// inside STARTTLS are stored byte-exact, stamped ESMTPS with the TLS comment.
+#[test]
+fn lettre_rustls_starttls() {
+    use lettre::message::header::ContentType;
+    use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
+    use lettre::transport::smtp::extension::ClientId;
+    use lettre::{Message, SmtpTransport, Transport};
+
+    let pair = Pair::new(70);
+    let Some(server) = tls_server("uring", &pair, &[], "lettre_rustls_starttls") else {
+        return;
+    };
+    let pem = std::fs::read(&pair.cert).unwrap();
+    let tls = TlsParameters::builder("localhost".to_string())
+        .add_root_certificate(Certificate::from_pem(&pem).unwrap())
+        .build_rustls()
+        .unwrap();
+    let transport = SmtpTransport::builder_dangerous("localhost")
+        .port(server.addr().port())
+        .tls(Tls::Required(tls))
+        .hello_name(ClientId::Domain("client.example".into()))
+        .timeout(Some(Duration::from_secs(10)))
+        .build();
+    for n in 0..3 {
+        let message = Message::builder()
+            .from("Sender <s@y.example>".parse().unwrap())
+            .to(format!("l{n}@x.example").parse().unwrap())
+            .subject(format!("lettre {n}"))
+            .header(ContentType::TEXT_PLAIN)
+            .body(format!("Hello over TLS.\n.leading dot {n}\n"))
+            .unwrap();
+        let response = transport
+            .send(&message)
+            .unwrap_or_else(|e| panic!("lettre send: {e}\n{}", server.log_text()));
+        let first = response.first_line().unwrap_or_default().to_string();
+        let id = queue_id(&first).unwrap_or_else(|| panic!("no ID in {first:?}"));
+        let mut body = message.formatted();
+        body.extend_from_slice(b"\r\n");
+        check_tls_file(
+            &file_with_id(&server, &id),
+            &id,
+            &format!("l{n}@x.example"),
+            "TLSv1.3",
+            "TLS_AES_256_GCM_SHA384",
+            &body,
+        );
+    }
+}
