@@ -10,8 +10,12 @@
 //! read, takes plaintext into its receive buffer, gives it reply plaintext and takes ciphertext
 //! to send. It never touches a socket, so both backends share it and tests drive it in memory
 //! against a rustls client. It wraps rustls's buffered `ServerConnection`: each record's
-//! ciphertext is copied into rustls's deframer, decrypted there in place, and the plaintext is
-//! copied once more into the connection's receive buffer (see `TlsLayer::receive`).
+//! ciphertext is copied into rustls's deframer and decrypted there in place, rustls copies the
+//! plaintext into a queue of its own (one allocation per record), and `TlsLayer::receive`
+//! copies it once more into the connection's receive buffer. rustls 0.23's unbuffered API
+//! would save only the first copy: it decrypts in the caller's buffer, but its `ReadTraffic`
+//! still hands application data out of that same internal queue (the in-place path is a TODO
+//! in `rustls::unbuffered`), so it is not used; `benches/tls.rs` prices the copies.
 //!
 //! The crypto provider is *ring*: it builds from Rust and C/assembly with only a C compiler
 //! (no cmake, NASM or Go, which aws-lc-rs may need), builds in a fraction of aws-lc-sys's
