@@ -435,7 +435,9 @@ impl<D: Driver> Conn<'_, D> {
         };
         match accepted {
             Ok(tls) => {
-                let facts = tls.facts();
+                let Some(facts) = tls.facts() else {
+                    return Err(End::TlsFailed);
+                };
                 log_debug!(
                     "{}: TLS established, {} with {}",
                     self.peer,

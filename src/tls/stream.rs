@@ -120,9 +120,15 @@ impl TlsStream {
                 written.map_err(HandshakeError::Io)?;
             }
             if !self.layer.is_handshaking() {
+                // A finished handshake always has a version and a suite ringmx offered.
                 self.facts = self.layer.facts();
                 debug_assert!(self.facts.is_some(), "handshake done without facts");
-                return Ok(());
+                return match self.facts {
+                    Some(_) => Ok(()),
+                    None => Err(HandshakeError::Io(io::Error::other(
+                        "handshake done without a known version and cipher suite",
+                    ))),
+                };
             }
             if self.cipher.is_empty() {
                 let n = self
@@ -146,12 +152,9 @@ impl TlsStream {
         }
     }
 
-    /// The negotiated protocol version and cipher suite.
-    pub fn facts(&self) -> TlsFacts {
-        self.facts.unwrap_or(TlsFacts {
-            version: "TLS",
-            cipher: "unknown",
-        })
+    /// The negotiated protocol version and cipher suite (set once `accept` succeeded).
+    pub fn facts(&self) -> Option<TlsFacts> {
+        self.facts
     }
 
     /// Reads more ciphertext from the socket into `cipher`; returns the bytes read (0: EOF).
