@@ -16,7 +16,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::log::Level;
+use crate::log::{Level, LogFormat};
 use crate::scan::BareLf;
 
 /// The prefix that marks a variable as ringmx's.
@@ -52,6 +52,8 @@ const DOMAINS_MAX: usize = 10_000;
 /// io_uring queue sizes the kernel takes (powers of two).
 const RING_ENTRIES_MIN: u64 = 8;
 const RING_ENTRIES_MAX: u64 = 32_768;
+/// PROXY header timeout: a balancer sends its header at once; a minute is plenty.
+const PROXY_TIMEOUT_SECS_MAX: u64 = 60;
 /// Characters of a bad value quoted in an error line.
 const ERROR_VALUE_CHARS_MAX: usize = 200;
 /// The longest host name whose spool file names fit in 255 octets (NAME_MAX).
@@ -358,6 +360,16 @@ pub const VARIABLES: &[Variable] = &[
         },
     },
     Variable {
+        name: "RINGMX_LOG_FORMAT",
+        default: "text",
+        computed: false,
+        meaning: "text or json (one JSON object per line, same events)",
+        apply: |s, c| {
+            c.log_format = one_of(s, &[("text", LogFormat::Text), ("json", LogFormat::Json)])?;
+            Ok(())
+        },
+    },
+    Variable {
         name: "RINGMX_IPV6_PREFIX",
         default: "64",
         computed: false,
@@ -420,6 +432,44 @@ pub const VARIABLES: &[Variable] = &[
         meaning: "a TLS handshake that takes longer is dropped",
         apply: |s, c| {
             c.tls_handshake_timeout = secs(number(s, 1, TLS_HANDSHAKE_SECS_MAX)?);
+            Ok(())
+        },
+    },
+    Variable {
+        name: "RINGMX_PROXY_FROM",
+        default: "",
+        computed: false,
+        meaning: "networks (CIDR list) whose connections must begin with a PROXY v1 or v2 header (empty: off)",
+        apply: |s, c| {
+            c.proxy_from = parse_nets(s)?;
+            Ok(())
+        },
+    },
+    Variable {
+        name: "RINGMX_PROXY_TIMEOUT_SECS",
+        default: "5",
+        computed: false,
+        meaning: "time allowed for that header",
+        apply: |s, c| {
+            c.proxy_timeout = secs(number(s, 1, PROXY_TIMEOUT_SECS_MAX)?);
+            Ok(())
+        },
+    },
+    Variable {
+        name: "RINGMX_METRICS_LISTEN",
+        default: "",
+        computed: false,
+        meaning: "address of the Prometheus endpoint, e.g. 127.0.0.1:9425 (empty: off)",
+        apply: |s, c| {
+            c.metrics_listen = if s.is_empty() {
+                None
+            } else {
+                Some(s.parse::<SocketAddr>().map_err(|_| {
+                    "expected an address:port such as 127.0.0.1:9425 or [::1]:9425, or empty \
+                     for off"
+                        .to_string()
+                })?)
+            };
             Ok(())
         },
     },
@@ -639,6 +689,14 @@ pub struct ServerConfig {
     pub ring_entries: u32,
     /// The log level.
     pub log_level: Level,
+    /// How log lines are written: text or JSON.
+    pub log_format: LogFormat,
+    /// Networks whose connections must begin with a PROXY header (empty: none).
+    pub proxy_from: Vec<IpNet>,
+    /// Time allowed for that header.
+    pub proxy_timeout: Duration,
+    /// Where the Prometheus endpoint listens (None: off).
+    pub metrics_listen: Option<SocketAddr>,
     /// The certificate and key for STARTTLS; `None` when TLS is not offered.
     pub tls: Option<TlsFiles>,
     /// Time allowed for a TLS handshake.
@@ -795,10 +853,19 @@ impl ServerConfig {
             backend: Backend::Auto,
             ring_entries: RING_ENTRIES_MIN as u32,
             log_level: Level::Info,
+            log_format: LogFormat::Text,
+            proxy_from: Vec::new(),
+            proxy_timeout: Duration::ZERO,
+            metrics_listen: None,
             tls: None,
             tls_handshake_timeout: Duration::ZERO,
             session: crate::proto::Config::default(),
         }
+    }
+
+    /// Whether a connection from `ip` must begin with a PROXY header.
+    pub fn is_proxy_source(&self, ip: IpAddr) -> bool {
+        self.proxy_from.iter().any(|net| net.contains(ip))
     }
 }
 
@@ -1049,6 +1116,33 @@ mod tests {
     }
 
     #[test]
+    fn proxy_metrics_and_log_format() {
+        let c = config(&[
+            ("RINGMX_PROXY_FROM", "10.0.0.0/8, 2001:db8::/32"),
+            ("RINGMX_PROXY_TIMEOUT_SECS", "2"),
+            ("RINGMX_METRICS_LISTEN", "[::1]:9425"),
+            ("RINGMX_LOG_FORMAT", "JSON"),
+        ])
+        .unwrap();
+        assert_eq!(c.proxy_from, vec![net("10.0.0.0/8"), net("2001:db8::/32")]);
+        assert!(c.is_proxy_source(ip("10.1.2.3")));
+        assert!(c.is_proxy_source(ip("::ffff:10.1.2.3")));
+        assert!(c.is_proxy_source(ip("2001:db8::25")));
+        assert!(!c.is_proxy_source(ip("192.0.2.1")));
+        assert_eq!(c.proxy_timeout, Duration::from_secs(2));
+        assert_eq!(c.metrics_listen, Some("[::1]:9425".parse().unwrap()));
+        assert_eq!(c.log_format, LogFormat::Json);
+        refused("RINGMX_PROXY_FROM", "10.0.0.1/8");
+        refused("RINGMX_PROXY_FROM", "10.0.0.0/8,,");
+        refused("RINGMX_PROXY_TIMEOUT_SECS", "0");
+        refused("RINGMX_PROXY_TIMEOUT_SECS", "61");
+        refused("RINGMX_METRICS_LISTEN", "9425");
+        refused("RINGMX_METRICS_LISTEN", "localhost:9425");
+        let line = refused("RINGMX_LOG_FORMAT", "logfmt");
+        assert!(line.contains("expected text or json"), "{line}");
+    }
+
+    #[test]
     fn defaults_with_an_empty_environment() {
         let c = config(&[]).unwrap();
         assert_eq!(
@@ -1070,6 +1164,11 @@ mod tests {
         assert_eq!(c.backend, Backend::Auto);
         assert_eq!(c.ring_entries, 1024);
         assert_eq!(c.log_level, Level::Info);
+        assert_eq!(c.log_format, LogFormat::Text);
+        assert!(c.proxy_from.is_empty());
+        assert!(!c.is_proxy_source(ip("127.0.0.1")));
+        assert_eq!(c.proxy_timeout, Duration::from_secs(5));
+        assert_eq!(c.metrics_listen, None);
         let s = &c.session;
         let d = crate::proto::Config::default();
         assert_eq!(s.hostname, "mx.example.com");
@@ -1119,7 +1218,7 @@ mod tests {
             assert!(!line.contains("unknown variable"), "{line}");
             assert!(line.starts_with(name), "{line}");
         }
-        assert_eq!(VARIABLES.len(), 30);
+        assert_eq!(VARIABLES.len(), 34);
     }
 
     #[test]

@@ -14,13 +14,15 @@
 use std::cell::Cell;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::BytesMut;
 use tokio::sync::Notify;
 
 use super::{DeliveryError, MessageStart, QueueId, Sink};
 use crate::driver::Driver;
+use crate::metrics::ShardMetrics;
 use crate::scan::Part;
 
 /// A tmp file older than this is removed at start-up whoever wrote it (the Maildir rule).
@@ -136,6 +138,8 @@ pub struct Maildir<D: Driver> {
     failed_through: Cell<u64>,
     syncing: Cell<bool>,
     sync_done: Notify,
+    /// The shard's counters, for fsync latency (None: metrics off).
+    metrics: Option<Arc<ShardMetrics>>,
 }
 
 /// A message being written: its file, where the next byte goes, and its names.
@@ -151,7 +155,12 @@ pub struct Draft<D: Driver> {
 
 impl<D: Driver> Maildir<D> {
     /// Opens shard's view of the Maildir at `root` (already `prepare`d).
-    pub fn open(root: &Path, fsync: bool, hostname: &str) -> io::Result<Maildir<D>> {
+    pub fn open(
+        root: &Path,
+        fsync: bool,
+        hostname: &str,
+        metrics: Option<Arc<ShardMetrics>>,
+    ) -> io::Result<Maildir<D>> {
         let new = root.join("new");
         let new_dir = D::open_dir(&new)?;
         let host = file_host(hostname);
@@ -167,6 +176,7 @@ impl<D: Driver> Maildir<D> {
             failed_through: Cell::new(0),
             syncing: Cell::new(false),
             sync_done: Notify::new(),
+            metrics,
         })
     }
 
@@ -184,7 +194,16 @@ impl<D: Driver> Maildir<D> {
     /// tried instead.
     async fn publish(&self, file: D::File, tmp_path: &Path, id: &str) -> io::Result<PathBuf> {
         let mut new_path = self.new_path(id, 0);
+        let started = self
+            .metrics
+            .as_ref()
+            .filter(|_| self.fsync)
+            .map(|_| Instant::now());
         let mut result = D::persist(file, self.fsync, tmp_path, &new_path).await;
+        if let (Some(metrics), Some(started)) = (&self.metrics, started) {
+            // The file's fsync with its rename (one step for the driver).
+            metrics.fsync_latency(started.elapsed());
+        }
         let mut attempt = 0;
         while matches!(&result, Err(e) if e.kind() == io::ErrorKind::AlreadyExists) {
             attempt += 1;
@@ -221,7 +240,11 @@ impl<D: Driver> Maildir<D> {
             }
             self.syncing.set(true);
             let target = self.renames.get();
+            let started = self.metrics.as_ref().map(|_| Instant::now());
             let result = D::sync_dir(&self.new_dir).await;
+            if let (Some(metrics), Some(started)) = (&self.metrics, started) {
+                metrics.fsync_latency(started.elapsed());
+            }
             self.syncing.set(false);
             match &result {
                 Ok(()) => self.synced.set(self.synced.get().max(target)),

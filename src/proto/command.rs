@@ -101,11 +101,13 @@ pub fn is_foreign(line: &[u8]) -> bool {
     FOREIGN_VERBS.iter().any(|v| verb.eq_ignore_ascii_case(v))
 }
 
-/// True when `line` (or the start of a line too long to keep) has the verb `BDAT`.
+/// True when `line` (or the start of a line too long to keep) has the verb `BDAT`, followed by
+/// nothing, a space or any other byte that is not part of a longer word (`BDAT\t5` is a BDAT
+/// whose size cannot be read, not an unknown command: its client will send a chunk).
 pub fn is_bdat(line: &[u8]) -> bool {
     line.len() >= 4
         && line[..4].eq_ignore_ascii_case(b"BDAT")
-        && matches!(line.get(4), None | Some(b' '))
+        && line.get(4).is_none_or(|b| !b.is_ascii_alphanumeric())
 }
 
 /// Parses one command line (without its line ending). With `extensions` off (the client said
@@ -116,6 +118,10 @@ pub fn parse(line: &[u8], extensions: bool) -> Result<Command<'_>, Bad> {
     let args = &line[(verb_end + 1).min(line.len())..];
     if verb.eq_ignore_ascii_case(b"STARTTLS") {
         return no_args(args, Command::StartTls);
+    }
+    if verb.len() != 4 && is_bdat(line) {
+        // `BDAT` glued to something other than a space: a chunk may follow, length unknown.
+        return Err(Bad::Chunk);
     }
     if verb.len() != 4 {
         return Err(Bad::Unknown);
@@ -536,6 +542,8 @@ mod tests {
         assert_eq!(parse(b"STARTTLS "), Ok(Command::StartTls));
         assert_eq!(parse(b"STARTTLS x"), Err(Bad::Syntax(USAGE_BARE)));
         assert_eq!(parse(b"STARTTLSX"), Err(Bad::Unknown));
+        assert_eq!(parse(b"BDATX 5"), Err(Bad::Unknown));
+        assert_eq!(parse(b"BDAT5"), Err(Bad::Unknown));
     }
 
     #[test]
@@ -699,6 +707,10 @@ mod tests {
             b"BDAT 1 LAST X",
             b"BDAT 1 FIRST",
             b"BDAT LAST",
+            b"BDAT\t5",
+            b"BDAT\t5 LAST",
+            b"BDAT:5",
+            b"bdat,5",
         ] {
             assert_eq!(parse(line), Err(Bad::Chunk), "{line:?}");
         }

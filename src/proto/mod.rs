@@ -81,10 +81,14 @@ impl Default for Config {
     }
 }
 
-/// Reply bytes a session may leave waiting in `Output::replies`: past this it consumes no more
-/// input until the driver has sent them, so no client can make a connection hold more reply
-/// memory than this (plus one reply) however many commands it pipelines.
+/// Reply bytes that may wait in `Output::replies`: once they come within one command's
+/// replies of it (`Output::replies_full`) the session consumes no more input until the driver
+/// has sent them, so no client can make a connection hold more reply memory than this however
+/// many commands it pipelines — and the buffer never grows past it.
 pub const REPLY_BUFFER_MAX: usize = 16 * 1024;
+
+/// The most reply bytes one command line can produce (the EHLO reply is the longest).
+const COMMAND_REPLIES_MAX: usize = 1024;
 
 /// The buffers a session writes into; owned by the driver and reused for the whole session.
 #[derive(Debug, Default)]
@@ -96,6 +100,12 @@ pub struct Output {
 }
 
 impl Output {
+    /// True when the replies waiting are within one command's replies of `REPLY_BUFFER_MAX`:
+    /// send them before feeding more input.
+    pub fn replies_full(&self) -> bool {
+        self.replies.len() + COMMAND_REPLIES_MAX > REPLY_BUFFER_MAX
+    }
+
     /// Empty output buffers with room for typical replies and data.
     pub fn new() -> Output {
         Output {
@@ -109,7 +119,7 @@ impl Output {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Step {
     /// Write `out.body` to the open message (if any), send the replies, read more input —
-    /// unless `out.replies` holds `REPLY_BUFFER_MAX` bytes or more: then send them first and
+    /// unless `out.replies_full()`: then send the replies first and
     /// feed the rest of the input again before reading.
     Read,
     /// A message begins (DATA was accepted, or the first BDAT chunk): begin it in the sink
@@ -483,7 +493,7 @@ impl Session {
                         return (pos, step);
                     }
                 }
-                State::Command if out.replies.len() >= REPLY_BUFFER_MAX => {
+                State::Command if out.replies_full() => {
                     return (pos, Step::Read);
                 }
                 State::Command => match scan::split_line(&input[pos..]) {

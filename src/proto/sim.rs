@@ -13,7 +13,7 @@ use std::time::Instant;
 use chrono::{DateTime, Utc};
 
 use super::trace::{write_trace, Trace};
-use super::{Config, Output, Part, Session, Step, StoreError, TlsFacts, REPLY_BUFFER_MAX};
+use super::{Config, Output, Part, Session, Step, StoreError, TlsFacts};
 
 /// The client address written in the simulated trace headers.
 pub const SIM_CLIENT: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1));
@@ -110,7 +110,7 @@ impl Sim {
             pos += n;
             self.replies_waiting_max = self.replies_waiting_max.max(self.out.replies.len());
             match step {
-                Step::Read if self.out.replies.len() >= REPLY_BUFFER_MAX => {
+                Step::Read if self.out.replies_full() => {
                     // Replies full: send them, then feed the rest again.
                     self.flush();
                 }

@@ -1,8 +1,11 @@
 //! Session tests: transcripts (client bytes in, exact reply bytes and stored message bytes out)
-//! for every row of SPEC §4.2, the EHLO extensions, MAIL parameters, BDAT, both bare-LF modes
-//! and the SMTP smuggling vectors; then property tests: a valid multi-message transcript split
-//! at random points gives the same replies and stored bytes as the unsplit run, and random
-//! input never panics and only ever produces well-formed reply lines.
+//! for every row of SPEC §4.2, the EHLO extensions, MAIL parameters, BDAT, both bare-LF modes,
+//! the SMTP smuggling vectors and the protocol margins hostile clients probe (command order,
+//! RCPT between BDAT chunks, unreadable BDAT sizes, HTTP verbs, junk and recipient overshoot,
+//! SMTPUTF8 addresses); then property tests: a valid multi-message transcript split at random
+//! points gives the same replies, stored bytes and trace headers as the unsplit run, and random
+//! input never panics, only ever produces well-formed reply lines, and every stored message's
+//! `Delivered-To:` lines are exactly the recipients that got `250`.
 //!
 //! The expected replies are written out here byte for byte, not taken from `reply.rs`, so a
 //! changed reply text fails a test.
@@ -1254,6 +1257,7 @@ fn unreadable_bdat_size_gets_501_and_close_and_nothing_after_it_runs() {
         "BDAT 10 FIRST\r\n",
         "BDAT 5 LAST LAST\r\n",
         "bdat 0x5\r\n",
+        "BDAT\t5\r\n",
     ] {
         let mut sim = ready();
         let input = format!("{ENVELOPE}{line}hello{ENVELOPE}DATA\r\nx\r\n.\r\nQUIT\r\n");

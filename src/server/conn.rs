@@ -17,6 +17,12 @@
 //! fills the layer's ciphertext buffer and `on_read` decrypts it into the receive buffer;
 //! replies are sealed into records before their write starts. The handshake itself runs
 //! between two turns of the loop, once the `220` is out, within its own deadline.
+//!
+//! A connection from a `RINGMX_PROXY_FROM` network first reads its PROXY header
+//! (`proxy_header`), before the limits and the greeting: the client the header names is the
+//! peer from then on, and bytes after the header are the session's first input. The shard's
+//! metrics (when on) are counted where things happen: accepted and refused connections,
+//! bytes read, replies handed to the socket, messages stored, the time to store them.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -31,10 +37,12 @@ use bytes::{Buf, BytesMut};
 use super::{Phase, Refused, Shard, LARGE_BUFFER, SMALL_BUFFER};
 use crate::delivery::{AnySink, DeliveryError, MessageStart, QueueId, Sink};
 use crate::driver::Driver;
+use crate::metrics::{Connection, ShardMetrics};
 use crate::proto::trace::{self, Trace};
 use crate::proto::{self, Output, Session, Step, StoreError, REPLY_BUFFER_MAX};
-use crate::tls::stream::{Decrypted, TlsStream};
-use crate::{log_debug, log_info};
+use crate::proxy::{self, Outcome, Parsed};
+use crate::tls::stream::{Decrypted, HandshakeError, TlsStream};
+use crate::{log_debug, log_event, log_info};
 
 /// Time given to the last replies (the 421) when the shutdown grace is over.
 const STOP_FLUSH: Duration = Duration::from_secs(1);
@@ -59,6 +67,43 @@ enum End {
     TlsFailed,
     /// A TLS record failed (bad record, alert) after the handshake.
     TlsError,
+}
+
+impl End {
+    /// The name in log events.
+    fn as_str(self) -> &'static str {
+        match self {
+            End::Closed => "closed",
+            End::Timeout => "timeout",
+            End::Shutdown => "shutdown",
+            End::PeerClosed => "peer_closed",
+            End::ReadError => "read_error",
+            End::WriteError => "write_error",
+            End::TlsFailed => "tls_failed",
+            End::TlsError => "tls_error",
+        }
+    }
+}
+
+/// Counts a session in `ringmx_sessions_active` while it lives.
+struct ActiveSession<'a>(Option<&'a ShardMetrics>);
+
+impl<'a> ActiveSession<'a> {
+    fn new(metrics: Option<&'a ShardMetrics>) -> ActiveSession<'a> {
+        if let Some(metrics) = metrics {
+            metrics.connection(Connection::Accepted);
+            metrics.session_started();
+        }
+        ActiveSession(metrics)
+    }
+}
+
+impl Drop for ActiveSession<'_> {
+    fn drop(&mut self) {
+        if let Some(metrics) = self.0 {
+            metrics.session_ended();
+        }
+    }
 }
 
 /// The message the session is receiving, as far as the sink is concerned.
@@ -93,36 +138,81 @@ enum Event {
 }
 
 /// Serves one accepted connection to its end.
-pub(crate) async fn serve<D: Driver>(stream: D::Stream, peer: SocketAddr, shard: &Rc<Shard<D>>) {
+pub(crate) async fn serve<D: Driver>(
+    stream: D::Stream,
+    socket_peer: SocketAddr,
+    shard: &Rc<Shard<D>>,
+) {
     let config = &shard.config;
     let started = Instant::now();
+    let metrics = shard.metrics.as_deref();
+    let mut buf = BytesMut::with_capacity(SMALL_BUFFER);
+    let mut bytes_in = 0u64;
+    let peer = if config.is_proxy_source(socket_peer.ip()) {
+        match proxy_header::<D>(&stream, socket_peer, shard, &mut buf, &mut bytes_in).await {
+            Some(client) => client,
+            None => return,
+        }
+    } else {
+        socket_peer
+    };
     let admission = match shard.shared.admit(config, peer.ip()) {
         Ok(admission) => admission,
         Err(refused) => {
             let mut reply = Vec::with_capacity(128);
-            match refused {
+            let (result, reason) = match refused {
                 Refused::TooManyConnections => {
-                    proto::write_too_many_connections(&shard.session_config.hostname, &mut reply)
+                    proto::write_too_many_connections(&shard.session_config.hostname, &mut reply);
+                    (Connection::RefusedLimit, "connection limit")
                 }
                 Refused::TooManyFromAddress => {
-                    proto::write_too_many_from_address(&shard.session_config.hostname, &mut reply)
+                    proto::write_too_many_from_address(&shard.session_config.hostname, &mut reply);
+                    (Connection::RefusedPerIp, "per-IP limit")
                 }
+            };
+            if let Some(metrics) = metrics {
+                metrics.connection(result);
+                metrics.replies(&reply);
             }
             let _ = D::write_all(&stream, reply).await;
-            log_info!("{peer}: refused at connect (connection limit)");
+            log_event!(
+                Info,
+                "refused",
+                { peer: peer, code: 421u16, reason: reason },
+                "{peer}: refused at connect ({reason})"
+            );
             return;
         }
     };
+    let _active = ActiveSession::new(metrics);
 
     let mut session = Session::new(Arc::clone(&shard.session_config), started);
     let mut out = Output::new();
     let mut phase = shard.phase.clone();
-    if let Some(end) = greet::<D>(&stream, shard, &mut phase, &mut session, &mut out).await {
+    let early_input = !buf.is_empty();
+    if let Some(end) = greet::<D>(
+        &stream,
+        shard,
+        &mut phase,
+        &mut session,
+        &mut out,
+        early_input,
+    )
+    .await
+    {
         if !out.replies.is_empty() {
+            if let Some(metrics) = metrics {
+                metrics.replies(&out.replies);
+            }
             let write = D::write_all(&stream, std::mem::take(&mut out.replies));
             let _ = tokio::time::timeout(shard.session_config.command_timeout, write).await;
         }
-        log_info!("{peer}: session ended ({end:?}) before the greeting");
+        log_event!(
+            Info,
+            "session_end",
+            { peer: peer, end: end.as_str(), duration_ms: started.elapsed().as_millis() as u64 },
+            "{peer}: session ended ({end:?}) before the greeting"
+        );
         return;
     }
 
@@ -132,14 +222,14 @@ pub(crate) async fn serve<D: Driver>(stream: D::Stream, peer: SocketAddr, shard:
         peer,
         session,
         out,
-        buf: BytesMut::with_capacity(SMALL_BUFFER),
+        buf,
         large: false,
         small: BytesMut::new(),
         scratch: Vec::with_capacity(REPLY_BUFFER_IDLE),
         message: Message::Idle,
         phase,
         phase_seen: Phase::Running,
-        bytes: 0,
+        bytes: bytes_in,
         tls: None,
     };
     let end = conn.run().await;
@@ -150,12 +240,95 @@ pub(crate) async fn serve<D: Driver>(stream: D::Stream, peer: SocketAddr, shard:
         shard.give_large(std::mem::take(&mut conn.buf));
     }
     drop(admission);
-    log_info!(
-        "{peer}: session ended ({end:?}) after {} ms, {} message(s), {} byte(s) in",
-        started.elapsed().as_millis(),
-        conn.session.messages_stored(),
+    let duration_ms = started.elapsed().as_millis() as u64;
+    let messages = conn.session.messages_stored();
+    // The balancer a PROXY header came through, if any.
+    let via = (peer != socket_peer).then_some(socket_peer);
+    log_event!(
+        Info,
+        "session_end",
+        {
+            peer: peer,
+            via: via,
+            end: end.as_str(),
+            duration_ms: duration_ms,
+            messages: messages,
+            bytes_in: conn.bytes,
+        },
+        "{peer}: session ended ({end:?}) after {duration_ms} ms, {messages} message(s), {} byte(s) in",
         conn.bytes
     );
+}
+
+/// Reads the PROXY header a connection from a `RINGMX_PROXY_FROM` network must begin with
+/// (SPEC §4.6), within `RINGMX_PROXY_TIMEOUT_SECS`. Returns the client it names (the socket's
+/// peer for a v2 LOCAL or v1 UNKNOWN), the bytes after it left in `buf`; None when the
+/// connection is to be closed without a reply: a malformed, late or unfinished header, or
+/// shutdown.
+async fn proxy_header<D: Driver>(
+    stream: &D::Stream,
+    socket_peer: SocketAddr,
+    shard: &Shard<D>,
+    buf: &mut BytesMut,
+    bytes_in: &mut u64,
+) -> Option<SocketAddr> {
+    // The buffer holds the longest header: it never grows while waiting for one.
+    debug_assert!(buf.capacity() >= proxy::HEADER_BYTES_MAX);
+    let metrics = shard.metrics.as_deref();
+    let deadline = tokio::time::Instant::now() + shard.config.proxy_timeout;
+    let mut phase = shard.phase.clone();
+    let why = loop {
+        match proxy::parse(buf) {
+            Parsed::Incomplete => {}
+            Parsed::Header { len, client } => {
+                buf.advance(len);
+                let outcome = if client.is_some() {
+                    Outcome::Ok
+                } else {
+                    Outcome::Local
+                };
+                if let Some(metrics) = metrics {
+                    metrics.proxy_header(outcome);
+                }
+                let client = client.unwrap_or(socket_peer);
+                log_debug!("{socket_peer}: PROXY header: client {client}");
+                return Some(client);
+            }
+            Parsed::Malformed(why) => break (Outcome::Malformed, why),
+        }
+        let read = D::read(stream, std::mem::take(buf));
+        let (result, filled) = tokio::select! {
+            done = read => done,
+            () = tokio::time::sleep_until(deadline) => {
+                break (Outcome::Timeout, "no complete header in time");
+            }
+            _ = phase.wait_for(|p| *p != Phase::Running) => return None,
+        };
+        *buf = filled;
+        match result {
+            Ok(0) if buf.is_empty() => return None,
+            Ok(0) => break (Outcome::Malformed, "connection closed inside the header"),
+            Ok(n) => {
+                *bytes_in += n as u64;
+                if let Some(metrics) = metrics {
+                    metrics.bytes_received(n as u64);
+                }
+            }
+            Err(_) => return None,
+        }
+    };
+    let (outcome, why) = why;
+    if let Some(metrics) = metrics {
+        metrics.proxy_header(outcome);
+    }
+    log_event!(
+        Info,
+        "proxy_header",
+        { peer: socket_peer, result: outcome.as_str() },
+        "{socket_peer}: closed without a reply: PROXY header {}: {why}",
+        outcome.as_str()
+    );
+    None
 }
 
 /// Waits out `RINGMX_GREET_DELAY_MS` and writes the greeting. Returns `Some` when the session
@@ -167,6 +340,7 @@ async fn greet<D: Driver>(
     phase: &mut tokio::sync::watch::Receiver<Phase>,
     session: &mut Session,
     out: &mut Output,
+    early_input: bool,
 ) -> Option<End> {
     let config = &shard.config;
     if !config.greet_delay.is_zero() {
@@ -182,7 +356,7 @@ async fn greet<D: Driver>(
             session.handle_stop(out);
             return Some(End::Shutdown);
         }
-        if config.reject_early_talkers && D::peer_has_sent(stream) {
+        if config.reject_early_talkers && (early_input || D::peer_has_sent(stream)) {
             session.reject_early_talker(out);
             log_info!("early talker refused");
             return Some(End::Closed);
@@ -226,7 +400,12 @@ impl<D: Driver> Conn<'_, D> {
         let mut read = pin!(idle(|| D::read(stream, BytesMut::new())));
         let mut write = pin!(idle(|| D::write_all(stream, Vec::new())));
         let mut write_deadline: Option<tokio::time::Instant> = None;
-        let mut fed = Fed::NeedInput;
+        // Bytes that came with a PROXY header are the session's first input.
+        let mut fed = if self.buf.is_empty() {
+            Fed::NeedInput
+        } else {
+            self.feed().await
+        };
         loop {
             if write.is_none() && !self.out.replies.is_empty() {
                 let last = matches!(fed, Fed::Over(_));
@@ -301,6 +480,9 @@ impl<D: Driver> Conn<'_, D> {
                         Ok(Some(0)) => Fed::Over(End::PeerClosed),
                         Ok(Some(n)) => {
                             self.bytes += n as u64;
+                            if let Some(metrics) = &self.shard.metrics {
+                                metrics.bytes_received(n as u64);
+                            }
                             self.feed().await
                         }
                         // Only part of a record: read on.
@@ -346,6 +528,9 @@ impl<D: Driver> Conn<'_, D> {
         let mut replies = std::mem::take(&mut self.scratch);
         replies.clear();
         std::mem::swap(&mut replies, &mut self.out.replies);
+        if let Some(metrics) = &self.shard.metrics {
+            metrics.replies(&replies);
+        }
         match &mut self.tls {
             None => Some(replies),
             Some(tls) => match tls.seal(replies, last) {
@@ -433,6 +618,13 @@ impl<D: Driver> Conn<'_, D> {
             accepted = accept => accepted,
             () = stopping => return Err(End::Shutdown),
         };
+        if let Some(metrics) = &self.shard.metrics {
+            metrics.tls_handshake(match &accepted {
+                Ok(_) => crate::metrics::Tls::Ok,
+                Err(HandshakeError::Timeout) => crate::metrics::Tls::Timeout,
+                Err(_) => crate::metrics::Tls::Failed,
+            });
+        }
         match accepted {
             Ok(tls) => {
                 let Some(facts) = tls.facts() else {
@@ -455,14 +647,14 @@ impl<D: Driver> Conn<'_, D> {
         }
     }
 
-    /// Takes back the buffer of a finished write. A reply buffer grows to at most
-    /// `REPLY_BUFFER_MAX` plus one batch (rounded up by `Vec` to twice that) in steady
-    /// pipelining, which is kept so that a busy session does not allocate; one that grew
-    /// past it (a single batch larger than the bound) returns to its idle size.
+    /// Takes back the buffer of a finished write. The session keeps a reply buffer within
+    /// `REPLY_BUFFER_MAX`, a capacity kept so that a busy pipelining session allocates
+    /// nothing; one that grew past it (replies of a shutdown or error on top of a full
+    /// buffer) returns to its idle size.
     fn end_write(&mut self, mut sent: Vec<u8>) {
-        if sent.capacity() > 2 * REPLY_BUFFER_MAX {
+        if sent.capacity() > REPLY_BUFFER_MAX {
             sent = Vec::with_capacity(REPLY_BUFFER_IDLE);
-            if self.out.replies.is_empty() && self.out.replies.capacity() > 2 * REPLY_BUFFER_MAX {
+            if self.out.replies.is_empty() && self.out.replies.capacity() > REPLY_BUFFER_MAX {
                 self.out.replies = Vec::with_capacity(REPLY_BUFFER_IDLE);
             }
         }
@@ -483,11 +675,24 @@ impl<D: Driver> Conn<'_, D> {
             }
             pos += n;
             match step {
-                Step::Read if self.out.replies.len() >= REPLY_BUFFER_MAX => break Fed::RepliesFull,
+                Step::Read if self.out.replies_full() => break Fed::RepliesFull,
                 Step::Read => break Fed::NeedInput,
                 Step::Begin => self.begin().await,
                 Step::Store => {
+                    // Timed from the read that brought the end of data (the feed's `now`: no
+                    // extra clock read) to the verdict.
+                    let timing = self
+                        .shard
+                        .metrics
+                        .as_ref()
+                        .map(|_| (now, self.session.envelope().recipient_count()));
                     let stored = self.store().await;
+                    if let (Some(metrics), Some((started, recipients)), Ok(_)) =
+                        (&self.shard.metrics, timing, &stored)
+                    {
+                        metrics.store_latency(started.elapsed());
+                        metrics.message_stored(recipients);
+                    }
                     let result = stored.as_ref().map(QueueId::as_str).map_err(|e| *e);
                     if self.session.handle_stored(result, &mut self.out) == Step::Close {
                         break Fed::Over(End::Shutdown);
@@ -563,9 +768,26 @@ impl<D: Driver> Conn<'_, D> {
     async fn store(&mut self) -> Result<QueueId, StoreError> {
         match std::mem::replace(&mut self.message, Message::Idle) {
             Message::Open(message, id) => match self.shard.sink.commit(message).await {
-                Ok(()) => Ok(id),
+                Ok(()) => {
+                    log_event!(
+                        Debug,
+                        "stored",
+                        { peer: self.peer, queue_id: id.as_str(), code: 250u16 },
+                        "{}: stored {}",
+                        self.peer,
+                        id.as_str()
+                    );
+                    Ok(id)
+                }
                 Err(e) => {
-                    log_info!("{}: message not stored: {e}", self.peer);
+                    log_event!(
+                        Info,
+                        "not_stored",
+                        { peer: self.peer, queue_id: id.as_str(), error: crate::log::display(&e) },
+                        "{}: message {} not stored: {e}",
+                        self.peer,
+                        id.as_str()
+                    );
                     Err(match e {
                         DeliveryError::TooBig => StoreError::TooBig,
                         DeliveryError::Temporary(_) => StoreError::Failed,

@@ -27,7 +27,9 @@ use tokio::sync::{watch, Notify};
 use crate::config::{Backend, Delivery, ServerConfig};
 use crate::delivery::{maildir, AnySink, IdGenerator, Maildir, QueueId};
 use crate::driver::{epoll::Epoll, uring, uring::Uring, Driver};
-use crate::{log_error, log_info, log_warn};
+use crate::metrics::http::Endpoint;
+use crate::metrics::{Metrics, ShardMetrics};
+use crate::{log_error, log_event, log_info, log_warn};
 
 /// Listen backlog of every listener (the kernel caps it at net.core.somaxconn).
 const LISTEN_BACKLOG: i32 = 4096;
@@ -58,6 +60,8 @@ pub(crate) enum Phase {
 pub(crate) struct Shared {
     connections: AtomicUsize,
     per_ip: Mutex<HashMap<IpAddr, usize>>,
+    /// The STARTTLS certificate store, when TLS is offered (read once per handshake).
+    tls: Option<Arc<crate::tls::CertStore>>,
 }
 
 /// What a connection holds while it counts against the limits; releases them when dropped.
@@ -122,6 +126,8 @@ pub(crate) struct Shard<D: Driver> {
     /// The STARTTLS certificate store, when TLS is offered.
     pub tls: Option<Arc<crate::tls::CertStore>>,
     pub phase: watch::Receiver<Phase>,
+    /// This shard's counters, when `RINGMX_METRICS_LISTEN` is set (written only here).
+    pub metrics: Option<Arc<ShardMetrics>>,
     pool: RefCell<Vec<BytesMut>>,
     large_in_use: Cell<usize>,
     ids: RefCell<IdGenerator>,
@@ -169,6 +175,7 @@ impl<D: Driver> Shard<D> {
 /// Starts the server and blocks until it has shut down. Returns the process exit status.
 pub fn run(config: ServerConfig) -> ExitCode {
     crate::log::set_level(config.log_level);
+    crate::log::set_format(config.log_format);
     // The handlers go in before the first connection can be served, so that a SIGTERM at any
     // moment after start-up drains instead of killing.
     let signals = match signal_hook::iterator::Signals::new([libc::SIGTERM, libc::SIGINT]) {
@@ -231,6 +238,8 @@ pub struct Running {
     grace: std::time::Duration,
     done: crossbeam_channel::Receiver<(usize, io::Result<()>)>,
     threads: Vec<std::thread::JoinHandle<()>>,
+    /// The metrics endpoint, when `RINGMX_METRICS_LISTEN` is set (stops when dropped).
+    metrics: Option<Endpoint>,
 }
 
 impl Running {
@@ -241,6 +250,7 @@ impl Running {
 
     /// Waits for every shard to finish. False when a shard failed.
     pub fn join(self) -> bool {
+        let _metrics = self.metrics;
         let mut ok = true;
         for _ in 0..self.threads.len() {
             match self.done.recv() {
@@ -265,6 +275,13 @@ impl Running {
 /// driver `D`. Errors are start-up errors, as one line.
 pub fn start<D: Driver>(config: ServerConfig) -> Result<Running, String> {
     let listeners = bind_all(&config)?;
+    let metrics_listener = match config.metrics_listen {
+        Some(addr) => Some(
+            Endpoint::bind(addr)
+                .map_err(|e| format!("RINGMX_METRICS_LISTEN: cannot listen on {addr}: {e}"))?,
+        ),
+        None => None,
+    };
     if config.delivery == Delivery::Maildir {
         match maildir::prepare(&config.spool) {
             Ok(prepared) => {
@@ -291,16 +308,32 @@ pub fn start<D: Driver>(config: ServerConfig) -> Result<Running, String> {
         .filter_map(|l| l.local_addr().ok())
         .collect();
     let shown: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
-    log_info!(
+    let listen = shown.join(",");
+    log_event!(
+        Info,
+        "start",
+        {
+            backend: D::NAME,
+            shards: config.shards,
+            pin: config.pin,
+            listen: listen,
+            spool: config.spool.display(),
+            delivery: config.delivery.as_str(),
+            fsync: config.fsync,
+        },
         "ringmx starting: backend {}, {} shard(s), pin {}, listening on {}, spool {}, delivery {}, fsync {}",
         D::NAME,
         config.shards,
         if config.pin { "on" } else { "off" },
-        shown.join(","),
+        listen,
         config.spool.display(),
         config.delivery.as_str(),
         if config.fsync { "on" } else { "off" },
     );
+    let spool = (config.delivery == Delivery::Maildir).then(|| config.spool.clone());
+    let metrics =
+        metrics_listener.map(|listener| (listener, Metrics::new(config.shards, spool, D::NAME)));
+    let shard_metrics = |id: usize| metrics.as_ref().map(|(_, m)| m.shard(id));
 
     let tls = match &config.tls {
         Some(files) => {
@@ -321,6 +354,7 @@ pub fn start<D: Driver>(config: ServerConfig) -> Result<Running, String> {
     let shared = Arc::new(Shared {
         connections: AtomicUsize::new(0),
         per_ip: Mutex::new(HashMap::new()),
+        tls,
     });
     let (phase_tx, phase_rx) = watch::channel(Phase::Running);
     let (done_tx, done_rx) = crossbeam_channel::unbounded::<(usize, io::Result<()>)>();
@@ -330,7 +364,7 @@ pub fn start<D: Driver>(config: ServerConfig) -> Result<Running, String> {
         let shared = Arc::clone(&shared);
         let phase = phase_rx.clone();
         let done = done_tx.clone();
-        let tls = tls.clone();
+        let metrics = shard_metrics(id);
         let spawned = std::thread::Builder::new()
             .name(format!("ringmx-shard-{id}"))
             .spawn(move || {
@@ -341,7 +375,7 @@ pub fn start<D: Driver>(config: ServerConfig) -> Result<Running, String> {
                 // server with exit status 1 for its supervisor to restart (acknowledged mail is
                 // on disk), rather than leaving the server running one shard short.
                 let run = std::panic::AssertUnwindSafe(|| {
-                    run_shard::<D>(id, nonce, config, shared, tls, phase, shard_listeners)
+                    run_shard::<D>(id, nonce, config, shared, phase, shard_listeners, metrics)
                 });
                 let result = std::panic::catch_unwind(run)
                     .unwrap_or_else(|_| Err(io::Error::other("the shard panicked")));
@@ -355,12 +389,25 @@ pub fn start<D: Driver>(config: ServerConfig) -> Result<Running, String> {
             }
         }
     }
+    let endpoint = match metrics {
+        Some((listener, metrics)) => {
+            let endpoint = Endpoint::start(listener, metrics).map_err(|e| {
+                let _ = phase_tx.send_replace(Phase::Stopping);
+                format!("RINGMX_METRICS_LISTEN: cannot start the endpoint: {e}")
+            })?;
+            let addr = endpoint.local_addr();
+            log_event!(Info, "metrics", { listen: addr }, "metrics endpoint at http://{addr}/metrics");
+            Some(endpoint)
+        }
+        None => None,
+    };
     Ok(Running {
         addrs,
         phase: phase_tx,
         grace,
         done: done_rx,
         threads,
+        metrics: endpoint,
     })
 }
 
@@ -460,9 +507,9 @@ fn run_shard<D: Driver>(
     nonce: u64,
     config: Arc<ServerConfig>,
     shared: Arc<Shared>,
-    tls: Option<Arc<crate::tls::CertStore>>,
     phase: watch::Receiver<Phase>,
     listeners: Vec<std::net::TcpListener>,
+    metrics: Option<Arc<ShardMetrics>>,
 ) -> io::Result<()> {
     D::block_on(config.ring_entries, async move {
         let sink = match config.delivery {
@@ -470,9 +517,11 @@ fn run_shard<D: Driver>(
                 &config.spool,
                 config.fsync,
                 &config.session.hostname,
+                metrics.clone(),
             )?),
             Delivery::Discard => AnySink::Discard,
         };
+        let tls = shared.tls.clone();
         let shard = Rc::new(Shard {
             id,
             session_config: Arc::new(config.session.clone()),
@@ -481,6 +530,7 @@ fn run_shard<D: Driver>(
             sink,
             tls,
             phase,
+            metrics,
             pool: RefCell::new(Vec::new()),
             large_in_use: Cell::new(0),
             ids: RefCell::new(IdGenerator::new(id, nonce)),
@@ -537,7 +587,12 @@ async fn accept_loop<D: Driver>(listener: D::Listener, shard: Rc<Shard<D>>) {
         };
         match accepted {
             // Accepted as shutdown began: dropping the stream closes it unanswered.
-            Ok(_) if *phase.borrow() != Phase::Running => continue,
+            Ok(_) if *phase.borrow() != Phase::Running => {
+                if let Some(metrics) = &shard.metrics {
+                    metrics.connection(crate::metrics::Connection::RefusedShutdown);
+                }
+                continue;
+            }
             Ok((stream, peer)) => {
                 let shard = Rc::clone(&shard);
                 shard.active.set(shard.active.get() + 1);
@@ -571,6 +626,7 @@ mod tests {
         Shared {
             connections: AtomicUsize::new(0),
             per_ip: Mutex::new(HashMap::new()),
+            tls: None,
         }
     }
 

@@ -9,6 +9,8 @@
 
 #![allow(dead_code)] // Each test crate uses a different part of the harness.
 
+pub mod ops;
+
 use std::collections::HashMap;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
