@@ -75,7 +75,7 @@ fn drive(session: &mut Session, out: &mut Output, input: &[u8], now: Instant) ->
                 session.handle_stored(Ok("0000000001"), out);
                 stored += 1;
             }
-            Step::Discard | Step::Close => panic!("unexpected {step:?}"),
+            Step::Discard | Step::Close | Step::StartTls => panic!("unexpected {step:?}"),
         }
     }
     out.replies.clear();

@@ -43,6 +43,8 @@ const LIMIT_EXEMPT_MAX: usize = 1_024;
 const SESSION_COUNT_MAX: u64 = 1_000_000;
 /// Minimum data rate: 1 GB/s, past which no client could keep its deadline.
 const MIN_DATA_RATE_MAX: u64 = 1_000_000_000;
+/// TLS handshake deadline: past 10 minutes a stalled handshake only holds a slot.
+const TLS_HANDSHAKE_SECS_MAX: u64 = 600;
 /// Greeting delay: five minutes, RFC 5321's initial 220 timeout.
 const GREET_DELAY_MS_MAX: u64 = 300_000;
 /// Accepted domains: a list, not a database.
@@ -390,6 +392,61 @@ pub const VARIABLES: &[Variable] = &[
         },
     },
     Variable {
+        name: "RINGMX_TLS_CERT",
+        default: "",
+        computed: false,
+        meaning: "PEM certificate chain for STARTTLS; set together with RINGMX_TLS_KEY",
+        apply: |s, c| {
+            c.tls = tls_path(s)?.map(|cert| TlsFiles {
+                cert,
+                key: PathBuf::new(),
+            });
+            Ok(())
+        },
+    },
+    Variable {
+        name: "RINGMX_TLS_KEY",
+        default: "",
+        computed: false,
+        meaning: "PEM private key for STARTTLS; set together with RINGMX_TLS_CERT",
+        apply: |s, c| match (tls_path(s)?, c.tls.as_mut()) {
+            (Some(key), Some(files)) => {
+                files.key = key;
+                Ok(())
+            }
+            (None, None) => Ok(()),
+            (None, Some(_)) => {
+                Err("unset while RINGMX_TLS_CERT is set; expected both or neither".into())
+            }
+            (Some(_), None) => {
+                Err("set while RINGMX_TLS_CERT is unset; expected both or neither".into())
+            }
+        },
+    },
+    Variable {
+        name: "RINGMX_TLS",
+        default: "may",
+        computed: false,
+        meaning: "may (offer STARTTLS when a certificate is set) or off",
+        apply: |s, c| {
+            if !one_of(s, &[("may", true), ("off", false)])? {
+                c.tls = None;
+            }
+            c.session.starttls = c.tls.is_some();
+            Ok(())
+        },
+    },
+    Variable {
+        name: "RINGMX_TLS_HANDSHAKE_TIMEOUT_SECS",
+        default: "30",
+        computed: false,
+        meaning: "a TLS handshake that takes longer is dropped",
+        apply: |s, c| {
+            c.tls_handshake_timeout = secs(number(s, 1, TLS_HANDSHAKE_SECS_MAX)?);
+            Ok(())
+        },
+    },
+    Variable {
         name: "RINGMX_PROXY_FROM",
         default: "",
         computed: false,
@@ -463,6 +520,14 @@ pub const VARIABLES: &[Variable] = &[
         },
     },
 ];
+
+/// A PEM file path for STARTTLS; empty means unset.
+fn tls_path(s: &str) -> Result<Option<PathBuf>, String> {
+    if s.chars().any(char::is_control) {
+        return Err("expected a file path without control characters".into());
+    }
+    Ok((!s.is_empty()).then(|| PathBuf::from(s)))
+}
 
 /// Seconds as a `Duration`.
 fn secs(n: u64) -> Duration {
@@ -683,8 +748,19 @@ pub struct ServerConfig {
     pub metrics_listen: Option<SocketAddr>,
     /// Where `RINGMX_DELIVERY=jetstream` publishes (read and checked whatever the delivery).
     pub nats: crate::delivery::jetstream::Settings,
+    /// The certificate and key for STARTTLS; `None` when TLS is not offered.
+    pub tls: Option<TlsFiles>,
+    /// Time allowed for a TLS handshake.
+    pub tls_handshake_timeout: Duration,
     /// The settings each SMTP session obeys.
     pub session: crate::proto::Config,
+}
+
+/// The PEM files STARTTLS serves (read at start-up and on every reload).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 /// A variable that stops start-up; `Display` is one line: `NAME="value": what is accepted`.
@@ -837,6 +913,8 @@ impl ServerConfig {
                 subject: String::new(),
                 ack_timeout: Duration::ZERO,
             },
+            tls: None,
+            tls_handshake_timeout: Duration::ZERO,
             session: crate::proto::Config::default(),
         }
     }
@@ -1281,7 +1359,7 @@ mod tests {
             assert!(!line.contains("unknown variable"), "{line}");
             assert!(line.starts_with(name), "{line}");
         }
-        assert_eq!(VARIABLES.len(), 33);
+        assert_eq!(VARIABLES.len(), 37);
     }
 
     #[test]
@@ -1722,5 +1800,43 @@ mod tests {
             assert_eq!(c.cpus, cpus);
             assert_eq!(c.session.hostname, name);
         }
+    }
+
+    #[test]
+    fn tls_needs_both_files_and_may() {
+        let c = config(&[]).unwrap();
+        assert_eq!(c.tls, None);
+        assert!(!c.session.starttls);
+        assert_eq!(c.tls_handshake_timeout, Duration::from_secs(30));
+        let pair = [
+            ("RINGMX_TLS_CERT", "/etc/ringmx/cert.pem"),
+            ("RINGMX_TLS_KEY", "/etc/ringmx/key.pem"),
+        ];
+        let c = config(&pair).unwrap();
+        assert_eq!(
+            c.tls,
+            Some(TlsFiles {
+                cert: PathBuf::from("/etc/ringmx/cert.pem"),
+                key: PathBuf::from("/etc/ringmx/key.pem"),
+            })
+        );
+        assert!(c.session.starttls);
+        let c = config(&[pair[0], pair[1], ("RINGMX_TLS", "off")]).unwrap();
+        assert_eq!(c.tls, None);
+        assert!(!c.session.starttls);
+        let line = config(&[pair[0]]).unwrap_err().to_string();
+        assert!(
+            line.starts_with("RINGMX_TLS_KEY") && line.contains("both or neither"),
+            "{line}"
+        );
+        let line = config(&[pair[1]]).unwrap_err().to_string();
+        assert!(
+            line.starts_with("RINGMX_TLS_KEY") && line.contains("RINGMX_TLS_CERT is unset"),
+            "{line}"
+        );
+        assert!(refused("RINGMX_TLS", "must").contains("may or off"));
+        assert!(refused("RINGMX_TLS_HANDSHAKE_TIMEOUT_SECS", "0").contains("1 to 600"));
+        let c = config(&[("RINGMX_TLS_HANDSHAKE_TIMEOUT_SECS", "5")]).unwrap();
+        assert_eq!(c.tls_handshake_timeout, Duration::from_secs(5));
     }
 }

@@ -15,3 +15,4 @@ pub mod proto;
 pub mod proxy;
 pub mod scan;
 pub mod server;
+pub mod tls;

@@ -129,7 +129,7 @@ fn drive(session: &mut Session, out: &mut Output, input: &[u8], now: Instant) ->
             Step::Store => {
                 assert_eq!(session.handle_stored(Ok("0123456789AB"), out), Step::Read);
             }
-            Step::Discard | Step::Close => panic!("unexpected {step:?}"),
+            Step::Discard | Step::Close | Step::StartTls => panic!("unexpected {step:?}"),
         }
     }
     assert_eq!(pos, input.len(), "the whole transaction is consumed");

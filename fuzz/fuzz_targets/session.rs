@@ -6,6 +6,9 @@
 //! its file would have been created) are exactly the recipients its transaction got `250`
 //! for; and every stored message, relayed as DATA (dot-stuffed, terminated), ends exactly at
 //! its own terminator, so no stored message holds a terminator that was not one.
+//! With STARTTLS offered (flag 8), nothing after an accepted STARTTLS in the same read ever
+//! runs (CVE-2011-0411): the uncut run, one read, ends with the `220` of the handshake; cut
+//! runs, whose later reads arrive after the handshake, must equal the uncut run only up to it.
 //!
 //! Input layout: byte 0 picks the configuration, byte 1 the number of cuts (mod 16), then two
 //! bytes per cut (little-endian offset, taken modulo the length), then the client's bytes.
@@ -38,6 +41,15 @@ fuzz_target!(|data: &[u8]| {
 
     let whole = run(&config, input, &[]);
     check_replies(&whole.replies);
+    if whole.tls_handshakes > 0 {
+        assert!(config.starttls);
+        assert_eq!(whole.tls_handshakes, 1, "a second handshake from one read");
+        assert!(
+            whole.replies.ends_with(b"220 2.0.0 Ready to start TLS\r\n"),
+            "a reply after STARTTLS in the same read"
+        );
+        assert!(!whole.closed);
+    }
     let queued = whole
         .replies
         .windows(10)
@@ -52,6 +64,13 @@ fuzz_target!(|data: &[u8]| {
     check_recipients(&whole);
 
     let split = run(&config, input, &cuts);
+    check_replies(&split.replies);
+    if whole.tls_handshakes > 0 || split.tls_handshakes > 0 {
+        // Reads after STARTTLS are the TLS session's: the runs agree up to the handshake.
+        let n = whole.replies.len().min(split.replies.len());
+        assert_eq!(split.replies[..n], whole.replies[..n]);
+        return;
+    }
     assert_eq!(
         split.replies, whole.replies,
         "replies differ with cuts {cuts:?}"
@@ -85,6 +104,7 @@ fn config(flags: u8) -> Config {
         } else {
             Vec::new()
         },
+        starttls: flags & 8 != 0,
         ..Config::default()
     }
 }

@@ -132,6 +132,39 @@ pub struct Args {
     /// Longest wait for any one reply or write before the session counts a timeout.
     #[arg(long, default_value = "30s", value_name = "TIME")]
     pub timeout: String,
+
+    /// Negotiate TLS with STARTTLS when the target offers it; `--starttls=require` fails
+    /// against a target that does not.
+    #[arg(long, value_name = "require", num_args = 0..=1, require_equals = true,
+          default_missing_value = "may")]
+    pub starttls: Option<String>,
+
+    /// Verify the server's certificate against the PEM certificates in FILE (and the target's
+    /// host name); without it certificates are not verified.
+    #[arg(long, value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
+}
+
+/// How `--starttls` was given.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StartTls {
+    /// No TLS.
+    Off,
+    /// STARTTLS when the target advertises it.
+    May,
+    /// STARTTLS; a target without it is an error.
+    Require,
+}
+
+impl StartTls {
+    /// Name used in the summary and JSON.
+    pub fn name(self) -> &'static str {
+        match self {
+            StartTls::Off => "off",
+            StartTls::May => "may",
+            StartTls::Require => "require",
+        }
+    }
 }
 
 /// How `--pipelining`/`--no-pipelining` were given.
@@ -185,6 +218,8 @@ pub struct Settings {
     pub sources: Vec<IpAddr>,
     /// BDAT transactions in flight per connection (1: one at a time).
     pub depth: usize,
+    pub starttls: StartTls,
+    pub tls_ca: Option<PathBuf>,
 }
 
 impl Settings {
@@ -284,6 +319,19 @@ impl Settings {
                 }
             }
         }
+        let starttls = match a.starttls.as_deref() {
+            None => StartTls::Off,
+            Some("may") => StartTls::May,
+            Some("require") => StartTls::Require,
+            Some(other) => {
+                return Err(format!(
+                    "--starttls={other}: expected --starttls or --starttls=require"
+                ))
+            }
+        };
+        if a.tls_ca.is_some() && starttls == StartTls::Off {
+            return Err("--tls-ca: only meaningful with --starttls".into());
+        }
         let pipelining = if a.no_pipelining {
             PipeMode::Off
         } else if a.pipelining {
@@ -316,6 +364,8 @@ impl Settings {
             proxy,
             sources,
             depth: a.depth,
+            starttls,
+            tls_ca: a.tls_ca,
         })
     }
 }

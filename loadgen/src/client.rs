@@ -19,6 +19,7 @@ use crate::pacer::Pacer;
 use crate::plan::Plan;
 use crate::reply::ReplyReader;
 use crate::stats::{micros, micros_ceil, ThreadStats};
+use crate::tls::Stream;
 use nix::sys::socket::sockopt::ReceiveTimestampns;
 use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
 use std::cell::RefCell;
@@ -28,7 +29,7 @@ use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncWriteExt, Interest};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 
 /// Longest single sleep while waiting for an open-loop send time, so Ctrl-C is seen promptly.
@@ -237,7 +238,7 @@ impl Slot {
     }
 
     /// Opens the TCP connection and reads a 220 greeting.
-    async fn connect(&mut self, addr: std::net::SocketAddr) -> Result<TcpStream, SessErr> {
+    async fn connect(&mut self, addr: std::net::SocketAddr) -> Result<Stream, SessErr> {
         let t = self.plan.timeout;
         let connect = async {
             match self.plan.next_source(addr) {
@@ -275,6 +276,7 @@ impl Slot {
                 Err(_) => return Err(SessErr::Timeout),
             }
         }
+        let mut s = Stream::Plain(s);
         let code = self.reply(&mut s, true).await?;
         if code != 220 {
             return Err(SessErr::Protocol);
@@ -283,7 +285,7 @@ impl Slot {
     }
 
     /// Reads the next reply's code; counts it when outside 2xx/3xx; 421 ends the session.
-    async fn reply(&mut self, s: &mut TcpStream, measured: bool) -> Result<u16, SessErr> {
+    async fn reply(&mut self, s: &mut Stream, measured: bool) -> Result<u16, SessErr> {
         loop {
             match self.rd.next_reply() {
                 Ok(Some(r)) => {
@@ -298,11 +300,17 @@ impl Slot {
                 Ok(None) => {}
                 Err(_) => return Err(SessErr::Protocol),
             }
-            let read = tokio::time::timeout(
-                self.plan.timeout,
-                read_stamped(s, self.rd.spare(), &mut self.cmsg),
-            )
-            .await;
+            let read = async {
+                match &mut *s {
+                    Stream::Plain(tcp) => read_stamped(tcp, self.rd.spare(), &mut self.cmsg).await,
+                    // Inside TLS the reply's time is when its record was decrypted.
+                    tls => {
+                        let n = tls.read(self.rd.spare()).await?;
+                        Ok((n, Instant::now()))
+                    }
+                }
+            };
+            let read = tokio::time::timeout(self.plan.timeout, read).await;
             match read {
                 Ok(Ok((0, _))) => return Err(SessErr::Closed),
                 Ok(Ok((n, at))) => {
@@ -316,7 +324,7 @@ impl Slot {
     }
 
     /// Writes everything queued (commands, body with this message's ID, commands) with writev.
-    async fn flush(&mut self, s: &mut TcpStream) -> Result<(), SessErr> {
+    async fn flush(&mut self, s: &mut Stream) -> Result<(), SessErr> {
         if self.out.is_empty() {
             return Ok(());
         }
@@ -464,7 +472,7 @@ impl Slot {
     }
 
     /// Reads MAIL's and the RCPTs' replies; sets `first_error` unless some RCPT was accepted.
-    async fn envelope_replies(&mut self, s: &mut TcpStream, m: &mut Msg) -> Result<(), SessErr> {
+    async fn envelope_replies(&mut self, s: &mut Stream, m: &mut Msg) -> Result<(), SessErr> {
         let code = self.reply(s, m.measured).await?;
         if !(200..300).contains(&code) {
             m.first_error = Some(code);
@@ -486,12 +494,15 @@ impl Slot {
     }
 
     /// One session after the greeting: EHLO, messages until a bound, QUIT.
-    async fn session(&mut self, s: &mut TcpStream, pipelining: bool) -> Result<(), SessErr> {
+    async fn session(&mut self, s: &mut Stream, pipelining: bool) -> Result<(), SessErr> {
         let plan = self.plan.clone();
         self.out.cmd(&plan.ehlo_cmd);
         self.flush(s).await?;
         if self.reply(s, true).await? != 250 {
             return Err(SessErr::Protocol);
+        }
+        if plan.starttls[self.id % plan.targets.len()] {
+            self.starttls(s).await?;
         }
         if plan.depth > 1 && plan.bdat && pipelining {
             let rsets = self.deep_bdat(s).await?;
@@ -565,8 +576,45 @@ impl Slot {
         self.quit(s, rsets).await
     }
 
+    /// STARTTLS after the first EHLO: the handshake, then EHLO again inside TLS.
+    async fn starttls(&mut self, s: &mut Stream) -> Result<(), SessErr> {
+        let plan = self.plan.clone();
+        let Some(tls) = plan.tls.as_ref() else {
+            return Err(SessErr::Protocol);
+        };
+        let start = Instant::now();
+        self.out.cmd(b"STARTTLS\r\n");
+        self.flush(s).await?;
+        if self.reply(s, true).await? != 220 {
+            return Err(SessErr::Protocol);
+        }
+        if !self.rd.is_empty() {
+            // Bytes after the 220 before the handshake: the server is not speaking TLS.
+            return Err(SessErr::Protocol);
+        }
+        let plain = std::mem::replace(s, Stream::Gone);
+        let upgrade = tls.upgrade(plain, self.id);
+        *s = match tokio::time::timeout(plan.timeout, upgrade).await {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(_)) => return Err(SessErr::Io),
+            Err(_) => return Err(SessErr::Timeout),
+        };
+        if start >= plan.measure_start {
+            self.stats
+                .borrow_mut()
+                .tls_handshake
+                .saturating_record(micros(start.elapsed()));
+        }
+        self.out.cmd(&plan.ehlo_cmd);
+        self.flush(s).await?;
+        if self.reply(s, true).await? != 250 {
+            return Err(SessErr::Protocol);
+        }
+        Ok(())
+    }
+
     /// Ends a session: QUIT, then the replies of `rsets` RSETs still to come and QUIT's own.
-    async fn quit(&mut self, s: &mut TcpStream, mut rsets: u32) -> Result<(), SessErr> {
+    async fn quit(&mut self, s: &mut Stream, mut rsets: u32) -> Result<(), SessErr> {
         self.out.cmd(b"QUIT\r\n");
         self.flush(s).await?;
         while rsets > 0 {
@@ -582,7 +630,7 @@ impl Slot {
     /// read in order (RFC 2920 lets a client pipeline across transactions; RFC 3030 lets the
     /// chunk follow its BDAT at once). A refused transaction is followed by RSET, which leads
     /// the next write; returns how many RSETs are queued but not yet written.
-    async fn deep_bdat(&mut self, s: &mut TcpStream) -> Result<u32, SessErr> {
+    async fn deep_bdat(&mut self, s: &mut Stream) -> Result<u32, SessErr> {
         /// What the next reply(s) in order belong to.
         enum Pending {
             Msg(Msg),
@@ -684,7 +732,7 @@ impl Slot {
     /// One message in lockstep: each command waits for its reply.
     async fn lockstep_message(
         &mut self,
-        s: &mut TcpStream,
+        s: &mut Stream,
         m: &mut Msg,
         variant: usize,
         seq: u64,
@@ -806,7 +854,7 @@ const SEGMENTS_MAX: usize = 4 * crate::cli::DEPTH_MAX + 1;
 
 /// Writes the concatenation of `segs` (at most SEGMENTS_MAX) with writev, resuming after
 /// partial writes.
-async fn write_segments(s: &mut TcpStream, segs: &[&[u8]]) -> std::io::Result<()> {
+async fn write_segments(s: &mut Stream, segs: &[&[u8]]) -> std::io::Result<()> {
     debug_assert!(segs.len() <= SEGMENTS_MAX);
     let total: usize = segs.iter().map(|x| x.len()).sum();
     let mut done = 0;
@@ -829,5 +877,6 @@ async fn write_segments(s: &mut TcpStream, segs: &[&[u8]]) -> std::io::Result<()
         }
         done += w;
     }
-    Ok(())
+    // TLS may hold records until flushed; a plain socket's flush does nothing.
+    s.flush().await
 }

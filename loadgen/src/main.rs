@@ -19,6 +19,7 @@ mod reply;
 mod report;
 mod run;
 mod stats;
+mod tls;
 
 use clap::Parser;
 

@@ -46,6 +46,9 @@ pub struct Plan {
     pub sources: Vec<IpAddr>,
     /// `--depth`: BDAT transactions in flight per connection.
     pub depth: usize,
+    /// Per target: whether sessions begin with STARTTLS; and the TLS client when any does.
+    pub starttls: Vec<bool>,
+    pub tls: Option<crate::tls::TlsClient>,
     pub messages: MessageSet,
     pub pool: AddressPool,
     pub control: Control,

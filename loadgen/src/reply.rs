@@ -40,6 +40,11 @@ impl ReplyReader {
         }
     }
 
+    /// True when no received byte waits to be parsed.
+    pub fn is_empty(&self) -> bool {
+        self.start == self.end
+    }
+
     /// Forgets buffered bytes (a new session on the same buffer).
     pub fn reset(&mut self) {
         self.start = 0;

@@ -145,7 +145,7 @@ pub fn print_summary(s: &Settings, o: &Outcome) {
         "off"
     };
     println!(
-        "ringmx-loadgen: {} | {} connections on {} thread(s) | {mode} | pipelining {pipe} | {}{} | size {} | {} rcpt",
+        "ringmx-loadgen: {} | {} connections on {} thread(s) | {mode} | pipelining {pipe} | {}{} | size {} | {} rcpt | starttls {}",
         s.targets.join(","),
         s.connections,
         s.threads,
@@ -157,6 +157,7 @@ pub fn print_summary(s: &Settings, o: &Outcome) {
         },
         s.size_text,
         s.recipients,
+        s.starttls.name(),
     );
     if s.proxy.is_some() || !s.sources.is_empty() {
         let sources: Vec<String> = s.sources.iter().map(|a| a.to_string()).collect();
@@ -194,9 +195,13 @@ pub fn print_summary(s: &Settings, o: &Outcome) {
     );
     for (name, h) in [
         ("connect+greeting", &st.connect),
+        ("tls handshake", &st.tls_handshake),
         ("message", &st.message),
         ("session", &st.session),
     ] {
+        if name == "tls handshake" && h.is_empty() {
+            continue;
+        }
         let p = percentiles(h);
         let ms = |us: u64| us as f64 / 1000.0;
         println!(
@@ -328,6 +333,7 @@ struct JsonSettings<'a> {
     recipients: usize,
     pipelining: &'static str,
     pipelining_used: &'a [bool],
+    starttls: &'static str,
     bdat: bool,
     messages: Option<u64>,
     duration_s: Option<f64>,
@@ -401,6 +407,7 @@ pub fn write_json(path: &Path, s: &Settings, o: &Outcome) -> std::io::Result<()>
         ("connect", &st.connect),
         ("message", &st.message),
         ("session", &st.session),
+        ("tls_handshake", &st.tls_handshake),
     ];
     let mut histograms: BTreeMap<&'static str, String> =
         hists.iter().map(|(n, h)| (*n, encode(h))).collect();
@@ -424,6 +431,7 @@ pub fn write_json(path: &Path, s: &Settings, o: &Outcome) -> std::io::Result<()>
             recipients: s.recipients,
             pipelining: s.pipelining.name(),
             pipelining_used: &o.pipelining_used,
+            starttls: s.starttls.name(),
             bdat: s.bdat,
             messages: s.messages,
             duration_s: s.duration.map(|d| d.as_secs_f64()),

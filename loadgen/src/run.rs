@@ -2,7 +2,7 @@
 //! start one thread per `--threads` with its own current-thread tokio runtime and its share of
 //! the connection slots, print the progress line once a second, stop on the bound or Ctrl-C, and
 //! merge the per-thread statistics into the summary and the JSON result.
-use crate::cli::{PipeMode, Settings};
+use crate::cli::{PipeMode, Settings, StartTls};
 use crate::client::Slot;
 use crate::message::{self, AddressPool};
 use crate::pacer;
@@ -38,6 +38,7 @@ pub fn install_sigint() -> std::io::Result<Arc<AtomicBool>> {
 pub fn run(s: Settings, argv: Vec<String>, interrupted: Arc<AtomicBool>) -> Result<(), String> {
     let mut infos = Vec::with_capacity(s.targets.len());
     let mut pipelining = Vec::with_capacity(s.targets.len());
+    let mut starttls = Vec::with_capacity(s.targets.len());
     for (t, &addr) in s.targets.iter().zip(&s.target_addrs) {
         let source = s
             .sources
@@ -58,6 +59,17 @@ pub fn run(s: Settings, argv: Vec<String>, interrupted: Arc<AtomicBool>) -> Resu
                 return Err(format!("--pipelining: {t} does not advertise PIPELINING"));
             }
         };
+        let offers_tls = info.ehlo_capabilities.iter().any(|c| {
+            c.split_ascii_whitespace()
+                .next()
+                .is_some_and(|w| w.eq_ignore_ascii_case("STARTTLS"))
+        });
+        if s.starttls == StartTls::Require && !offers_tls {
+            return Err(format!(
+                "--starttls=require: {t} does not advertise STARTTLS in its EHLO reply"
+            ));
+        }
+        starttls.push(s.starttls != StartTls::Off && offers_tls);
         pipelining.push(pipe);
         infos.push(info);
     }
@@ -95,6 +107,12 @@ pub fn run(s: Settings, argv: Vec<String>, interrupted: Arc<AtomicBool>) -> Resu
         proxy: s.proxy,
         sources: s.sources.clone(),
         depth: s.depth,
+        tls: if starttls.contains(&true) {
+            Some(crate::tls::TlsClient::new(s.tls_ca.as_deref(), &s.targets)?)
+        } else {
+            None
+        },
+        starttls,
         messages,
         pool: AddressPool::new(&s.from, &s.to),
         control: Control {

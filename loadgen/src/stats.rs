@@ -39,6 +39,8 @@ pub struct ThreadStats {
     pub session: Histogram<u64>,
     /// Open loop: how late the pacer sent a message it had waited for (intended time to send).
     pub lateness: Histogram<u64>,
+    /// STARTTLS written until the TLS handshake is complete (`--starttls`).
+    pub tls_handshake: Histogram<u64>,
     /// Open loop: messages already due when their connection became free (the previous
     /// message's replies came later than the schedule allowed): not the pacer's lateness.
     pub behind: u64,
@@ -70,6 +72,7 @@ impl ThreadStats {
             message: new_histogram(),
             session: new_histogram(),
             lateness: new_histogram(),
+            tls_handshake: new_histogram(),
             behind: 0,
             accepted: 0,
             refused: 0,
@@ -95,6 +98,9 @@ impl ThreadStats {
         self.session.add(&o.session).expect("same histogram bounds");
         self.lateness
             .add(&o.lateness)
+            .expect("same histogram bounds");
+        self.tls_handshake
+            .add(&o.tls_handshake)
             .expect("same histogram bounds");
         self.behind += o.behind;
         self.accepted += o.accepted;

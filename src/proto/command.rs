@@ -42,6 +42,8 @@ pub enum Command<'a> {
     Quit,
     Vrfy,
     Help,
+    /// STARTTLS (RFC 3207).
+    StartTls,
 }
 
 /// MAIL parameters we understand (RFC 1870, RFC 6152, RFC 6531).
@@ -114,6 +116,9 @@ pub fn parse(line: &[u8], extensions: bool) -> Result<Command<'_>, Bad> {
     let verb_end = line.iter().position(|&b| b == b' ').unwrap_or(line.len());
     let verb = &line[..verb_end];
     let args = &line[(verb_end + 1).min(line.len())..];
+    if verb.eq_ignore_ascii_case(b"STARTTLS") {
+        return no_args(args, Command::StartTls);
+    }
     if verb.len() != 4 && is_bdat(line) {
         // `BDAT` glued to something other than a space: a chunk may follow, length unknown.
         return Err(Bad::Chunk);
@@ -533,7 +538,10 @@ mod tests {
         );
         assert_eq!(parse(b"XYZZ"), Err(Bad::Unknown));
         assert_eq!(parse(b""), Err(Bad::Unknown));
-        assert_eq!(parse(b"STARTTLS"), Err(Bad::Unknown));
+        assert_eq!(parse(b"StartTLS"), Ok(Command::StartTls));
+        assert_eq!(parse(b"STARTTLS "), Ok(Command::StartTls));
+        assert_eq!(parse(b"STARTTLS x"), Err(Bad::Syntax(USAGE_BARE)));
+        assert_eq!(parse(b"STARTTLSX"), Err(Bad::Unknown));
         assert_eq!(parse(b"BDATX 5"), Err(Bad::Unknown));
         assert_eq!(parse(b"BDAT5"), Err(Bad::Unknown));
     }

@@ -33,6 +33,7 @@ pub use crate::envelope::Recipients;
 use crate::scan::{self, DataScanner, Line, Scan};
 pub use crate::scan::{BareLf, Part};
 use command::{Bad, Command};
+pub use trace::TlsFacts;
 
 /// The settings a session obeys; built once by the server's configuration and shared.
 #[derive(Clone, Debug)]
@@ -58,6 +59,8 @@ pub struct Config {
     pub data_timeout: Duration,
     /// Bytes per second of extra data deadline (Postfix smtpd_min_data_rate); 0 disables.
     pub min_data_rate: u64,
+    /// A certificate is loaded and TLS is not turned off: EHLO offers STARTTLS.
+    pub starttls: bool,
 }
 
 impl Default for Config {
@@ -73,6 +76,7 @@ impl Default for Config {
             command_timeout: Duration::from_secs(300),
             data_timeout: Duration::from_secs(600),
             min_data_rate: 500,
+            starttls: false,
         }
     }
 }
@@ -130,6 +134,10 @@ pub enum Step {
     Discard,
     /// Send the replies, then close the connection (remove any unfinished spool file).
     Close,
+    /// Send the replies (`220 Ready to start TLS`), drop any input after the STARTTLS line
+    /// (already consumed: RFC 3207 and CVE-2011-0411), run the TLS handshake, then call
+    /// `handle_tls_established`.
+    StartTls,
 }
 
 /// Why a message handed over with `Step::Store` was not stored.
@@ -160,6 +168,8 @@ enum State {
     },
     /// The message is complete and the driver is storing it.
     Storing,
+    /// `220 Ready to start TLS` was sent; the driver is running the handshake.
+    TlsHandshake,
     /// The session is over.
     Closed,
 }
@@ -281,6 +291,8 @@ pub struct Session {
     transfer_bytes: u64,
     shutting_down: bool,
     messages_stored: u64,
+    /// Set once the TLS handshake completed (STARTTLS); never cleared.
+    tls: Option<TlsFacts>,
 }
 
 impl Session {
@@ -301,6 +313,7 @@ impl Session {
             transfer_bytes: 0,
             shutting_down: false,
             messages_stored: 0,
+            tls: None,
         }
     }
 
@@ -357,8 +370,29 @@ impl Session {
                 let earned = Duration::from_secs(self.transfer_bytes / config.min_data_rate);
                 Some(idle.min(self.transfer_start + config.data_timeout + earned))
             }
-            State::Storing | State::Closed => None,
+            State::Storing | State::Closed | State::TlsHandshake => None,
         }
+    }
+
+    /// The TLS facts, once the session runs inside TLS.
+    pub fn tls(&self) -> Option<TlsFacts> {
+        self.tls
+    }
+
+    /// Reports that the TLS handshake after `Step::StartTls` completed. The session starts
+    /// over (RFC 3207 4.2): the client must send EHLO again, which no longer offers STARTTLS.
+    pub fn handle_tls_established(&mut self, facts: TlsFacts, now: Instant) {
+        debug_assert_eq!(
+            self.state,
+            State::TlsHandshake,
+            "handle_tls_established without Step::StartTls"
+        );
+        self.tls = Some(facts);
+        self.helo.clear();
+        self.hello = Hello::None;
+        self.txn.reset();
+        self.last_input = now;
+        self.state = State::Command;
     }
 
     /// Reports that the deadline passed: `421 4.4.2` and close. Returns `Step::Read` if the
@@ -444,6 +478,10 @@ impl Session {
                     debug_assert!(false, "handle_input while the message is being stored");
                     return (pos, Step::Store);
                 }
+                State::TlsHandshake => {
+                    debug_assert!(false, "handle_input during the TLS handshake");
+                    return (input.len(), Step::StartTls);
+                }
                 State::DrainLine => {
                     let (n, found) = scan::drain_line(&input[pos..]);
                     pos += n;
@@ -486,6 +524,10 @@ impl Session {
                         } else {
                             self.command(line, now, out)
                         };
+                        if step == Some(Step::StartTls) {
+                            // Whatever followed STARTTLS in this input is dropped unread.
+                            return (input.len(), Step::StartTls);
+                        }
                         if let Some(step) = step {
                             return (pos, step);
                         }
@@ -711,9 +753,13 @@ impl Session {
                     let _ = write!(
                         out.replies,
                         "250-{host}\r\n250-PIPELINING\r\n250-SIZE {}\r\n250-8BITMIME\r\n\
-                         250-ENHANCEDSTATUSCODES\r\n250-SMTPUTF8\r\n250 CHUNKING\r\n",
+                         250-ENHANCEDSTATUSCODES\r\n250-SMTPUTF8\r\n",
                         self.config.max_message_size
                     );
+                    if self.config.starttls && self.tls.is_none() {
+                        out.replies.extend_from_slice(b"250-STARTTLS\r\n");
+                    }
+                    out.replies.extend_from_slice(b"250 CHUNKING\r\n");
                 } else {
                     let _ = write!(out.replies, "250 {host}\r\n");
                 }
@@ -825,6 +871,20 @@ impl Session {
                 out.replies.extend_from_slice(reply::HELP);
                 None
             }),
+            Command::StartTls => {
+                if !self.config.starttls {
+                    return self.client_error(reply::TLS_NOT_OFFERED, out);
+                }
+                if self.tls.is_some() {
+                    return self.client_error(reply::TLS_ACTIVE, out);
+                }
+                if self.txn.active {
+                    return self.client_error(reply::TLS_IN_TRANSACTION, out);
+                }
+                out.replies.extend_from_slice(reply::TLS_READY);
+                self.state = State::TlsHandshake;
+                Some(Step::StartTls)
+            }
             Command::Quit => {
                 out.replies.extend_from_slice(reply::BYE);
                 self.state = State::Closed;

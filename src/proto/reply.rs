@@ -48,3 +48,10 @@ pub const TOO_MANY_FROM_ADDRESS: (&str, &str) = (
     "421 4.7.0 ",
     " Error: too many connections from your address\r\n",
 );
+
+// STARTTLS (RFC 3207, SPEC §4.5).
+pub const TLS_READY: &[u8] = b"220 2.0.0 Ready to start TLS\r\n";
+pub const TLS_NOT_OFFERED: &[u8] = b"502 5.5.1 STARTTLS not offered\r\n";
+pub const TLS_ACTIVE: &[u8] = b"503 5.5.1 TLS already active\r\n";
+pub const TLS_IN_TRANSACTION: &[u8] =
+    b"503 5.5.1 STARTTLS not allowed inside a mail transaction\r\n";

@@ -13,7 +13,7 @@ use std::time::Instant;
 use chrono::{DateTime, Utc};
 
 use super::trace::{write_trace, Trace};
-use super::{Config, Output, Part, Session, Step, StoreError};
+use super::{Config, Output, Part, Session, Step, StoreError, TlsFacts};
 
 /// The client address written in the simulated trace headers.
 pub const SIM_CLIENT: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1));
@@ -47,6 +47,10 @@ pub struct Sim {
     pub fail_next_store: bool,
     /// The session asked to close.
     pub closed: bool,
+    /// TLS handshakes "run" after STARTTLS (each completes at once with `tls_facts`).
+    pub tls_handshakes: u32,
+    /// The facts a simulated handshake reports.
+    pub tls_facts: TlsFacts,
     /// A message was begun (`Step::Begin`) and not yet stored or discarded.
     open: bool,
     /// Most reply bytes ever waiting at once.
@@ -76,6 +80,11 @@ impl Sim {
             stored_count: 0,
             fail_next_store: false,
             closed: false,
+            tls_handshakes: 0,
+            tls_facts: TlsFacts {
+                version: "TLSv1.3",
+                cipher: "TLS_AES_256_GCM_SHA384",
+            },
             open: false,
             replies_waiting_max: 0,
             now,
@@ -139,6 +148,15 @@ impl Sim {
                 Step::Close => {
                     self.discard();
                     self.closed = true;
+                    break;
+                }
+                Step::StartTls => {
+                    // The 220 goes out, the rest of this read is dropped (the session consumed
+                    // it), and the handshake succeeds at once.
+                    self.tls_handshakes += 1;
+                    self.flush();
+                    self.session
+                        .handle_tls_established(self.tls_facts, self.now);
                     break;
                 }
             }
@@ -212,7 +230,7 @@ impl Sim {
             hostname: "sim.example",
             id: std::str::from_utf8(&id).unwrap_or("0"),
             now: DateTime::<Utc>::UNIX_EPOCH,
-            tls: None,
+            tls: self.session.tls(),
         };
         write_trace(&mut headers, &trace);
         self.current_headers = Some(headers);

@@ -168,7 +168,7 @@ fn unknown_commands_get_500_5_5_1() {
     let mut sim = ready();
     for line in [
         "XYZZY\r\n",
-        "STARTTLS\r\n",
+        "STARTTLSX\r\n",
         "\r\n",
         "AUTH PLAIN\r\n",
         "MAILFROM:<>\r\n",
@@ -1771,4 +1771,238 @@ proptest! {
         let sim = run_cut(&config, &input, &[]);
         check_replies(&sim.replies)?;
     }
+}
+
+// ---- STARTTLS (RFC 3207, SPEC §4.5) ------------------------------------------------------
+
+const TLS_READY: &str = "220 2.0.0 Ready to start TLS\r\n";
+const TLS_NOT_OFFERED: &str = "502 5.5.1 STARTTLS not offered\r\n";
+const TLS_ACTIVE: &str = "503 5.5.1 TLS already active\r\n";
+const TLS_IN_TRANSACTION: &str = "503 5.5.1 STARTTLS not allowed inside a mail transaction\r\n";
+
+/// The EHLO reply when STARTTLS is offered.
+fn ehlo_reply_tls(max_message_size: u64) -> String {
+    ehlo_reply(max_message_size).replace("250 CHUNKING", "250-STARTTLS\r\n250 CHUNKING")
+}
+
+/// A greeted `Sim` with a certificate configured.
+fn tls_sim() -> Sim {
+    sim_with(|c| c.starttls = true)
+}
+
+#[test]
+fn starttls_is_advertised_only_with_a_certificate_and_before_tls() {
+    let mut sim = sim_with(|_| {});
+    assert_eq!(say(&mut sim, "EHLO c.example\r\n"), ehlo_reply(26_214_400));
+    assert_eq!(say(&mut sim, "STARTTLS\r\n"), TLS_NOT_OFFERED);
+    assert_eq!(sim.tls_handshakes, 0);
+    assert!(!sim.closed);
+
+    let mut sim = tls_sim();
+    assert_eq!(
+        say(&mut sim, "EHLO c.example\r\n"),
+        ehlo_reply_tls(26_214_400)
+    );
+    assert_eq!(say(&mut sim, "starttls\r\n"), TLS_READY);
+    assert_eq!(sim.tls_handshakes, 1);
+    // The session starts over: the EHLO name is forgotten, the new EHLO offers no STARTTLS.
+    assert_eq!(sim.session.envelope().helo, "");
+    assert_eq!(sim.session.tls(), Some(sim.tls_facts));
+    assert_eq!(say(&mut sim, "EHLO c.example\r\n"), ehlo_reply(26_214_400));
+    assert_eq!(say(&mut sim, "STARTTLS\r\n"), TLS_ACTIVE);
+    assert_eq!(sim.tls_handshakes, 1);
+    assert!(!sim.closed);
+}
+
+#[test]
+fn starttls_arguments_and_transaction_are_refused() {
+    let mut sim = tls_sim();
+    assert_eq!(
+        say(&mut sim, "EHLO c.example\r\n"),
+        ehlo_reply_tls(26_214_400)
+    );
+    assert_eq!(
+        say(&mut sim, "STARTTLS now\r\n"),
+        "501 5.5.4 Syntax: this command takes no argument\r\n"
+    );
+    assert_eq!(say(&mut sim, "MAIL FROM:<a@b.example>\r\n"), MAIL_OK);
+    assert_eq!(say(&mut sim, "STARTTLS\r\n"), TLS_IN_TRANSACTION);
+    assert_eq!(say(&mut sim, "RCPT TO:<c@d.example>\r\n"), RCPT_OK);
+    assert_eq!(say(&mut sim, "STARTTLS\r\n"), TLS_IN_TRANSACTION);
+    assert_eq!(say(&mut sim, "RSET\r\n"), OK);
+    assert_eq!(say(&mut sim, "STARTTLS\r\n"), TLS_READY);
+    assert_eq!(sim.tls_handshakes, 1);
+}
+
+#[test]
+fn input_pipelined_after_starttls_is_never_executed() {
+    // CVE-2011-0411: the commands arrive in the same read as STARTTLS.
+    for tail in [
+        "MAIL FROM:<evil@b.example>\r\nRCPT TO:<c@d.example>\r\n",
+        "QUIT\r\n",
+        "EHLO x\r\nSTARTTLS\r\n",
+        "DATA\r\n",
+        "MAIL FROM:<partial",
+    ] {
+        let mut sim = tls_sim();
+        assert_eq!(
+            say(&mut sim, "EHLO c.example\r\n"),
+            ehlo_reply_tls(26_214_400)
+        );
+        let replies = say(&mut sim, &format!("STARTTLS\r\n{tail}"));
+        assert_eq!(replies, TLS_READY, "{tail:?}");
+        assert!(!sim.closed);
+        assert_eq!(sim.tls_handshakes, 1);
+        // Inside TLS the session starts clean: no sender left over, nothing half-read.
+        assert_eq!(say(&mut sim, "EHLO c.example\r\n"), ehlo_reply(26_214_400));
+        assert_eq!(say(&mut sim, "RCPT TO:<c@d.example>\r\n"), NEED_MAIL);
+        assert_eq!(say(&mut sim, "MAIL FROM:<a@b.example>\r\n"), MAIL_OK);
+    }
+    // The same holds when EHLO and STARTTLS themselves came pipelined.
+    let mut sim = tls_sim();
+    let replies = say(
+        &mut sim,
+        "EHLO c.example\r\nSTARTTLS\r\nMAIL FROM:<e@b.example>\r\n",
+    );
+    assert_eq!(replies, ehlo_reply_tls(26_214_400) + TLS_READY);
+    // The session starts over: nothing before a new EHLO.
+    assert_eq!(
+        say(&mut sim, "MAIL FROM:<a@b.example>\r\n"),
+        "503 5.5.1 Error: send HELO/EHLO first\r\n"
+    );
+    assert_eq!(say(&mut sim, "EHLO c.example\r\n"), ehlo_reply(26_214_400));
+    assert_eq!(say(&mut sim, "RCPT TO:<c@d.example>\r\n"), NEED_MAIL);
+}
+
+#[test]
+fn a_message_inside_tls_is_stamped_esmtps() {
+    let mut sim = tls_sim();
+    say(&mut sim, "EHLO c.example\r\nSTARTTLS\r\n");
+    assert_eq!(sim.session.envelope().protocol, "SMTP");
+    say(&mut sim, "EHLO c.example\r\n");
+    assert_eq!(say(&mut sim, ENVELOPE), replies(&[MAIL_OK, RCPT_OK]));
+    let envelope = sim.session.envelope();
+    assert_eq!(envelope.helo, "c.example");
+    assert_eq!(
+        sim.session.tls(),
+        Some(TlsFacts {
+            version: "TLSv1.3",
+            cipher: "TLS_AES_256_GCM_SHA384"
+        })
+    );
+    assert_eq!(
+        say(&mut sim, "DATA\r\nSubject: x\r\n\r\nhi\r\n.\r\n"),
+        replies(&[GO_AHEAD, &queued(1)])
+    );
+    assert_eq!(sim.messages, vec![b"Subject: x\r\n\r\nhi\r\n".to_vec()]);
+    say(
+        &mut sim,
+        "MAIL FROM:<a@b.example> SMTPUTF8\r\nRCPT TO:<c@d.example>\r\nDATA\r\nhi\r\n.\r\n",
+    );
+    assert_eq!(sim.messages.len(), 2);
+    let trace = |i: usize| String::from_utf8_lossy(&sim.headers[i]).into_owned();
+    let tls_line = "\r\n\t(using TLSv1.3 with cipher TLS_AES_256_GCM_SHA384)\r\n\tby ";
+    assert!(trace(0).contains(tls_line), "{}", trace(0));
+    assert!(trace(0).contains(" with ESMTPS id "), "{}", trace(0));
+    assert!(trace(1).contains(" with UTF8SMTPS id "), "{}", trace(1));
+    // Without TLS the names stay the plain ones.
+    let mut plain = ready();
+    say(&mut plain, ENVELOPE);
+    say(&mut plain, "DATA\r\nhi\r\n.\r\n");
+    let text = String::from_utf8_lossy(&plain.headers[0]).into_owned();
+    assert!(
+        text.contains(" with ESMTP id ") && !text.contains("using"),
+        "{text}"
+    );
+    assert_eq!(plain.session.tls(), None);
+}
+
+#[test]
+fn starttls_without_a_certificate_counts_as_an_error() {
+    let mut sim = sim_with(|c| c.max_errors = 2);
+    say(&mut sim, "EHLO c.example\r\n");
+    assert_eq!(say(&mut sim, "STARTTLS\r\n"), TLS_NOT_OFFERED);
+    assert_eq!(say(&mut sim, "STARTTLS\r\n"), TLS_NOT_OFFERED);
+    assert_eq!(say(&mut sim, "STARTTLS\r\n"), TOO_MANY_ERRORS);
+    assert!(sim.closed);
+}
+
+proptest! {
+    /// However a STARTTLS session's bytes are split into reads, what follows STARTTLS in the
+    /// read that carries it never runs, and a message sent after the handshake is stored
+    /// byte-exact.
+    #[test]
+    fn starttls_split_anywhere(cut in 0usize..40) {
+        let head = "EHLO c.example\r\nSTARTTLS\r\n";
+        let cut = cut.min(head.len());
+        let mut sim = tls_sim();
+        sim.feed(&head.as_bytes()[..cut]);
+        sim.feed(&head.as_bytes()[cut..]);
+        prop_assert_eq!(sim.tls_handshakes, 1);
+        let replies = sim.take_replies();
+        prop_assert_eq!(replies, ehlo_reply_tls(26_214_400) + TLS_READY);
+        let rest = format!("EHLO c.example\r\n{ENVELOPE}DATA\r\nhi\r\n.\r\n");
+        sim.feed(rest.as_bytes());
+        prop_assert_eq!(sim.messages.clone(), vec![b"hi\r\n".to_vec()]);
+    }
+}
+
+#[test]
+fn the_trace_of_a_tls_message_names_version_and_cipher() {
+    use chrono::TimeZone as _;
+    let mut sim = tls_sim();
+    sim.tls_facts = TlsFacts {
+        version: "TLSv1.2",
+        cipher: "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256",
+    };
+    say(&mut sim, "EHLO c.example\r\nSTARTTLS\r\n");
+    say(
+        &mut sim,
+        "EHLO c.example\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<c@d.example>\r\n",
+    );
+    let envelope = sim.session.envelope();
+    let now = chrono::Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 5).unwrap();
+    let mut head = Vec::new();
+    let trace = trace::Trace {
+        envelope: &envelope,
+        peer: "192.0.2.7".parse().unwrap(),
+        hostname: "mx.example",
+        id: "QID1",
+        now,
+        tls: sim.session.tls(),
+    };
+    trace::write_trace(&mut head, &trace);
+    assert_eq!(
+        String::from_utf8(head).unwrap(),
+        "Return-Path: <a@b.example>\r\nDelivered-To: c@d.example\r\n\
+         Received: from c.example ([192.0.2.7])\r\n\
+         \t(using TLSv1.2 with cipher TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256)\r\n\
+         \tby mx.example (ringmx) with ESMTPS id QID1\r\n\
+         \tfor <c@d.example>; Fri, 02 Jan 2026 03:04:05 +0000\r\n"
+    );
+    // Without TLS there is no comment line.
+    let mut head = Vec::new();
+    trace::write_trace(&mut head, &trace::Trace { tls: None, ..trace });
+    let text = String::from_utf8(head).unwrap();
+    assert!(text.contains("([192.0.2.7])\r\n\tby mx.example"), "{text}");
+}
+
+#[test]
+fn the_ehlo_starttls_requires_is_not_junk() {
+    let mut sim = sim_with(|c| {
+        c.starttls = true;
+        c.max_junk_commands = 0;
+    });
+    assert_eq!(
+        say(&mut sim, "EHLO c.example\r\n"),
+        ehlo_reply_tls(26_214_400)
+    );
+    assert_eq!(say(&mut sim, "STARTTLS\r\n"), TLS_READY);
+    assert_eq!(say(&mut sim, "EHLO c.example\r\n"), ehlo_reply(26_214_400));
+    assert!(!sim.closed);
+    // A further EHLO is a repeat, and junk.
+    assert_eq!(
+        say(&mut sim, "EHLO c.example\r\n"),
+        "421 4.7.0 localhost Error: too many junk commands\r\n"
+    );
 }

@@ -13,7 +13,10 @@
 //! receive buffer; a large one is taken from the shard's pool while message data flows.
 //!
 //! Every byte to and from the peer passes through `start_read`/`on_read` and `start_write`:
-//! a layer that transforms the stream (TLS) sits there, between this loop and the driver.
+//! after STARTTLS the TLS layer sits there, between this loop and the driver. A read then
+//! fills the layer's ciphertext buffer and `on_read` decrypts it into the receive buffer;
+//! replies are sealed into records before their write starts. The handshake itself runs
+//! between two turns of the loop, once the `220` is out, within its own deadline.
 //!
 //! A connection from a `RINGMX_PROXY_FROM` network first reads its PROXY header
 //! (`proxy_header`), before the limits and the greeting: the client the header names is the
@@ -38,6 +41,7 @@ use crate::metrics::{Connection, ShardMetrics};
 use crate::proto::trace::{self, Trace};
 use crate::proto::{self, Output, Session, Step, StoreError, REPLY_BUFFER_MAX};
 use crate::proxy::{self, Outcome, Parsed};
+use crate::tls::stream::{Decrypted, HandshakeError, TlsStream};
 use crate::{log_debug, log_event, log_info};
 
 /// Time given to the last replies (the 421) when the shutdown grace is over.
@@ -59,6 +63,10 @@ enum End {
     ReadError,
     /// A write failed, or the client read nothing for a whole command timeout.
     WriteError,
+    /// The TLS handshake after STARTTLS failed or timed out.
+    TlsFailed,
+    /// A TLS record failed (bad record, alert) after the handshake.
+    TlsError,
 }
 
 impl End {
@@ -71,6 +79,8 @@ impl End {
             End::PeerClosed => "peer_closed",
             End::ReadError => "read_error",
             End::WriteError => "write_error",
+            End::TlsFailed => "tls_failed",
+            End::TlsError => "tls_error",
         }
     }
 }
@@ -114,6 +124,8 @@ enum Fed {
     RepliesFull,
     /// The session is over; its last replies are in the output.
     Over(End),
+    /// STARTTLS was accepted: send the `220`, then run the handshake.
+    StartTls,
 }
 
 /// One event of the loop.
@@ -218,6 +230,7 @@ pub(crate) async fn serve<D: Driver>(
         phase,
         phase_seen: Phase::Running,
         bytes: bytes_in,
+        tls: None,
     };
     let end = conn.run().await;
     if let Message::Open(message, _) = std::mem::replace(&mut conn.message, Message::Idle) {
@@ -373,6 +386,8 @@ struct Conn<'a, D: Driver> {
     /// The last shutdown phase acted on.
     phase_seen: Phase,
     bytes: u64,
+    /// The TLS layer, once STARTTLS succeeded.
+    tls: Option<TlsStream>,
 }
 
 impl<D: Driver> Conn<'_, D> {
@@ -393,14 +408,34 @@ impl<D: Driver> Conn<'_, D> {
         };
         loop {
             if write.is_none() && !self.out.replies.is_empty() {
-                write.set(Some(D::write_all(stream, self.start_write())));
+                let last = matches!(fed, Fed::Over(_));
+                let Some(wire) = self.start_write(last) else {
+                    return End::WriteError;
+                };
+                write.set(Some(D::write_all(stream, wire)));
                 write_deadline = Some(tokio::time::Instant::now() + write_timeout);
             }
             match fed {
                 Fed::Over(end) if write.is_none() => return end,
+                Fed::StartTls if write.is_none() => {
+                    // The 220 is out and no read is in flight: the next bytes are the
+                    // client's handshake.
+                    fed = match self.start_tls().await {
+                        Ok(()) if self.buf.is_empty() => Fed::NeedInput,
+                        Ok(()) => self.feed().await,
+                        Err(end) => return end,
+                    };
+                    continue;
+                }
                 Fed::NeedInput if read.is_none() => {
                     self.size_buffer();
-                    read.set(Some(D::read(stream, std::mem::take(&mut self.buf))));
+                    match self.start_read() {
+                        Ok(Some(buf)) => read.set(Some(D::read(stream, buf))),
+                        // Records already read held more input.
+                        Ok(None) => fed = self.feed().await,
+                        Err(end) => fed = Fed::Over(end),
+                    }
+                    continue;
                 }
                 _ => {}
             }
@@ -434,7 +469,7 @@ impl<D: Driver> Conn<'_, D> {
                 }
                 Event::Read(result, buf) => {
                     read.set(None);
-                    self.buf = buf;
+                    let result = self.on_read(result, buf);
                     if let Fed::Over(_) = fed {
                         // Input after the last reply is not looked at.
                         continue;
@@ -442,15 +477,17 @@ impl<D: Driver> Conn<'_, D> {
                     fed = match result {
                         // Replies still waiting go out first: a client that half-closed
                         // may still be reading its 250s.
-                        Ok(0) => Fed::Over(End::PeerClosed),
-                        Ok(n) => {
+                        Ok(Some(0)) => Fed::Over(End::PeerClosed),
+                        Ok(Some(n)) => {
                             self.bytes += n as u64;
                             if let Some(metrics) = &self.shard.metrics {
                                 metrics.bytes_received(n as u64);
                             }
                             self.feed().await
                         }
-                        Err(_) => return End::ReadError,
+                        // Only part of a record: read on.
+                        Ok(None) => Fed::NeedInput,
+                        Err(end) => Fed::Over(end),
                     };
                 }
                 Event::WriteTimeout => return End::WriteError,
@@ -484,15 +521,130 @@ impl<D: Driver> Conn<'_, D> {
         }
     }
 
-    /// Hands the waiting replies over for sending; the session's output keeps a buffer.
-    fn start_write(&mut self) -> Vec<u8> {
+    /// Hands the waiting replies over for sending (sealed into TLS records inside TLS, with a
+    /// close_notify after the `last` ones); the session's output keeps a buffer. `None` when
+    /// they cannot be sealed.
+    fn start_write(&mut self, last: bool) -> Option<Vec<u8>> {
         let mut replies = std::mem::take(&mut self.scratch);
         replies.clear();
         std::mem::swap(&mut replies, &mut self.out.replies);
         if let Some(metrics) = &self.shard.metrics {
             metrics.replies(&replies);
         }
-        replies
+        match &mut self.tls {
+            None => Some(replies),
+            Some(tls) => match tls.seal(replies, last) {
+                Ok(wire) => Some(wire),
+                Err(e) => {
+                    log_info!("{}: TLS: {e}", self.peer);
+                    None
+                }
+            },
+        }
+    }
+
+    /// The buffer the next socket read fills: the receive buffer, or inside TLS the
+    /// ciphertext buffer. `Ok(None)` when no read is needed because whole records already read
+    /// were decrypted into the receive buffer.
+    fn start_read(&mut self) -> Result<Option<BytesMut>, End> {
+        let Some(tls) = &mut self.tls else {
+            return Ok(Some(std::mem::take(&mut self.buf)));
+        };
+        match tls.decrypt(&mut self.buf) {
+            Ok(Decrypted::Plain(n)) => {
+                self.bytes += n as u64;
+                Ok(None)
+            }
+            Ok(Decrypted::Closed) => Err(End::PeerClosed),
+            Ok(Decrypted::NeedMore) => Ok(Some(tls.take_read_buffer())),
+            Err(e) => {
+                log_info!("{}: TLS: {e}", self.peer);
+                Err(End::TlsError)
+            }
+        }
+    }
+
+    /// Takes back the buffer of a finished read. Returns the plaintext bytes added to the
+    /// receive buffer (`Some(0)`: the client closed), `None` when more ciphertext is needed.
+    /// A TCP close in the middle of a record is a close: a truncated record is never used.
+    fn on_read(
+        &mut self,
+        result: std::io::Result<usize>,
+        buf: BytesMut,
+    ) -> Result<Option<usize>, End> {
+        let Some(tls) = &mut self.tls else {
+            self.buf = buf;
+            return result.map(Some).map_err(|_| End::ReadError);
+        };
+        tls.put_read_buffer(buf);
+        match result {
+            Ok(0) => return Ok(Some(0)),
+            Ok(_) => {}
+            Err(_) => return Err(End::ReadError),
+        }
+        match tls.decrypt(&mut self.buf) {
+            Ok(Decrypted::Plain(n)) => Ok(Some(n)),
+            Ok(Decrypted::Closed) => Ok(Some(0)),
+            Ok(Decrypted::NeedMore) => Ok(None),
+            Err(e) => {
+                log_info!("{}: TLS: {e}", self.peer);
+                Err(End::TlsError)
+            }
+        }
+    }
+
+    /// After `220 Ready to start TLS` went out: runs the handshake within its deadline and
+    /// tells the session. Input that followed STARTTLS was consumed by the session and is
+    /// gone (CVE-2011-0411). A failure ends the connection.
+    async fn start_tls(&mut self) -> Result<(), End> {
+        debug_assert!(self.buf.is_empty(), "input after STARTTLS left unconsumed");
+        self.buf.clear();
+        let Some(store) = self.shard.tls.as_ref() else {
+            debug_assert!(false, "STARTTLS accepted without a certificate");
+            return Err(End::TlsFailed);
+        };
+        let timeout = self.shard.config.tls_handshake_timeout;
+        let accept = TlsStream::accept::<D>(self.stream, store.current(), &mut self.buf, timeout);
+        // The end of the shutdown grace does not wait for a handshake.
+        let mut phase = self.phase.clone();
+        let stopping = async move {
+            while *phase.borrow_and_update() != Phase::Stopping {
+                if phase.changed().await.is_err() {
+                    break;
+                }
+            }
+        };
+        let accepted = tokio::select! {
+            accepted = accept => accepted,
+            () = stopping => return Err(End::Shutdown),
+        };
+        if let Some(metrics) = &self.shard.metrics {
+            metrics.tls_handshake(match &accepted {
+                Ok(_) => crate::metrics::Tls::Ok,
+                Err(HandshakeError::Timeout) => crate::metrics::Tls::Timeout,
+                Err(_) => crate::metrics::Tls::Failed,
+            });
+        }
+        match accepted {
+            Ok(tls) => {
+                let Some(facts) = tls.facts() else {
+                    return Err(End::TlsFailed);
+                };
+                log_debug!(
+                    "{}: TLS established, {} with {}",
+                    self.peer,
+                    facts.version,
+                    facts.cipher
+                );
+                self.session.handle_tls_established(facts, Instant::now());
+                self.tls = Some(tls);
+                Ok(())
+            }
+            Err(e) => {
+                log_info!("{}: TLS handshake failed: {e}", self.peer);
+                Err(End::TlsFailed)
+            }
+        }
     }
 
     /// Takes back the buffer of a finished write. The session keeps a reply buffer within
@@ -547,6 +699,7 @@ impl<D: Driver> Conn<'_, D> {
                     }
                 }
                 Step::Discard => self.discard().await,
+                Step::StartTls => break Fed::StartTls,
                 Step::Close => {
                     let end = if self.phase_seen == Phase::Running {
                         End::Closed
@@ -579,7 +732,7 @@ impl<D: Driver> Conn<'_, D> {
                 hostname: &self.shard.session_config.hostname,
                 id: id.as_str(),
                 now: chrono::Utc::now(),
-                tls: None,
+                tls: self.session.tls(),
             };
             trace::write_trace(&mut head, &trace);
         }

@@ -60,6 +60,8 @@ pub(crate) enum Phase {
 pub(crate) struct Shared {
     connections: AtomicUsize,
     per_ip: Mutex<HashMap<IpAddr, usize>>,
+    /// The STARTTLS certificate store, when TLS is offered (read once per handshake).
+    tls: Option<Arc<crate::tls::CertStore>>,
 }
 
 /// What a connection holds while it counts against the limits; releases them when dropped.
@@ -121,6 +123,8 @@ pub(crate) struct Shard<D: Driver> {
     pub session_config: Arc<crate::proto::Config>,
     pub shared: Arc<Shared>,
     pub sink: AnySink<D>,
+    /// The STARTTLS certificate store, when TLS is offered.
+    pub tls: Option<Arc<crate::tls::CertStore>>,
     pub phase: watch::Receiver<Phase>,
     /// This shard's counters, when `RINGMX_METRICS_LISTEN` is set (written only here).
     pub metrics: Option<Arc<ShardMetrics>>,
@@ -351,12 +355,26 @@ pub fn start<D: Driver>(mut config: ServerConfig) -> Result<Running, String> {
         metrics_listener.map(|listener| (listener, Metrics::new(config.shards, spool, D::NAME)));
     let shard_metrics = |id: usize| metrics.as_ref().map(|(_, m)| m.shard(id));
 
+    let tls = match &config.tls {
+        Some(files) => {
+            let store = crate::tls::CertStore::open(&files.cert, &files.key)
+                .map_err(|e| format!("RINGMX_TLS_CERT/RINGMX_TLS_KEY: {e}"))?;
+            let store = Arc::new(store);
+            store
+                .spawn_watcher()
+                .map_err(|e| format!("TLS certificate watcher: {e}"))?;
+            Some(store)
+        }
+        None => None,
+    };
+
     let grace = config.shutdown_grace;
     let nonce = crate::delivery::process_nonce();
     let config = Arc::new(config);
     let shared = Arc::new(Shared {
         connections: AtomicUsize::new(0),
         per_ip: Mutex::new(HashMap::new()),
+        tls,
     });
     let (phase_tx, phase_rx) = watch::channel(Phase::Running);
     let (done_tx, done_rx) = crossbeam_channel::unbounded::<(usize, io::Result<()>)>();
@@ -546,12 +564,14 @@ fn run_shard<D: Driver>(
             }
             Delivery::Discard => AnySink::Discard,
         };
+        let tls = shared.tls.clone();
         let shard = Rc::new(Shard {
             id,
             session_config: Arc::new(config.session.clone()),
             config,
             shared,
             sink,
+            tls,
             phase,
             metrics,
             pool: RefCell::new(Vec::new()),
@@ -649,6 +669,7 @@ mod tests {
         Shared {
             connections: AtomicUsize::new(0),
             per_ip: Mutex::new(HashMap::new()),
+            tls: None,
         }
     }
 
