@@ -78,3 +78,15 @@ fn sigterm_in_greet_delay_says_421_epoll() {
 fn sigterm_in_greet_delay_says_421_uring() {
     sigterm_in_greet_delay_says_421("uring");
 }
+
+/// SIGHUP (what `systemctl reload` sends) never ends the server, with or without TLS.
+#[test]
+fn sighup_does_not_stop_the_server() {
+    let server = Server::start(&[]);
+    // SAFETY: kill(2) with our own child's pid and a valid signal number.
+    let rc = unsafe { libc::kill(server.pid(), libc::SIGHUP) };
+    assert_eq!(rc, 0);
+    std::thread::sleep(Duration::from_millis(300));
+    let mut client = Client::connect(server.addr());
+    client.expect("220 ");
+}

@@ -185,6 +185,13 @@ pub fn run(config: ServerConfig) -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    // SIGHUP reloads the TLS certificate (its watcher takes it when TLS is on); with nothing
+    // to reload it must not end the process (`systemctl reload` sends it).
+    let sighup = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    if let Err(e) = signal_hook::flag::register(libc::SIGHUP, sighup) {
+        log_error!("cannot install signal handlers: {e}");
+        return ExitCode::from(1);
+    }
     let (started, warning) = match choose_backend(&config) {
         Ok((Uring::NAME, warning)) => (start::<Uring>(config), warning),
         Ok((_, warning)) => (start::<Epoll>(config), warning),
