@@ -480,3 +480,52 @@ fn full_filesystem_then_space_freed() {
     drop(server);
     drop(tmpfs);
 }
+
+/// Every name in `new/` is taken (another process's files, as far as the spool can tell): the
+/// first move and every fresh name's `rename_noreplace` answer EEXIST, the message gets 451
+/// after its attempts, nothing is left in `tmp/` or `new/`, and no file is ever replaced.
+fn names_always_taken(backend: Backend) {
+    let _guard = PLAN_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let what = format!("{backend:?} names always taken");
+    let spool = tempfile::Builder::new()
+        .prefix("ringmx-faults-taken-")
+        .tempdir()
+        .expect("spool");
+    faulty::set_plan(Plan::default());
+    let running = start(backend, spool.path(), 1);
+    let addr = running.addrs[0];
+    let mut per_mille = [0u16; faulty::OPS];
+    per_mille[FileOp::Exists as usize] = 1000;
+    faulty::set_plan(Plan {
+        seed: 7,
+        per_mille,
+        nth: None,
+        eio: false,
+    });
+    let bodies: Vec<Vec<u8>> = (0..3).map(|i| sample_body(&what, i, 100)).collect();
+    let results = session(addr, bodies, false, &what);
+    let counts = faulty::counts();
+    faulty::set_plan(Plan::default());
+    running.stop();
+    assert!(running.join(), "{what}: a shard failed");
+    // Each message: one persist and seven fresh names, all taken.
+    assert_eq!(
+        counts.failed[FileOp::Exists as usize],
+        3 * 8,
+        "{what}: {counts:?}"
+    );
+    let (acked, refused) = check_spool(spool.path(), &results, &what);
+    assert_eq!((acked, refused), (0, 3), "{what}: acknowledged, refused");
+}
+
+#[test]
+fn names_always_taken_epoll() {
+    names_always_taken(Backend::Epoll);
+}
+
+#[test]
+fn names_always_taken_uring() {
+    if uring_works("names_always_taken_uring") {
+        names_always_taken(Backend::Uring);
+    }
+}
