@@ -16,7 +16,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::log::Level;
+use crate::log::{Level, LogFormat};
 use crate::scan::BareLf;
 
 /// The prefix that marks a variable as ringmx's.
@@ -50,6 +50,8 @@ const DOMAINS_MAX: usize = 10_000;
 /// io_uring queue sizes the kernel takes (powers of two).
 const RING_ENTRIES_MIN: u64 = 8;
 const RING_ENTRIES_MAX: u64 = 32_768;
+/// PROXY header timeout: a balancer sends its header at once; a minute is plenty.
+const PROXY_TIMEOUT_SECS_MAX: u64 = 60;
 /// NATS server URLs: each is a separate connection attempt target on reconnect.
 const NATS_URLS_MAX: usize = 64;
 /// NATS subject length: nats-server has no hard limit, but a subject is sent with every
@@ -367,6 +369,16 @@ pub const VARIABLES: &[Variable] = &[
         },
     },
     Variable {
+        name: "RINGMX_LOG_FORMAT",
+        default: "text",
+        computed: false,
+        meaning: "text or json (one JSON object per line, same events)",
+        apply: |s, c| {
+            c.log_format = one_of(s, &[("text", LogFormat::Text), ("json", LogFormat::Json)])?;
+            Ok(())
+        },
+    },
+    Variable {
         name: "RINGMX_IPV6_PREFIX",
         default: "64",
         computed: false,
@@ -374,6 +386,44 @@ pub const VARIABLES: &[Variable] = &[
             "IPv6 clients are counted for the per-IP limit by this prefix (one /64 = one client)",
         apply: |s, c| {
             c.ipv6_prefix = number(s, 1, 128)? as u8;
+            Ok(())
+        },
+    },
+    Variable {
+        name: "RINGMX_PROXY_FROM",
+        default: "",
+        computed: false,
+        meaning: "networks (CIDR list) whose connections must begin with a PROXY v1 or v2 header (empty: off)",
+        apply: |s, c| {
+            c.proxy_from = parse_nets(s)?;
+            Ok(())
+        },
+    },
+    Variable {
+        name: "RINGMX_PROXY_TIMEOUT_SECS",
+        default: "5",
+        computed: false,
+        meaning: "time allowed for that header",
+        apply: |s, c| {
+            c.proxy_timeout = secs(number(s, 1, PROXY_TIMEOUT_SECS_MAX)?);
+            Ok(())
+        },
+    },
+    Variable {
+        name: "RINGMX_METRICS_LISTEN",
+        default: "",
+        computed: false,
+        meaning: "address of the Prometheus endpoint, e.g. 127.0.0.1:9425 (empty: off)",
+        apply: |s, c| {
+            c.metrics_listen = if s.is_empty() {
+                None
+            } else {
+                Some(s.parse::<SocketAddr>().map_err(|_| {
+                    "expected an address:port such as 127.0.0.1:9425 or [::1]:9425, or empty \
+                     for off"
+                        .to_string()
+                })?)
+            };
             Ok(())
         },
     },
@@ -623,6 +673,14 @@ pub struct ServerConfig {
     pub ring_entries: u32,
     /// The log level.
     pub log_level: Level,
+    /// How log lines are written: text or JSON.
+    pub log_format: LogFormat,
+    /// Networks whose connections must begin with a PROXY header (empty: none).
+    pub proxy_from: Vec<IpNet>,
+    /// Time allowed for that header.
+    pub proxy_timeout: Duration,
+    /// Where the Prometheus endpoint listens (None: off).
+    pub metrics_listen: Option<SocketAddr>,
     /// Where `RINGMX_DELIVERY=jetstream` publishes (read and checked whatever the delivery).
     pub nats: crate::delivery::jetstream::Settings,
     /// The settings each SMTP session obeys.
@@ -770,6 +828,10 @@ impl ServerConfig {
             backend: Backend::Auto,
             ring_entries: RING_ENTRIES_MIN as u32,
             log_level: Level::Info,
+            log_format: LogFormat::Text,
+            proxy_from: Vec::new(),
+            proxy_timeout: Duration::ZERO,
+            metrics_listen: None,
             nats: crate::delivery::jetstream::Settings {
                 url: String::new(),
                 subject: String::new(),
@@ -777,6 +839,11 @@ impl ServerConfig {
             },
             session: crate::proto::Config::default(),
         }
+    }
+
+    /// Whether a connection from `ip` must begin with a PROXY header.
+    pub fn is_proxy_source(&self, ip: IpAddr) -> bool {
+        self.proxy_from.iter().any(|net| net.contains(ip))
     }
 }
 
@@ -1067,6 +1134,33 @@ mod tests {
     }
 
     #[test]
+    fn proxy_metrics_and_log_format() {
+        let c = config(&[
+            ("RINGMX_PROXY_FROM", "10.0.0.0/8, 2001:db8::/32"),
+            ("RINGMX_PROXY_TIMEOUT_SECS", "2"),
+            ("RINGMX_METRICS_LISTEN", "[::1]:9425"),
+            ("RINGMX_LOG_FORMAT", "JSON"),
+        ])
+        .unwrap();
+        assert_eq!(c.proxy_from, vec![net("10.0.0.0/8"), net("2001:db8::/32")]);
+        assert!(c.is_proxy_source(ip("10.1.2.3")));
+        assert!(c.is_proxy_source(ip("::ffff:10.1.2.3")));
+        assert!(c.is_proxy_source(ip("2001:db8::25")));
+        assert!(!c.is_proxy_source(ip("192.0.2.1")));
+        assert_eq!(c.proxy_timeout, Duration::from_secs(2));
+        assert_eq!(c.metrics_listen, Some("[::1]:9425".parse().unwrap()));
+        assert_eq!(c.log_format, LogFormat::Json);
+        refused("RINGMX_PROXY_FROM", "10.0.0.1/8");
+        refused("RINGMX_PROXY_FROM", "10.0.0.0/8,,");
+        refused("RINGMX_PROXY_TIMEOUT_SECS", "0");
+        refused("RINGMX_PROXY_TIMEOUT_SECS", "61");
+        refused("RINGMX_METRICS_LISTEN", "9425");
+        refused("RINGMX_METRICS_LISTEN", "localhost:9425");
+        let line = refused("RINGMX_LOG_FORMAT", "logfmt");
+        assert!(line.contains("expected text or json"), "{line}");
+    }
+
+    #[test]
     fn nats_settings_are_checked() {
         let c = config(&[]).unwrap();
         assert_eq!(c.nats.url, "nats://127.0.0.1:4222");
@@ -1133,6 +1227,11 @@ mod tests {
         assert_eq!(c.backend, Backend::Auto);
         assert_eq!(c.ring_entries, 1024);
         assert_eq!(c.log_level, Level::Info);
+        assert_eq!(c.log_format, LogFormat::Text);
+        assert!(c.proxy_from.is_empty());
+        assert!(!c.is_proxy_source(ip("127.0.0.1")));
+        assert_eq!(c.proxy_timeout, Duration::from_secs(5));
+        assert_eq!(c.metrics_listen, None);
         let s = &c.session;
         let d = crate::proto::Config::default();
         assert_eq!(s.hostname, "mx.example.com");
@@ -1182,7 +1281,7 @@ mod tests {
             assert!(!line.contains("unknown variable"), "{line}");
             assert!(line.starts_with(name), "{line}");
         }
-        assert_eq!(VARIABLES.len(), 29);
+        assert_eq!(VARIABLES.len(), 33);
     }
 
     #[test]

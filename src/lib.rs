@@ -10,6 +10,8 @@ pub mod delivery;
 pub mod driver;
 pub mod envelope;
 pub mod log;
+pub mod metrics;
 pub mod proto;
+pub mod proxy;
 pub mod scan;
 pub mod server;

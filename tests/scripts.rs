@@ -33,6 +33,11 @@ fn have_python(test: &str) -> bool {
         .status()
         .is_ok_and(|s| s.success());
     if !ok {
+        // Under CI the peer must be there (scripts/test installs it): a skip would pass silently.
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "{test}: python3 (3.7 or later) is not available and CI=true"
+        );
         eprintln!("{test}: skipped, python3 (3.7 or later) is not available");
     }
     ok
@@ -319,6 +324,108 @@ fn compare_two_hosts_table_ratios_and_note() {
     );
 }
 
+/// Two result files from one host under two kernels, each cell the median of 3 repeats: the
+/// facts that differ (a mitigation, the spool's journal and mount options) are listed above the
+/// tables and nothing else is (glibc is missing from the second file: unknown, not a
+/// difference); each ratio says whether it exceeds the repeats' spread; the chart draws it.
+#[test]
+fn compare_kernels_lists_differing_facts_and_noise() {
+    if !have_python("compare_kernels_lists_differing_facts_and_noise") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let svg = dir.path().join("chart.svg");
+    let (a, b) = (fixture("kernel-a.json"), fixture("kernel-b.json"));
+    let out = run_script(
+        "compare",
+        &[
+            a.to_str().unwrap(),
+            b.to_str().unwrap(),
+            "--svg",
+            svg.to_str().unwrap(),
+        ],
+        COMPARE_TIMEOUT,
+    );
+    let stdout = text(&out.stdout);
+    assert!(
+        out.status.success(),
+        "compare failed: {stdout}\n{}",
+        text(&out.stderr)
+    );
+    let lines: Vec<&str> = stdout.lines().collect();
+    let head = lines
+        .iter()
+        .position(|l| l.starts_with("Facts that differ"))
+        .unwrap_or_else(|| panic!("no facts section in:\n{stdout}"));
+    let facts: Vec<&str> = lines[head + 1..]
+        .iter()
+        .take_while(|l| l.starts_with("  "))
+        .copied()
+        .collect();
+    assert_eq!(
+        facts,
+        [
+            "  mitigations: spectre_v2: [1] Mitigation: Retpolines; STIBP: disabled  |  [2] Vulnerable",
+            "  spool journal: [1] ext4 without journal  |  [2] ext4 with journal",
+            "  spool mount options: [1] rw,relatime  |  [2] rw,relatime,data=ordered",
+        ],
+        "{stdout}"
+    );
+    assert!(!stdout.contains("glibc"), "a missing fact is no difference");
+    // The facts section comes before the first table.
+    let first_table = lines
+        .iter()
+        .position(|l| l.starts_with("1k-closed"))
+        .unwrap();
+    assert!(head < first_table, "{stdout}");
+
+    let row = |scenario: &str| -> String {
+        let at = lines.iter().position(|l| l.starts_with(scenario)).unwrap();
+        lines[at..]
+            .iter()
+            .find(|l| l.starts_with("[2]"))
+            .unwrap()
+            .to_string()
+    };
+    // 1k-closed: 7000 (6800..7300) against 10000 (9500..10500): the ranges are apart.
+    let closed = row("1k-closed");
+    assert!(closed.contains("±3.6%"), "{closed}");
+    assert!(closed.contains("0.70x real"), "{closed}");
+    assert!(closed.contains("1.50x real"), "{closed}");
+    // 100k: 510 (490..530) against 500 (480..520): within the noise.
+    let big = row("100k");
+    assert!(big.contains("1.02x noise"), "{big}");
+    // CPU per message has no spread in these files: it cannot be told from noise.
+    assert!(big.contains("1.00x ?"), "{big}");
+
+    let chart = std::fs::read_to_string(&svg).expect("chart written");
+    assert_eq!(svg_bars(&chart).len(), 8);
+    assert_eq!(
+        chart.matches("<g class=\"spread\"").count(),
+        8,
+        "a whisker per bar"
+    );
+}
+
+/// Without repeats there is no spread: a ratio is marked '?', never 'real'.
+#[test]
+fn compare_single_runs_cannot_call_a_difference_real() {
+    if !have_python("compare_single_runs_cannot_call_a_difference_real") {
+        return;
+    }
+    let (a, b) = (fixture("host-a.json"), fixture("host-b.json"));
+    let out = run_script(
+        "compare",
+        &[a.to_str().unwrap(), b.to_str().unwrap(), "--no-svg"],
+        COMPARE_TIMEOUT,
+    );
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.contains("2.00x ?"), "{stdout}");
+    assert!(!stdout.contains(" real"), "{stdout}");
+    assert!(!stdout.contains(" noise"), "{stdout}");
+}
+
 #[test]
 fn compare_one_file_baseline_server_and_default_chart_path() {
     if !have_python("compare_one_file_baseline_server_and_default_chart_path") {
@@ -467,6 +574,8 @@ fn bench_one_tiny_scenario_end_to_end() {
             "1s",
             "--warmup",
             "0s",
+            "--repeat",
+            "2",
             "--backends",
             "auto",
             "--deliveries",
@@ -505,8 +614,20 @@ fn bench_one_tiny_scenario_end_to_end() {
              assert lg['server_env']['RINGMX_DELIVERY'] == 'discard'\n\
              assert lg['settings']['messages_per_session'] == 1\n\
              assert lg['counters']['messages_accepted'] > 0\n\
-             assert r['summary']['accepted'] == lg['counters']['messages_accepted']\n\
+             reps = r['repeats']\n\
+             assert len(reps) == 2 and r['median_of'] == 2, r.get('repeats')\n\
+             acc = sorted(x['summary']['accepted'] for x in reps)\n\
+             assert r['summary']['accepted'] == (acc[0] + acc[1]) / 2, (r['summary'], acc)\n\
+             assert lg['counters']['messages_accepted'] in acc\n\
+             sp = r['spread']['msgs_per_s']\n\
+             assert sp['n'] == 2 and sp['min'] <= r['summary']['msgs_per_s'] <= sp['max'], sp\n\
              assert r['server_cpu']['cpu_s'] >= 0 and r['server_cpu']['window_s'] > 0\n\
+             f = d['host']['facts']\n\
+             assert f['io_uring']['disabled_sysctl'] is not None\n\
+             assert f['spool']['filesystem'] and 'mount_options' in f['spool']\n\
+             assert f['net']['somaxconn'] and 'ringmx_listen_backlog' in f['net']\n\
+             assert isinstance(f['vulnerabilities'], dict) and f['glibc']\n\
+             assert d['ringmx']['build_profile'] == 'release' and d['options']['repeat'] == 2\n\
              print('ok')\n",
         )
         .arg(&result)

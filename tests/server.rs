@@ -218,7 +218,7 @@ fn ipv6_loopback() {
     let files = server.new_files();
     assert_eq!(files.len(), 1);
     let want = Expected {
-        peer: "::1",
+        peer: "IPv6:::1",
         body: &body,
         ..template(RCPTS)
     };

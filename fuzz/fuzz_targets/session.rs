@@ -1,9 +1,11 @@
 //! Fuzzes the SMTP session through the in-memory driver `Sim`: arbitrary client bytes, cut
 //! into reads at arbitrary points, under a configuration chosen by the input. Properties: no
 //! panic; every reply line is well-formed (three digits, space or hyphen, CRLF); the cut run
-//! equals the uncut run (replies, stored messages, closed); one `queued as` reply per stored
-//! message; and every stored message, relayed as DATA (dot-stuffed, terminated), ends exactly
-//! at its own terminator, so no stored message holds a terminator that was not one.
+//! equals the uncut run (replies, stored messages, their trace headers, closed); one `queued
+//! as` reply per stored message; every stored message's `Delivered-To:` lines (rendered when
+//! its file would have been created) are exactly the recipients its transaction got `250`
+//! for; and every stored message, relayed as DATA (dot-stuffed, terminated), ends exactly at
+//! its own terminator, so no stored message holds a terminator that was not one.
 //!
 //! Input layout: byte 0 picks the configuration, byte 1 the number of cuts (mod 16), then two
 //! bytes per cut (little-endian offset, taken modulo the length), then the client's bytes.
@@ -47,6 +49,7 @@ fuzz_target!(|data: &[u8]| {
         assert!(message.len() as u64 <= config.max_message_size);
         check_relayed(message);
     }
+    check_recipients(&whole);
 
     let split = run(&config, input, &cuts);
     assert_eq!(
@@ -56,6 +59,10 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(
         split.messages, whole.messages,
         "messages differ with cuts {cuts:?}"
+    );
+    assert_eq!(
+        split.headers, whole.headers,
+        "trace headers differ with cuts {cuts:?}"
     );
     assert_eq!(split.closed, whole.closed);
 });
@@ -91,6 +98,38 @@ fn run(config: &Config, input: &[u8], cuts: &[usize]) -> Sim {
         from = cut;
     }
     sim
+}
+
+/// Asserts that each stored message's `Delivered-To:` lines equal the recipients in the
+/// session's envelope when it was stored, and that their number equals the `250 2.1.5` replies
+/// its transaction got (counted from its last `250 2.1.0`): a recipient that got `250` is
+/// never missing from the file, and no refused one is in it.
+fn check_recipients(sim: &Sim) {
+    let mut oks_per_message = Vec::new();
+    let mut oks = 0;
+    for line in sim.replies.split(|&b| b == b'\n') {
+        if line.starts_with(b"250 2.1.0") {
+            oks = 0;
+        } else if line.starts_with(b"250 2.1.5") {
+            oks += 1;
+        } else if line.windows(10).any(|w| w == b"queued as ") {
+            oks_per_message.push(oks);
+        }
+    }
+    assert_eq!(oks_per_message.len(), sim.headers.len());
+    for ((headers, recipients), oks) in sim.headers.iter().zip(&sim.recipients).zip(oks_per_message)
+    {
+        let text = String::from_utf8_lossy(headers);
+        let delivered: Vec<&str> = text
+            .split("\r\n")
+            .filter_map(|line| line.strip_prefix("Delivered-To: "))
+            .collect();
+        assert_eq!(
+            &delivered, recipients,
+            "Delivered-To vs the envelope at the store"
+        );
+        assert_eq!(delivered.len(), oks, "Delivered-To vs RCPTs answered 250");
+    }
 }
 
 /// Asserts that `replies` is a sequence of well-formed reply lines.

@@ -1,8 +1,9 @@
 //! Command-line options and their checked conversion into run settings.
 //! Every value a user gives is parsed and bounded here, once, so the run path never has to
 //! second-guess its inputs: sizes with k/m suffixes or ranges, durations like `30s`, rates.
+use crate::proxy::ProxyVersion;
 use clap::Parser;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -12,6 +13,8 @@ pub const SIZE_MAX_BYTES: usize = 64 << 20;
 pub const RECIPIENTS_MAX: usize = 1000;
 /// Most connections: each costs a socket and two buffers; past this use several hosts.
 pub const CONNECTIONS_MAX: usize = 100_000;
+/// Most BDAT transactions in flight per connection (`--depth`): one write carries them all.
+pub const DEPTH_MAX: usize = 16;
 
 /// Command line of ringmx-loadgen (clap derive; doc comments are the `--help` text).
 #[derive(Parser, Debug)]
@@ -68,6 +71,11 @@ pub struct Args {
     #[arg(long)]
     pub bdat: bool,
 
+    /// With --bdat and PIPELINING: up to N whole transactions (MAIL, RCPT, BDAT LAST and the
+    /// chunk) in flight per connection, written together in one write, replies read in order.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub depth: usize,
+
     /// Stop after N measured messages (accepted, refused or failed) in total.
     #[arg(short = 'n', long, value_name = "N")]
     pub messages: Option<u64>,
@@ -110,6 +118,16 @@ pub struct Args {
     /// No progress line on stderr.
     #[arg(short = 'q', long)]
     pub quiet: bool,
+
+    /// Send a PROXY protocol header first on every connection (v1 text, v2 binary), as a TCP
+    /// balancer in front of the server would, with the connection's real local and peer addresses.
+    #[arg(long, value_name = "v1|v2")]
+    pub proxy: Option<String>,
+
+    /// Bind each connection to one of these local addresses, round robin, so the server sees as
+    /// many clients (e.g. 127.0.0.2,127.0.0.3: all of 127/8 is loopback on Linux).
+    #[arg(long, value_name = "ADDR,...", value_delimiter = ',')]
+    pub source: Vec<String>,
 
     /// Longest wait for any one reply or write before the session counts a timeout.
     #[arg(long, default_value = "30s", value_name = "TIME")]
@@ -162,6 +180,11 @@ pub struct Settings {
     pub json: Option<PathBuf>,
     pub quiet: bool,
     pub timeout: Duration,
+    pub proxy: Option<ProxyVersion>,
+    /// Local addresses to bind connections to, round robin (empty: the kernel picks).
+    pub sources: Vec<IpAddr>,
+    /// BDAT transactions in flight per connection (1: one at a time).
+    pub depth: usize,
 }
 
 impl Settings {
@@ -230,6 +253,37 @@ impl Settings {
                 .ok_or_else(|| format!("--target {t}: resolves to no address"))?;
             target_addrs.push(addr);
         }
+        if a.depth == 0 || a.depth > DEPTH_MAX {
+            return Err(format!("--depth {}: must be 1..={DEPTH_MAX}", a.depth));
+        }
+        if a.depth > 1 && (!a.bdat || a.no_pipelining) {
+            return Err(format!(
+                "--depth {}: needs --bdat and pipelining (a DATA transaction waits for its 354)",
+                a.depth
+            ));
+        }
+        let proxy = a
+            .proxy
+            .as_deref()
+            .map(|p| ProxyVersion::parse(p).map_err(|e| format!("--proxy {p}: {e}")))
+            .transpose()?;
+        let mut sources = Vec::with_capacity(a.source.len());
+        for src in &a.source {
+            let ip: IpAddr = src
+                .trim()
+                .parse()
+                .map_err(|_| format!("--source {src}: not an IP address"))?;
+            sources.push(ip);
+        }
+        if !sources.is_empty() {
+            for (t, addr) in a.targets.iter().zip(&target_addrs) {
+                if !sources.iter().any(|s| s.is_ipv4() == addr.is_ipv4()) {
+                    return Err(format!(
+                        "--source: no address of the same family as --target {t} ({addr})"
+                    ));
+                }
+            }
+        }
         let pipelining = if a.no_pipelining {
             PipeMode::Off
         } else if a.pipelining {
@@ -259,6 +313,9 @@ impl Settings {
             json: a.json,
             quiet: a.quiet,
             timeout,
+            proxy,
+            sources,
+            depth: a.depth,
         })
     }
 }

@@ -9,8 +9,12 @@ static GLOBAL: MiMalloc = MiMalloc;
 
 mod cli;
 mod client;
+mod facts;
 mod message;
+mod pacer;
+mod plan;
 mod probe;
+mod proxy;
 mod reply;
 mod report;
 mod run;
@@ -20,6 +24,13 @@ use clap::Parser;
 
 /// Parses the command line, runs the load and maps failures to exit statuses.
 fn main() {
+    let interrupted = match run::install_sigint() {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("ringmx-loadgen: cannot install the Ctrl-C handler: {e}");
+            std::process::exit(1);
+        }
+    };
     let argv: Vec<String> = std::env::args().collect();
     let args = cli::Args::parse();
     let settings = match cli::Settings::from_args(args) {
@@ -29,7 +40,7 @@ fn main() {
             std::process::exit(2);
         }
     };
-    match run::run(settings, argv) {
+    match run::run(settings, argv, interrupted) {
         Ok(()) => {}
         Err(e) => {
             eprintln!("ringmx-loadgen: {e}");

@@ -2,9 +2,10 @@
 //! It records what the server says about itself (greeting line, EHLO capabilities) for the JSON
 //! result, decides whether pipelining is used, and fails early when `--bdat` needs CHUNKING the
 //! server does not offer. It is not counted in any statistic.
+use crate::proxy::{header, ProxyVersion};
 use crate::reply::{lines, ReplyReader};
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::time::Duration;
 
 /// What one target said about itself.
@@ -28,7 +29,14 @@ fn read_reply(s: &mut TcpStream, r: &mut ReplyReader) -> Result<(u16, Vec<String
             Ok(None) => {}
             Err(e) => return Err(format!("bad reply from server: {e:?}")),
         }
-        let n = s.read(r.spare()).map_err(|e| format!("read: {e}"))?;
+        // A Ctrl-C interrupts a read with a timeout even under SA_RESTART: read again (the
+        // handler has set its flag; a second Ctrl-C exits at once).
+        let n = loop {
+            match s.read(r.spare()) {
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                other => break other.map_err(|e| format!("read: {e}"))?,
+            }
+        };
         if n == 0 {
             return Err("server closed the connection".into());
         }
@@ -36,20 +44,45 @@ fn read_reply(s: &mut TcpStream, r: &mut ReplyReader) -> Result<(u16, Vec<String
     }
 }
 
-/// Connects to `addr`, reads greeting and EHLO, and says QUIT.
+/// A blocking connection to `addr`, bound to `source` first when given.
+fn connect(
+    addr: SocketAddr,
+    timeout: Duration,
+    source: Option<IpAddr>,
+) -> std::io::Result<TcpStream> {
+    let Some(ip) = source else {
+        return TcpStream::connect_timeout(&addr, timeout);
+    };
+    let sock = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    sock.bind(&SocketAddr::new(ip, 0).into())?;
+    sock.connect_timeout(&addr.into(), timeout)?;
+    Ok(sock.into())
+}
+
+/// Connects to `addr` (from `source` when given; a PROXY header first when asked), reads
+/// greeting and EHLO, and says QUIT.
 pub fn probe(
     target: &str,
     addr: SocketAddr,
     ehlo: &str,
     timeout: Duration,
+    source: Option<IpAddr>,
+    proxy: Option<ProxyVersion>,
 ) -> Result<TargetInfo, String> {
     let ctx = |e: String| format!("probe of {target}: {e}");
-    let mut s =
-        TcpStream::connect_timeout(&addr, timeout).map_err(|e| ctx(format!("connect: {e}")))?;
+    let mut s = connect(addr, timeout, source).map_err(|e| ctx(format!("connect: {e}")))?;
     s.set_read_timeout(Some(timeout))
         .map_err(|e| ctx(e.to_string()))?;
     s.set_write_timeout(Some(timeout))
         .map_err(|e| ctx(e.to_string()))?;
+    if let Some(v) = proxy {
+        let h = header(v, s.local_addr().map_err(|e| ctx(e.to_string()))?, addr);
+        s.write_all(&h).map_err(|e| ctx(format!("write: {e}")))?;
+    }
     let mut r = ReplyReader::new(0);
     let (code, greeting) = read_reply(&mut s, &mut r).map_err(ctx)?;
     if code != 220 {

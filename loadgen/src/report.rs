@@ -3,7 +3,7 @@
 //! base64 HdrHistogram V2 so runs can be merged and re-plotted later, and the host facts
 //! (kernel, CPU, cores, memory) so runs on different kernels and hosts can be compared.
 use crate::cli::Settings;
-use crate::run::Outcome;
+use crate::plan::Outcome;
 use crate::stats::ThreadStats;
 use base64::Engine;
 use hdrhistogram::serialization::{Serializer, V2DeflateSerializer};
@@ -69,8 +69,64 @@ fn rates(o: &Outcome) -> (f64, f64, f64) {
     (
         o.stats.accepted as f64 / secs,
         o.stats.bytes_sent as f64 / 1e6 / secs,
-        o.stats.sessions as f64 / secs,
+        o.stats.sessions_opened as f64 / secs,
     )
+}
+
+/// How well the open-loop schedule was kept: the pacer's own lateness and what fell behind.
+#[derive(Serialize)]
+pub struct PacerReport {
+    /// Messages the pacer waited for (their connection was free before they were due).
+    pub paced: u64,
+    /// Messages already due when their connection became free: held up by earlier replies.
+    pub behind: u64,
+    /// Lateness of the paced messages, intended time to the moment they were sent, in µs.
+    pub lateness_us: Percentiles,
+    pub target_p99_us: u64,
+    /// The pacer's p99 lateness is within the target (true when nothing was paced).
+    pub kept: bool,
+    /// What the figures mean, in one or two sentences (also printed in the summary).
+    pub verdict: String,
+}
+
+/// The pacer report of an open-loop run; None in closed loop.
+pub fn pacer_report(s: &Settings, o: &Outcome) -> Option<PacerReport> {
+    let rate = s.rate_per_s?;
+    let st = &o.stats;
+    let lat = percentiles(&st.lateness);
+    let target = crate::pacer::LATENESS_TARGET_US;
+    let kept = lat.count == 0 || lat.p99 <= target;
+    let started = st.accepted + st.refused + st.failed;
+    let total = (lat.count + st.behind).max(1);
+    let behind_pct = 100.0 * st.behind as f64 / total as f64;
+    let sent_rate = started as f64 / o.elapsed.as_secs_f64().max(1e-9);
+    let mut verdict = if lat.count == 0 {
+        "no message waited for its time (each was due when its connection became free)".to_string()
+    } else if kept {
+        format!(
+            "schedule kept: the pacer sent {} messages within {} µs of their intended time at p99 ({} µs)",
+            lat.count, target, lat.p99
+        )
+    } else {
+        format!(
+            "WARNING: the client could not keep the rate: the pacer's p99 lateness is {} µs (target {} µs; max {} µs), so message latencies include up to that much of the client's own delay (CPU starved or above its maximum rate: add --threads or lower --rate)",
+            lat.p99, target, lat.max
+        )
+    };
+    if behind_pct >= 1.0 {
+        verdict.push_str(&format!(
+            "; {} messages ({behind_pct:.1}%) were already due when their connection became free: replies came slower than {rate} msg/s over {} connections allows (their latency counts from the intended time, as it should); sent {sent_rate:.1} msg/s",
+            st.behind, s.connections
+        ));
+    }
+    Some(PacerReport {
+        paced: lat.count,
+        behind: st.behind,
+        lateness_us: lat,
+        target_p99_us: target,
+        kept,
+        verdict,
+    })
 }
 
 /// Prints the summary table on stdout.
@@ -89,14 +145,31 @@ pub fn print_summary(s: &Settings, o: &Outcome) {
         "off"
     };
     println!(
-        "ringmx-loadgen: {} | {} connections on {} thread(s) | {mode} | pipelining {pipe} | {} | size {} | {} rcpt",
+        "ringmx-loadgen: {} | {} connections on {} thread(s) | {mode} | pipelining {pipe} | {}{} | size {} | {} rcpt",
         s.targets.join(","),
         s.connections,
         s.threads,
         if s.bdat { "BDAT" } else { "DATA" },
+        if s.depth > 1 {
+            format!(" depth {}", s.depth)
+        } else {
+            String::new()
+        },
         s.size_text,
         s.recipients,
     );
+    if s.proxy.is_some() || !s.sources.is_empty() {
+        let sources: Vec<String> = s.sources.iter().map(|a| a.to_string()).collect();
+        println!(
+            "PROXY header {}   source addresses {}",
+            s.proxy.map_or("none", |p| p.name()),
+            if sources.is_empty() {
+                "any".to_string()
+            } else {
+                sources.join(",")
+            }
+        );
+    }
     println!(
         "measured {:.3} s (stopped by {}), warm-up {:.3} s",
         o.elapsed.as_secs_f64(),
@@ -108,8 +181,8 @@ pub fn print_summary(s: &Settings, o: &Outcome) {
         st.accepted, st.refused, st.failed
     );
     println!(
-        "throughput {mps:.1} msgs/s   {mbps:.2} MB/s   {sps:.2} sessions/s   ({} sessions)",
-        st.sessions
+        "throughput {mps:.1} msgs/s   {mbps:.2} MB/s   {sps:.2} sessions/s   ({} sessions, {} opened while measuring)",
+        st.sessions, st.sessions_opened
     );
     println!(
         "errors     connect {}   timeouts {}   i/o {}   protocol {}   closed by server {}",
@@ -146,6 +219,14 @@ pub fn print_summary(s: &Settings, o: &Outcome) {
                 .join(", ")
         }
     };
+    if let Some(p) = pacer_report(s, o) {
+        let l = &p.lateness_us;
+        println!(
+            "pacer lateness µs  count {}  p50 {}  p90 {}  p99 {}  p99.9 {}  max {}   behind schedule {}",
+            l.count, l.p50, l.p90, l.p99, l.p99_9, l.max, p.behind
+        );
+        println!("{}", p.verdict);
+    }
     println!(
         "refused by code: {}",
         fmt(&ThreadStats::codes(&st.refused_by_code))
@@ -167,6 +248,8 @@ struct Host {
     cores: usize,
     cores_online: usize,
     memory_total_bytes: u64,
+    /// What explains a difference between kernels (named as scripts/bench names them).
+    facts: crate::facts::Facts,
 }
 
 /// A field of `struct utsname` as a string.
@@ -227,6 +310,7 @@ fn host() -> Host {
         cores: std::thread::available_parallelism().map_or(0, |n| n.get()),
         cores_online,
         memory_total_bytes,
+        facts: crate::facts::collect(),
     }
 }
 
@@ -254,6 +338,9 @@ struct JsonSettings<'a> {
     to: &'a str,
     ehlo: &'a str,
     timeout_s: f64,
+    proxy: Option<&'static str>,
+    sources: Vec<String>,
+    depth: usize,
 }
 
 /// The counters of the run.
@@ -264,6 +351,8 @@ struct Counters {
     messages_failed: u64,
     bytes_sent: u64,
     sessions: u64,
+    sessions_opened: u64,
+    messages_behind_schedule: u64,
     connect_errors: u64,
     timeouts: u64,
     io_errors: u64,
@@ -293,6 +382,8 @@ struct Report<'a> {
     megabytes_per_s: f64,
     sessions_per_s: f64,
     latency_us: BTreeMap<&'static str, Percentiles>,
+    /// Open loop only: how well the schedule was kept.
+    pacer: Option<PacerReport>,
     histograms: BTreeMap<&'static str, String>,
 }
 
@@ -311,6 +402,11 @@ pub fn write_json(path: &Path, s: &Settings, o: &Outcome) -> std::io::Result<()>
         ("message", &st.message),
         ("session", &st.session),
     ];
+    let mut histograms: BTreeMap<&'static str, String> =
+        hists.iter().map(|(n, h)| (*n, encode(h))).collect();
+    if s.rate_per_s.is_some() {
+        histograms.insert("pacer_lateness", encode(&st.lateness));
+    }
     let r = Report {
         schema_version: SCHEMA_VERSION,
         tool: "ringmx-loadgen",
@@ -342,6 +438,9 @@ pub fn write_json(path: &Path, s: &Settings, o: &Outcome) -> std::io::Result<()>
             to: &s.to,
             ehlo: &s.ehlo,
             timeout_s: s.timeout.as_secs_f64(),
+            proxy: s.proxy.map(|p| p.name()),
+            sources: s.sources.iter().map(|a| a.to_string()).collect(),
+            depth: s.depth,
         },
         targets: &o.targets,
         host: host(),
@@ -358,6 +457,8 @@ pub fn write_json(path: &Path, s: &Settings, o: &Outcome) -> std::io::Result<()>
             messages_failed: st.failed,
             bytes_sent: st.bytes_sent,
             sessions: st.sessions,
+            sessions_opened: st.sessions_opened,
+            messages_behind_schedule: st.behind,
             connect_errors: st.connect_errors,
             timeouts: st.timeouts,
             io_errors: st.io_errors,
@@ -370,7 +471,8 @@ pub fn write_json(path: &Path, s: &Settings, o: &Outcome) -> std::io::Result<()>
         megabytes_per_s: mbps,
         sessions_per_s: sps,
         latency_us: hists.iter().map(|(n, h)| (*n, percentiles(h))).collect(),
-        histograms: hists.iter().map(|(n, h)| (*n, encode(h))).collect(),
+        pacer: pacer_report(s, o),
+        histograms,
     };
     let text = serde_json::to_string_pretty(&r).map_err(std::io::Error::other)?;
     std::fs::write(path, text + "\n")

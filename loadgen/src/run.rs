@@ -4,118 +4,47 @@
 //! merge the per-thread statistics into the summary and the JSON result.
 use crate::cli::{PipeMode, Settings};
 use crate::client::Slot;
-use crate::message::{self, AddressPool, MessageSet};
-use crate::probe::{probe, TargetInfo};
+use crate::message::{self, AddressPool};
+use crate::pacer;
+use crate::plan::{Control, Outcome, Plan, StopReason};
+use crate::probe::probe;
 use crate::report;
 use crate::stats::{Progress, ThreadStats};
 use std::cell::RefCell;
-use std::net::SocketAddr;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// How long in-flight messages may finish after Ctrl-C before the threads are cut off.
 const INTERRUPT_GRACE: Duration = Duration::from_secs(1);
 
-/// Flags and the message-count tickets shared by all threads.
-pub struct Control {
-    /// No new message may start (Ctrl-C).
-    pub stop: AtomicBool,
-    /// Threads return at once, dropping what is in flight (Ctrl-C plus grace).
-    pub abort: AtomicBool,
-    /// Measured messages claimed so far (for `--messages`).
-    pub tickets: AtomicU64,
+/// Installs the SIGINT handler: the first Ctrl-C sets the returned flag (a clean stop: messages
+/// in flight finish, the summary is printed), a second one exits at once with status 130.
+/// Called first thing, before the targets are probed, so an early Ctrl-C is never lost.
+pub fn install_sigint() -> std::io::Result<Arc<AtomicBool>> {
+    let flag = Arc::new(AtomicBool::new(false));
+    // Registered first, so it sees the flag as the previous Ctrl-C left it.
+    signal_hook::flag::register_conditional_shutdown(
+        signal_hook::consts::SIGINT,
+        130,
+        flag.clone(),
+    )?;
+    signal_hook::flag::register(signal_hook::consts::SIGINT, flag.clone())?;
+    Ok(flag)
 }
 
-/// Everything the connection slots read: built once, shared read-only (plus `control`).
-pub struct Plan {
-    pub targets: Vec<SocketAddr>,
-    /// Per target: whether commands are pipelined.
-    pub pipelining: Vec<bool>,
-    pub bdat: bool,
-    pub recipients: usize,
-    pub messages_per_session: u64,
-    pub max_messages: Option<u64>,
-    /// End of warm-up: messages due before it count in no statistic.
-    pub measure_start: Instant,
-    /// No message starts at or after this instant (duration bound).
-    pub deadline: Option<Instant>,
-    /// Open loop: time between two messages of one connection (zero in closed loop).
-    pub interval: Duration,
-    pub timeout: Duration,
-    pub ehlo_cmd: Box<[u8]>,
-    pub messages: MessageSet,
-    pub pool: AddressPool,
-    pub control: Control,
-    pub progress: Progress,
-}
-
-/// Set by the SIGINT handler; read by the main loop.
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
-/// SIGINT handler: the first Ctrl-C asks for a clean stop, a second one exits at once.
-extern "C" fn on_sigint(_: libc::c_int) {
-    if INTERRUPTED.swap(true, Ordering::SeqCst) {
-        // SAFETY: _exit is async-signal-safe and takes no pointers.
-        unsafe { libc::_exit(130) };
-    }
-}
-
-/// Installs the SIGINT handler.
-fn install_sigint() {
-    // SAFETY: the handler only touches an atomic and calls _exit, both async-signal-safe; the
-    // function pointer has the C ABI signal() expects.
-    unsafe {
-        libc::signal(
-            libc::SIGINT,
-            on_sigint as extern "C" fn(libc::c_int) as libc::sighandler_t,
-        );
-    }
-}
-
-/// Why the run ended.
-#[derive(Clone, Copy, Debug)]
-pub enum StopReason {
-    Messages,
-    Duration,
-    Interrupt,
-    /// Every slot gave up after its target stayed unreachable for a whole `--timeout`.
-    Unreachable,
-}
-
-impl StopReason {
-    /// Name in the summary and JSON.
-    pub fn name(self) -> &'static str {
-        match self {
-            StopReason::Messages => "messages",
-            StopReason::Duration => "duration",
-            StopReason::Interrupt => "interrupt",
-            StopReason::Unreachable => "unreachable",
-        }
-    }
-}
-
-/// What the report needs besides the settings.
-pub struct Outcome {
-    pub argv: Vec<String>,
-    pub targets: Vec<TargetInfo>,
-    pub pipelining_used: Vec<bool>,
-    pub message_sizes: Vec<usize>,
-    pub start_wall: chrono::DateTime<chrono::Local>,
-    pub end_wall: chrono::DateTime<chrono::Local>,
-    /// Measured time: end of warm-up to the end of the run.
-    pub elapsed: Duration,
-    pub stopped_by: StopReason,
-    pub stats: ThreadStats,
-}
-
-/// Runs the whole load test and reports it.
-pub fn run(s: Settings, argv: Vec<String>) -> Result<(), String> {
+/// Runs the whole load test and reports it; `interrupted` is set by Ctrl-C.
+pub fn run(s: Settings, argv: Vec<String>, interrupted: Arc<AtomicBool>) -> Result<(), String> {
     let mut infos = Vec::with_capacity(s.targets.len());
     let mut pipelining = Vec::with_capacity(s.targets.len());
     for (t, &addr) in s.targets.iter().zip(&s.target_addrs) {
-        let info = probe(t, addr, &s.ehlo, s.timeout)?;
+        let source = s
+            .sources
+            .iter()
+            .copied()
+            .find(|a| a.is_ipv4() == addr.is_ipv4());
+        let info = probe(t, addr, &s.ehlo, s.timeout, source, s.proxy)?;
         if s.bdat && !info.chunking_advertised {
             return Err(format!(
                 "--bdat: {t} does not advertise CHUNKING in its EHLO reply"
@@ -158,20 +87,28 @@ pub fn run(s: Settings, argv: Vec<String>) -> Result<(), String> {
         measure_start,
         deadline: s.duration.map(|d| measure_start + d),
         interval,
+        paced_per_thread_per_s: s.rate_per_s.map_or(0.0, |r| r / s.threads as f64),
         timeout: s.timeout,
         ehlo_cmd: format!("EHLO {}\r\n", s.ehlo)
             .into_bytes()
             .into_boxed_slice(),
+        proxy: s.proxy,
+        sources: s.sources.clone(),
+        depth: s.depth,
         messages,
         pool: AddressPool::new(&s.from, &s.to),
         control: Control {
             stop: AtomicBool::new(false),
             abort: AtomicBool::new(false),
             tickets: AtomicU64::new(0),
+            source_next: AtomicUsize::new(0),
         },
         progress: Progress::new(s.threads),
     });
-    install_sigint();
+    if interrupted.load(Ordering::SeqCst) {
+        // Ctrl-C while probing: start nothing new; the summary still comes.
+        plan.control.stop.store(true, Ordering::SeqCst);
+    }
 
     let mut handles = Vec::with_capacity(s.threads);
     for t in 0..s.threads {
@@ -185,7 +122,7 @@ pub fn run(s: Settings, argv: Vec<String>) -> Result<(), String> {
         handles.push(h);
     }
 
-    let stopped_by = watch(&plan, &handles, &s, t0);
+    let stopped_by = watch(&plan, &handles, &s, t0, &interrupted);
     let mut stats = ThreadStats::new();
     for h in handles {
         match h.join() {
@@ -231,6 +168,7 @@ fn watch(
     handles: &[std::thread::JoinHandle<ThreadStats>],
     s: &Settings,
     t0: Instant,
+    interrupted: &AtomicBool,
 ) -> Option<StopReason> {
     let mut interrupted_at: Option<Instant> = None;
     let mut next_tick = t0 + Duration::from_secs(1);
@@ -238,7 +176,7 @@ fn watch(
     while !handles.iter().all(|h| h.is_finished()) {
         std::thread::sleep(Duration::from_millis(20));
         let now = Instant::now();
-        if INTERRUPTED.load(Ordering::SeqCst) {
+        if interrupted.load(Ordering::SeqCst) {
             let at = *interrupted_at.get_or_insert_with(|| {
                 plan.control.stop.store(true, Ordering::SeqCst);
                 if !s.quiet {
@@ -256,19 +194,21 @@ fn watch(
             next_tick += Duration::from_secs(1);
             let accepted = plan.progress.accepted.load(Ordering::Relaxed);
             if !s.quiet {
-                let phase = if now < plan.measure_start {
-                    " (warm-up)"
+                let secs = now.duration_since(t0).as_secs_f64();
+                let rate = accepted - last_accepted;
+                let errors = plan.progress.errors.load(Ordering::Relaxed);
+                if now < plan.measure_start {
+                    // Nothing is measured yet: no percentile to show, only that it runs.
+                    eprintln!(
+                        "{secs:>6.1}s  warming up ({:.1} s left)",
+                        (plan.measure_start - now).as_secs_f64()
+                    );
                 } else {
-                    ""
-                };
-                eprintln!(
-                    "{:>6.1}s{phase}  {:>9} msg/s  p99 {:>9.3} ms  accepted {:>10}  errors {}",
-                    now.duration_since(t0).as_secs_f64(),
-                    accepted - last_accepted,
-                    plan.progress.p99_us() as f64 / 1000.0,
-                    accepted,
-                    plan.progress.errors.load(Ordering::Relaxed),
-                );
+                    eprintln!(
+                        "{secs:>6.1}s  {rate:>9} msg/s  p99 {:>9.3} ms  accepted {accepted:>10}  errors {errors}",
+                        plan.progress.p99_us() as f64 / 1000.0,
+                    );
+                }
             }
             last_accepted = accepted;
         }
@@ -284,6 +224,7 @@ fn thread_main(
     rate: Option<f64>,
     t0: Instant,
 ) -> ThreadStats {
+    pacer::tighten_timer_slack();
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -24,6 +24,11 @@ pub fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
+/// Microseconds in `d`, rounded up (a lateness of 0.3 µs is not "on time").
+pub fn micros_ceil(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos().div_ceil(1000)).unwrap_or(u64::MAX)
+}
+
 /// Everything one thread measured.
 pub struct ThreadStats {
     /// TCP connect until the greeting is read.
@@ -32,11 +37,20 @@ pub struct ThreadStats {
     pub message: Histogram<u64>,
     /// TCP connect until QUIT's reply.
     pub session: Histogram<u64>,
+    /// Open loop: how late the pacer sent a message it had waited for (intended time to send).
+    pub lateness: Histogram<u64>,
+    /// Open loop: messages already due when their connection became free (the previous
+    /// message's replies came later than the schedule allowed): not the pacer's lateness.
+    pub behind: u64,
     pub accepted: u64,
     pub refused: u64,
     pub failed: u64,
     pub bytes_sent: u64,
+    /// Sessions that were open in the measured time (opened in it, or opened during warm-up and
+    /// still open when it began).
     pub sessions: u64,
+    /// Sessions opened in the measured time (sessions per second counts these).
+    pub sessions_opened: u64,
     pub connect_errors: u64,
     pub timeouts: u64,
     pub io_errors: u64,
@@ -55,11 +69,14 @@ impl ThreadStats {
             connect: new_histogram(),
             message: new_histogram(),
             session: new_histogram(),
+            lateness: new_histogram(),
+            behind: 0,
             accepted: 0,
             refused: 0,
             failed: 0,
             bytes_sent: 0,
             sessions: 0,
+            sessions_opened: 0,
             connect_errors: 0,
             timeouts: 0,
             io_errors: 0,
@@ -76,11 +93,16 @@ impl ThreadStats {
         self.connect.add(&o.connect).expect("same histogram bounds");
         self.message.add(&o.message).expect("same histogram bounds");
         self.session.add(&o.session).expect("same histogram bounds");
+        self.lateness
+            .add(&o.lateness)
+            .expect("same histogram bounds");
+        self.behind += o.behind;
         self.accepted += o.accepted;
         self.refused += o.refused;
         self.failed += o.failed;
         self.bytes_sent += o.bytes_sent;
         self.sessions += o.sessions;
+        self.sessions_opened += o.sessions_opened;
         self.connect_errors += o.connect_errors;
         self.timeouts += o.timeouts;
         self.io_errors += o.io_errors;

@@ -27,6 +27,15 @@ impl QueueId {
         }
     }
 
+    /// The queue ID written as `text`, if it is one.
+    pub fn parse(text: &str) -> Option<QueueId> {
+        let bytes: [u8; QUEUE_ID_LEN] = text.as_bytes().try_into().ok()?;
+        bytes
+            .iter()
+            .all(|b| b.is_ascii_digit() || (b'A'..=b'F').contains(b))
+            .then_some(QueueId(bytes))
+    }
+
     /// The ID as bytes.
     pub fn as_bytes(&self) -> &[u8] {
         &self.0

@@ -14,13 +14,15 @@
 use std::cell::Cell;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::BytesMut;
 use tokio::sync::Notify;
 
-use super::{DeliveryError, MessageStart, Sink};
+use super::{DeliveryError, MessageStart, QueueId, Sink};
 use crate::driver::Driver;
+use crate::metrics::ShardMetrics;
 use crate::scan::Part;
 
 /// A tmp file older than this is removed at start-up whoever wrote it (the Maildir rule).
@@ -39,6 +41,18 @@ pub fn file_host(hostname: &str) -> String {
         .chars()
         .map(|c| if c == '/' || c == ':' { '_' } else { c })
         .collect()
+}
+
+/// `dir/` followed by `pieces`, in one allocation.
+fn join(dir: &Path, pieces: &[&str]) -> PathBuf {
+    let len = pieces.iter().map(|p| p.len()).sum::<usize>();
+    let mut path = PathBuf::with_capacity(dir.as_os_str().len() + 1 + len);
+    path.push(dir);
+    path.push(pieces[0]);
+    for piece in &pieces[1..] {
+        path.as_mut_os_string().push(piece);
+    }
+    path
 }
 
 /// What `prepare` found in `tmp/`.
@@ -124,6 +138,8 @@ pub struct Maildir<D: Driver> {
     failed_through: Cell<u64>,
     syncing: Cell<bool>,
     sync_done: Notify,
+    /// The shard's counters, for fsync latency (None: metrics off).
+    metrics: Option<Arc<ShardMetrics>>,
 }
 
 /// A message being written: its file, where the next byte goes, and its names.
@@ -131,15 +147,20 @@ pub struct Draft<D: Driver> {
     file: D::File,
     offset: u64,
     tmp_path: PathBuf,
-    /// The name in `new/` (without the retry suffix).
-    id: String,
+    /// The queue ID, which names the file in `new/`.
+    id: QueueId,
     /// The first write error; the draft is then doomed and its commit fails.
     failed: bool,
 }
 
 impl<D: Driver> Maildir<D> {
     /// Opens shard's view of the Maildir at `root` (already `prepare`d).
-    pub fn open(root: &Path, fsync: bool, hostname: &str) -> io::Result<Maildir<D>> {
+    pub fn open(
+        root: &Path,
+        fsync: bool,
+        hostname: &str,
+        metrics: Option<Arc<ShardMetrics>>,
+    ) -> io::Result<Maildir<D>> {
         let new = root.join("new");
         let new_dir = D::open_dir(&new)?;
         let host = file_host(hostname);
@@ -155,18 +176,17 @@ impl<D: Driver> Maildir<D> {
             failed_through: Cell::new(0),
             syncing: Cell::new(false),
             sync_done: Notify::new(),
+            metrics,
         })
     }
 
     /// The path in `new/` for `id`, with retry suffix `attempt` after the first.
     fn new_path(&self, id: &str, attempt: u32) -> PathBuf {
-        let mut path = self.new.clone();
-        if attempt == 0 {
-            path.push(format!("{id}{}", self.new_suffix));
-        } else {
-            path.push(format!("{id}-{attempt}{}", self.new_suffix));
+        let mut name = String::new();
+        if attempt > 0 {
+            name = format!("-{attempt}");
         }
-        path
+        join(&self.new, &[id, &name, &self.new_suffix])
     }
 
     /// Moves a synced, closed file from `tmp/` to a free name in `new/`: the first name is
@@ -174,7 +194,16 @@ impl<D: Driver> Maildir<D> {
     /// tried instead.
     async fn publish(&self, file: D::File, tmp_path: &Path, id: &str) -> io::Result<PathBuf> {
         let mut new_path = self.new_path(id, 0);
+        let started = self
+            .metrics
+            .as_ref()
+            .filter(|_| self.fsync)
+            .map(|_| Instant::now());
         let mut result = D::persist(file, self.fsync, tmp_path, &new_path).await;
+        if let (Some(metrics), Some(started)) = (&self.metrics, started) {
+            // The file's fsync with its rename (one step for the driver).
+            metrics.fsync_latency(started.elapsed());
+        }
         let mut attempt = 0;
         while matches!(&result, Err(e) if e.kind() == io::ErrorKind::AlreadyExists) {
             attempt += 1;
@@ -211,7 +240,11 @@ impl<D: Driver> Maildir<D> {
             }
             self.syncing.set(true);
             let target = self.renames.get();
+            let started = self.metrics.as_ref().map(|_| Instant::now());
             let result = D::sync_dir(&self.new_dir).await;
+            if let (Some(metrics), Some(started)) = (&self.metrics, started) {
+                metrics.fsync_latency(started.elapsed());
+            }
             self.syncing.set(false);
             match &result {
                 Ok(()) => self.synced.set(self.synced.get().max(target)),
@@ -231,8 +264,10 @@ impl<D: Driver> Sink for Maildir<D> {
         start: &MessageStart<'_>,
         head: Vec<u8>,
     ) -> (io::Result<Draft<D>>, Vec<u8>) {
-        let mut tmp_path = self.tmp.clone();
-        tmp_path.push(format!("{}{}", start.id, self.tmp_suffix));
+        let Some(id) = QueueId::parse(start.id) else {
+            return (Err(io::Error::other("not a queue ID")), head);
+        };
+        let tmp_path = join(&self.tmp, &[start.id, &self.tmp_suffix]);
         let (created, head) = D::create_with(&tmp_path, head).await;
         let file = match created {
             Ok(file) => file,
@@ -242,7 +277,7 @@ impl<D: Driver> Sink for Maildir<D> {
             file,
             offset: head.len() as u64,
             tmp_path,
-            id: start.id.to_string(),
+            id,
             failed: false,
         };
         (Ok(draft), head)
@@ -282,7 +317,7 @@ impl<D: Driver> Sink for Maildir<D> {
             )));
         }
         let new_path = self
-            .publish(file, &tmp_path, &id)
+            .publish(file, &tmp_path, id.as_str())
             .await
             .map_err(DeliveryError::Temporary)?;
         if self.fsync {

@@ -3,9 +3,13 @@
 //! A command line (CRLF already removed) becomes a `Command` whose strings point into the line,
 //! or a `Bad` naming the reply it deserves. Paths follow RFC 5321 4.1.2 (dot-strings, quoted
 //! local parts, address literals, source routes that are accepted and ignored) with RFC 6531's
-//! UTF-8 extension when the transaction is SMTPUTF8.
+//! UTF-8 extension when the transaction is SMTPUTF8: a UTF-8 address carries no control,
+//! line-separator or bidirectional-control character, and its non-ASCII domain labels must be
+//! valid IDNA2008 U-labels (checked with the `idna` crate, SPEC §4.1).
 
 use std::net::{Ipv4Addr, Ipv6Addr};
+
+use super::idna2008;
 
 /// Longest reverse-path or forward-path, brackets included (RFC 5321 4.5.3.1.3).
 pub const PATH_MAX: usize = 256;
@@ -59,8 +63,12 @@ pub enum Bad {
     Sender,
     /// The forward-path is not an address: `501 5.1.3`.
     Recipient,
-    /// A MAIL or RCPT parameter we do not support: `555 5.5.4`.
+    /// A MAIL or RCPT parameter we do not support (or any parameter after plain HELO):
+    /// `555 5.5.4`.
     Parameter,
+    /// A BDAT line whose chunk size cannot be read: `501 5.5.4` and close, since the chunk's
+    /// length is unknown and nothing after it may be read as a command.
+    Chunk,
 }
 
 const USAGE_HELO: &str = "Syntax: HELO hostname";
@@ -70,12 +78,46 @@ const USAGE_RCPT: &str = "Syntax: RCPT TO:<address>";
 const USAGE_BDAT: &str = "Syntax: BDAT size [LAST]";
 const USAGE_VRFY: &str = "Syntax: VRFY address";
 const USAGE_BARE: &str = "Syntax: this command takes no argument";
+const USAGE_SIZE: &str = "Syntax: SIZE=number";
 
-/// Parses one command line (without its line ending).
-pub fn parse(line: &[u8]) -> Result<Command<'_>, Bad> {
+/// Most digits in a `SIZE=` value (RFC 1870 `size-value = 1*20DIGIT`).
+const SIZE_DIGITS_MAX: usize = 20;
+
+/// The verbs of another protocol (HTTP) talking to the SMTP port (as Postfix's
+/// `smtpd_forbidden_commands`): such a client gets `421 4.7.0` and is closed at once.
+const FOREIGN_VERBS: [&[u8]; 6] = [b"GET", b"POST", b"HEAD", b"PUT", b"CONNECT", b"OPTIONS"];
+
+/// True when `line` (a whole command line, or the start of one too long to keep) begins with
+/// the verb of another protocol: `GET`, `POST`, `HEAD`, `PUT`, `CONNECT` or `OPTIONS`, in any
+/// case, followed by a blank or nothing.
+pub fn is_foreign(line: &[u8]) -> bool {
+    let verb_end = line
+        .iter()
+        .position(|&b| b == b' ' || b == b'\t')
+        .unwrap_or(line.len());
+    let verb = &line[..verb_end];
+    FOREIGN_VERBS.iter().any(|v| verb.eq_ignore_ascii_case(v))
+}
+
+/// True when `line` (or the start of a line too long to keep) has the verb `BDAT`, followed by
+/// nothing, a space or any other byte that is not part of a longer word (`BDAT\t5` is a BDAT
+/// whose size cannot be read, not an unknown command: its client will send a chunk).
+pub fn is_bdat(line: &[u8]) -> bool {
+    line.len() >= 4
+        && line[..4].eq_ignore_ascii_case(b"BDAT")
+        && line.get(4).is_none_or(|b| !b.is_ascii_alphanumeric())
+}
+
+/// Parses one command line (without its line ending). With `extensions` off (the client said
+/// plain HELO, so no ESMTP extension exists), any MAIL or RCPT parameter is `Bad::Parameter`.
+pub fn parse(line: &[u8], extensions: bool) -> Result<Command<'_>, Bad> {
     let verb_end = line.iter().position(|&b| b == b' ').unwrap_or(line.len());
     let verb = &line[..verb_end];
     let args = &line[(verb_end + 1).min(line.len())..];
+    if verb.len() != 4 && is_bdat(line) {
+        // `BDAT` glued to something other than a space: a chunk may follow, length unknown.
+        return Err(Bad::Chunk);
+    }
     if verb.len() != 4 {
         return Err(Bad::Unknown);
     }
@@ -89,7 +131,7 @@ pub fn parse(line: &[u8]) -> Result<Command<'_>, Bad> {
         b"EHLO" => Ok(Command::Ehlo(
             hello_name(args).ok_or(Bad::Syntax(USAGE_EHLO))?,
         )),
-        b"MAIL" => parse_mail(args),
+        b"MAIL" => parse_mail(args, extensions),
         b"RCPT" => parse_rcpt(args),
         b"DATA" => no_args(args, Command::Data),
         b"BDAT" => parse_bdat(args),
@@ -146,11 +188,14 @@ fn keyword<'a>(args: &'a [u8], word: &[u8]) -> Option<&'a [u8]> {
     Some(trim(&args[word.len()..]))
 }
 
-/// Parses `MAIL FROM:<path> [params]`.
-fn parse_mail(args: &[u8]) -> Result<Command<'_>, Bad> {
+/// Parses `MAIL FROM:<path> [params]`; without `extensions`, any parameter is refused.
+fn parse_mail(args: &[u8], extensions: bool) -> Result<Command<'_>, Bad> {
     let rest = keyword(args, b"FROM:").ok_or(Bad::Syntax(USAGE_MAIL))?;
     let rest = std::str::from_utf8(rest).map_err(|_| Bad::Sender)?;
     let (inner, params) = split_path(rest).ok_or(Bad::Sender)?;
+    if !extensions && !params.trim_matches(' ').is_empty() {
+        return Err(Bad::Parameter);
+    }
     let params = parse_mail_params(params)?;
     let from = if inner.is_empty() {
         inner
@@ -179,24 +224,37 @@ fn parse_rcpt(args: &[u8]) -> Result<Command<'_>, Bad> {
     })
 }
 
-/// Parses `BDAT size [LAST]` (RFC 3030).
+/// The usage text of the reply to an unreadable BDAT line (`Bad::Chunk`).
+pub const BDAT_USAGE: &str = USAGE_BDAT;
+
+/// Parses `BDAT size [LAST]` (RFC 3030: `chunk-size = 1*DIGIT`, so leading zeros are valid).
+/// Anything else — a size that is not digits or does not fit 64 bits, another word — is
+/// `Bad::Chunk`: the chunk's length is unknown.
 fn parse_bdat(args: &[u8]) -> Result<Command<'static>, Bad> {
     let args = trim(args);
     let mut words = args.split(|&b| b == b' ').filter(|w| !w.is_empty());
-    let size = words.next().ok_or(Bad::Syntax(USAGE_BDAT))?;
-    if size.is_empty() || size.len() > 19 || !size.iter().all(u8::is_ascii_digit) {
-        return Err(Bad::Syntax(USAGE_BDAT));
-    }
-    let size = size.iter().fold(0u64, |n, &d| n * 10 + u64::from(d - b'0'));
+    let size = words.next().ok_or(Bad::Chunk)?;
+    let size = decimal(size).ok_or(Bad::Chunk)?.ok_or(Bad::Chunk)?;
     let last = match words.next() {
         None => false,
         Some(w) if w.eq_ignore_ascii_case(b"LAST") => true,
-        Some(_) => return Err(Bad::Syntax(USAGE_BDAT)),
+        Some(_) => return Err(Bad::Chunk),
     };
     if words.next().is_some() {
-        return Err(Bad::Syntax(USAGE_BDAT));
+        return Err(Bad::Chunk);
     }
     Ok(Command::Bdat { size, last })
+}
+
+/// Reads a non-empty run of ASCII digits (any number of leading zeros): `None` if it is not
+/// one, `Some(None)` if its value does not fit 64 bits.
+fn decimal(digits: &[u8]) -> Option<Option<u64>> {
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(digits.iter().try_fold(0u64, |n, &d| {
+        n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+    }))
 }
 
 /// Splits `<...> params` into the text inside the brackets and the rest. Quoted strings may
@@ -248,6 +306,9 @@ fn strip_route(inner: &str) -> Option<&str> {
 
 /// Validates `local@domain` and returns it unchanged.
 pub fn mailbox(text: &str, utf8: bool) -> Option<&str> {
+    if !text.is_ascii() && (!utf8 || text.chars().any(forbidden_in_utf8_address)) {
+        return None;
+    }
     let at = local_part_end(text, utf8)?;
     if text.as_bytes().get(at) != Some(&b'@') {
         return None;
@@ -310,10 +371,31 @@ fn is_atom(atom: &str, utf8: bool) -> bool {
         })
 }
 
+/// Characters refused anywhere in an SMTPUTF8 address (SPEC §4.1): C0 and C1 controls and
+/// DEL (NEL among them), the line and paragraph separators U+2028/U+2029, and the
+/// bidirectional controls (U+200E, U+200F, U+202A-U+202E, U+2066-U+2069), which can make an
+/// address display as another one.
+fn forbidden_in_utf8_address(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{2028}'
+                | '\u{2029}'
+                | '\u{200e}'
+                | '\u{200f}'
+                | '\u{202a}'..='\u{202e}'
+                | '\u{2066}'..='\u{2069}'
+        )
+}
+
 /// RFC 5321 Domain: dot-separated labels of letters, digits and inner hyphens (U-labels too
-/// when `utf8`).
+/// when `utf8`, see `u_labels_valid`).
 fn domain(text: &str, utf8: bool) -> bool {
     if text.is_empty() || text.len() > DOMAIN_MAX {
+        return false;
+    }
+    let labels_ok = text.is_ascii() || (utf8 && u_labels_valid(text));
+    if !labels_ok {
         return false;
     }
     text.split('.').all(|label| {
@@ -329,6 +411,52 @@ fn domain(text: &str, utf8: bool) -> bool {
             _ => false,
         }
     })
+}
+
+/// True when every non-ASCII label of `domain` is a valid IDNA2008 U-label (RFC 5890,
+/// RFC 5891 5.4): UTS 46 processing (non-transitional, STD3 rules, the bidi and joiner rules)
+/// finds no error and maps the label to itself (up to ASCII case), so the label is already NFC
+/// and lower case and holds no character that processing would map away or change (U+00AD,
+/// U+3002, non-ASCII capitals, fullwidth forms); its A-label fits the DNS length limits; and it has no `--` in the third and
+/// fourth positions; and IDNA2008's own code-point rules hold (`idna2008`: no symbols or
+/// punctuation, CONTEXTO rules). Only called for non-ASCII domains, so ASCII mail never pays for it.
+fn u_labels_valid(domain: &str) -> bool {
+    use idna::uts46::{AsciiDenyList, DnsLength, Hyphens, Uts46};
+    let uts46 = Uts46::new();
+    let (mapped, checked) = uts46.to_unicode(
+        domain.as_bytes(),
+        AsciiDenyList::STD3,
+        Hyphens::CheckFirstLast,
+    );
+    if checked.is_err() {
+        return false;
+    }
+    let mut theirs = domain.split('.');
+    let mut ours = mapped.split('.');
+    loop {
+        match (theirs.next(), ours.next()) {
+            (None, None) => break,
+            (Some(label), Some(mapped)) => {
+                if label.is_ascii() {
+                    continue;
+                }
+                let dashes = label.chars().skip(2).take(2).eq("--".chars());
+                // ASCII letters compare without case: DNS never distinguishes them.
+                if !label.eq_ignore_ascii_case(mapped) || dashes || !idna2008::label_valid(label) {
+                    return false;
+                }
+            }
+            _ => return false,
+        }
+    }
+    uts46
+        .to_ascii(
+            domain.as_bytes(),
+            AsciiDenyList::STD3,
+            Hyphens::CheckFirstLast,
+            DnsLength::Verify,
+        )
+        .is_ok()
 }
 
 /// RFC 5321 address literal: `[1.2.3.4]`, `[IPv6:...]` or `[tag:text]`.
@@ -363,11 +491,14 @@ fn parse_mail_params(params: &str) -> Result<MailParams, Bad> {
             None => (param, None),
         };
         if key.eq_ignore_ascii_case("SIZE") {
+            // RFC 1870: size-value = 1*20DIGIT. A value too large for 64 bits is still a
+            // size, just over any limit: it saturates, and the session answers 552.
             let v = value.ok_or(Bad::Syntax(USAGE_MAIL))?;
-            if v.is_empty() || v.len() > 19 || !v.bytes().all(|b| b.is_ascii_digit()) {
-                return Err(Bad::Syntax("Syntax: SIZE=number"));
+            if v.len() > SIZE_DIGITS_MAX {
+                return Err(Bad::Syntax(USAGE_SIZE));
             }
-            out.size = v.parse().ok();
+            let size = decimal(v.as_bytes()).ok_or(Bad::Syntax(USAGE_SIZE))?;
+            out.size = Some(size.unwrap_or(u64::MAX));
         } else if key.eq_ignore_ascii_case("BODY") {
             match value {
                 Some(v) if v.eq_ignore_ascii_case("7BIT") => out.body_8bit = false,
@@ -387,6 +518,11 @@ fn parse_mail_params(params: &str) -> Result<MailParams, Bad> {
 mod tests {
     use super::*;
 
+    /// Parses as after EHLO (extensions on).
+    fn parse(line: &[u8]) -> Result<Command<'_>, Bad> {
+        super::parse(line, true)
+    }
+
     #[test]
     fn verbs_are_case_insensitive() {
         assert_eq!(parse(b"noop"), Ok(Command::Noop));
@@ -398,6 +534,8 @@ mod tests {
         assert_eq!(parse(b"XYZZ"), Err(Bad::Unknown));
         assert_eq!(parse(b""), Err(Bad::Unknown));
         assert_eq!(parse(b"STARTTLS"), Err(Bad::Unknown));
+        assert_eq!(parse(b"BDATX 5"), Err(Bad::Unknown));
+        assert_eq!(parse(b"BDAT5"), Err(Bad::Unknown));
     }
 
     #[test]
@@ -526,13 +664,184 @@ mod tests {
                 last: true
             })
         );
-        assert_eq!(parse(b"BDAT"), Err(Bad::Syntax(USAGE_BDAT)));
-        assert_eq!(parse(b"BDAT -1"), Err(Bad::Syntax(USAGE_BDAT)));
+        // Leading zeros are valid (RFC 3030 chunk-size = 1*DIGIT), however many.
         assert_eq!(
-            parse(b"BDAT 99999999999999999999"),
-            Err(Bad::Syntax(USAGE_BDAT))
+            parse(b"BDAT 00000000000000000005 LAST"),
+            Ok(Command::Bdat {
+                size: 5,
+                last: true
+            })
         );
-        assert_eq!(parse(b"BDAT 1 LAST X"), Err(Bad::Syntax(USAGE_BDAT)));
+        assert_eq!(
+            parse(format!("BDAT {}7", "0".repeat(400)).as_bytes()),
+            Ok(Command::Bdat {
+                size: 7,
+                last: false
+            })
+        );
+        assert_eq!(
+            parse(b"BDAT 18446744073709551615"),
+            Ok(Command::Bdat {
+                size: u64::MAX,
+                last: false
+            })
+        );
+        // Anything that does not give a chunk length is unreadable.
+        for line in [
+            &b"BDAT"[..],
+            b"BDAT ",
+            b"BDAT -1",
+            b"BDAT +1",
+            b"BDAT 0x10",
+            b"BDAT 1e3",
+            b"BDAT 18446744073709551616",
+            b"BDAT 99999999999999999999",
+            b"BDAT 1 LAST X",
+            b"BDAT 1 FIRST",
+            b"BDAT LAST",
+            b"BDAT\t5",
+            b"BDAT\t5 LAST",
+            b"BDAT:5",
+            b"bdat,5",
+        ] {
+            assert_eq!(parse(line), Err(Bad::Chunk), "{line:?}");
+        }
+    }
+
+    #[test]
+    fn size_parameter_takes_up_to_20_digits_and_saturates() {
+        let size = |l: &[u8]| match parse(l) {
+            Ok(Command::Mail { params, .. }) => Ok(params.size),
+            Ok(other) => panic!("{other:?}"),
+            Err(e) => Err(e),
+        };
+        assert_eq!(
+            size(b"MAIL FROM:<a@b.example> SIZE=0001000"),
+            Ok(Some(1000))
+        );
+        let twenty = b"MAIL FROM:<a@b.example> SIZE=00000000000000000005";
+        assert_eq!(size(twenty), Ok(Some(5)));
+        // 20 digits over 64 bits: a size, over every limit.
+        assert_eq!(
+            size(b"MAIL FROM:<a@b.example> SIZE=99999999999999999999"),
+            Ok(Some(u64::MAX))
+        );
+        assert_eq!(
+            size(b"MAIL FROM:<a@b.example> SIZE=18446744073709551616"),
+            Ok(Some(u64::MAX))
+        );
+        for line in [
+            &b"MAIL FROM:<a@b.example> SIZE=000000000000000000005"[..],
+            b"MAIL FROM:<a@b.example> SIZE=",
+            b"MAIL FROM:<a@b.example> SIZE=-1",
+        ] {
+            assert_eq!(size(line), Err(Bad::Syntax(USAGE_SIZE)), "{line:?}");
+        }
+    }
+
+    #[test]
+    fn without_extensions_any_mail_parameter_is_refused() {
+        assert_eq!(
+            super::parse(b"MAIL FROM:<a@b.example> SIZE=10", false),
+            Err(Bad::Parameter)
+        );
+        assert_eq!(
+            super::parse(b"MAIL FROM:<a@b.example> SMTPUTF8", false),
+            Err(Bad::Parameter)
+        );
+        assert_eq!(
+            super::parse(b"MAIL FROM:<a@b.example>  ", false),
+            Ok(Command::Mail {
+                from: "a@b.example",
+                params: MailParams::default()
+            })
+        );
+        assert_eq!(
+            super::parse(b"RCPT TO:<c@d.example> X=1", false),
+            Err(Bad::Parameter)
+        );
+    }
+
+    #[test]
+    fn foreign_protocol_verbs() {
+        for line in [
+            &b"GET / HTTP/1.1"[..],
+            b"POST /x HTTP/1.0",
+            b"head /",
+            b"PUT",
+            b"CONNECT mx.example:25 HTTP/1.1",
+            b"Options * HTTP/1.1",
+            b"GET\t/",
+        ] {
+            assert!(is_foreign(line), "{line:?}");
+        }
+        for line in [
+            &b"GETS"[..],
+            b"POSTMASTER",
+            b"HELO get",
+            b"",
+            b" GET /",
+            b"NOOP GET",
+        ] {
+            assert!(!is_foreign(line), "{line:?}");
+        }
+    }
+
+    #[test]
+    fn utf8_addresses_refuse_controls_separators_and_bidi() {
+        let good = "j\u{f6}rg@b\u{fc}cher.example";
+        assert_eq!(mailbox(good, true), Some(good));
+        for bad in [
+            "a\u{85}b@x.example",        // NEL (C1)
+            "a\u{9f}@x.example",         // C1
+            "a\u{7f}b\u{e9}@x.example",  // DEL
+            "a\u{2028}\u{e9}@x.example", // line separator
+            "\u{e9}\u{2029}@x.example",  // paragraph separator
+            "\u{e9}@x\u{200e}.example",  // LRM
+            "\u{e9}\u{200f}@x.example",  // RLM
+            "\u{202e}\u{e9}@x.example",  // RLO
+            "\u{e9}\u{202a}@x.example",  // LRE
+            "\u{2066}\u{e9}@x.example",  // LRI
+            "\u{e9}\u{2069}@x.example",  // PDI
+            "\"a\u{85}\"@x.example",     // inside quotes too
+        ] {
+            assert_eq!(mailbox(bad, true), None, "{bad:?}");
+        }
+        // Without SMTPUTF8 no non-ASCII at all.
+        assert_eq!(mailbox(good, false), None);
+    }
+
+    #[test]
+    fn utf8_domains_must_be_idna2008_u_labels() {
+        for good in [
+            "u@b\u{fc}cher.example",
+            "u@\u{4f8b}\u{3048}.example",
+            "u@\u{4f8b}\u{3048}.\u{30c6}\u{30b9}\u{30c8}",
+            "u@fa\u{df}.example", // sharp s is PVALID (non-transitional)
+            "u@xn--bcher-kva.b\u{fc}cher.example",
+            "u@B\u{fc}cher.Example", // ASCII capitals are only case
+            "\u{e9}@d.example",      // ASCII domain, UTF-8 local part
+        ] {
+            assert_eq!(mailbox(good, true), Some(good), "{good:?}");
+        }
+        for bad in [
+            "u@\u{4f8b}\u{3048}\u{3002}example", // ideographic full stop (mapped to a dot)
+            "u@b\u{fc}\u{ad}cher.example",       // soft hyphen (mapped away)
+            "u@B\u{dc}CHER.example",             // capital U-umlaut (mapped to lower case)
+            "u@bu\u{308}cher.example",           // not NFC
+            "u@\u{2665}.example",                // a symbol: DISALLOWED
+            "u@\u{ff21}.example",                // fullwidth A (mapped)
+            "u@a\u{200d}b\u{e9}.example",        // ZWJ out of context
+            "u@\u{5d0}a.example",                // bidi rule: RTL label with LTR letter
+            "u@\u{e9}-.example",                 // trailing hyphen
+            "u@\u{e9}\u{e9}--x.example",         // -- in 3rd and 4th position
+            "u@\u{300}a.example",                // starts with a combining mark
+            "u@b\u{fc}cher..example",            // empty label
+        ] {
+            assert_eq!(mailbox(bad, true), None, "{bad:?}");
+        }
+        let long_label = format!("u@{}.example", "\u{e9}".repeat(60));
+        assert_eq!(mailbox(&long_label, true), None, "A-label over 63 octets");
     }
 
     #[test]

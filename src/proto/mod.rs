@@ -10,8 +10,16 @@
 //!
 //! In steady state a session allocates nothing per message: the envelope's strings, the
 //! recipient list and the caller's output buffers keep their capacity between transactions.
+//! The trace headers a stored message starts with are rendered by `trace`, also without I/O.
+//!
+//! Hostile-client rules enforced here (SPEC §4.1): commands out of order (mail before HELO/
+//! EHLO, RCPT after the first BDAT chunk) get `503 5.5.1`; ESMTP extensions exist only after
+//! EHLO; a BDAT line whose size cannot be read closes the session (the chunk cannot be
+//! framed); another protocol's verb (`GET`, `POST`...) gets `421 4.7.0` and close; repeated
+//! HELO/EHLO and empty non-LAST chunks count as junk, recipients far past the limit as errors.
 
 pub mod command;
+mod idna2008;
 mod reply;
 #[doc(hidden)]
 pub mod sim;
@@ -37,7 +45,8 @@ pub struct Config {
     pub max_recipients: usize,
     /// Client errors tolerated in a session; the next one gets 421 4.7.0.
     pub max_errors: u32,
-    /// NOOP/RSET/VRFY/HELP tolerated between two delivered messages; the next gets 421 4.7.0.
+    /// NOOP/RSET/VRFY/HELP, repeated HELO/EHLO and empty non-LAST BDAT chunks tolerated
+    /// between two delivered messages; the next gets 421 4.7.0.
     pub max_junk_commands: u32,
     /// Recipient domains accepted (lowercase); empty accepts all.
     pub domains: Vec<String>,
@@ -68,10 +77,14 @@ impl Default for Config {
     }
 }
 
-/// Reply bytes a session may leave waiting in `Output::replies`: past this it consumes no more
-/// input until the driver has sent them, so no client can make a connection hold more reply
-/// memory than this (plus one reply) however many commands it pipelines.
+/// Reply bytes that may wait in `Output::replies`: once they come within one command's
+/// replies of it (`Output::replies_full`) the session consumes no more input until the driver
+/// has sent them, so no client can make a connection hold more reply memory than this however
+/// many commands it pipelines — and the buffer never grows past it.
 pub const REPLY_BUFFER_MAX: usize = 16 * 1024;
+
+/// The most reply bytes one command line can produce (the EHLO reply is the longest).
+const COMMAND_REPLIES_MAX: usize = 1024;
 
 /// The buffers a session writes into; owned by the driver and reused for the whole session.
 #[derive(Debug, Default)]
@@ -83,6 +96,12 @@ pub struct Output {
 }
 
 impl Output {
+    /// True when the replies waiting are within one command's replies of `REPLY_BUFFER_MAX`:
+    /// send them before feeding more input.
+    pub fn replies_full(&self) -> bool {
+        self.replies.len() + COMMAND_REPLIES_MAX > REPLY_BUFFER_MAX
+    }
+
     /// Empty output buffers with room for typical replies and data.
     pub fn new() -> Output {
         Output {
@@ -96,7 +115,7 @@ impl Output {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Step {
     /// Write `out.body` to the open message (if any), send the replies, read more input —
-    /// unless `out.replies` holds `REPLY_BUFFER_MAX` bytes or more: then send them first and
+    /// unless `out.replies_full()`: then send the replies first and
     /// feed the rest of the input again before reading.
     Read,
     /// A message begins (DATA was accepted, or the first BDAT chunk): begin it in the sink
@@ -145,13 +164,36 @@ enum State {
     Closed,
 }
 
-/// Why a BDAT chunk is skipped.
+/// Why a BDAT chunk is skipped (its reply follows the chunk).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Refusal {
+    /// No HELO/EHLO yet.
+    NeedHelo,
+    /// Plain HELO: CHUNKING was never offered.
+    NeedEhlo,
     NeedMail,
     NeedRcpt,
     TooBig,
+    /// The BDAT line ended in a bare LF (reject mode): refused like any such command, but its
+    /// chunk is still framed and skipped so no chunk byte is read as a command.
+    BareLf,
 }
+
+/// What the client said to open the session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Hello {
+    /// Nothing yet: mail commands are out of sequence.
+    None,
+    /// Plain HELO: RFC 5321 SMTP without extensions.
+    Helo,
+    /// EHLO: the extensions of SPEC §4.1.
+    Ehlo,
+}
+
+/// RCPT commands a transaction may send past `max_recipients` before each further one also
+/// counts as an error (as Postfix's `smtpd_recipient_overshoot_limit`): a client that keeps
+/// sending recipients after `452` is not delivering mail, it is using the server.
+pub const RCPT_OVERSHOOT: usize = 1000;
 
 /// The current mail transaction's envelope, with buffers kept across transactions.
 #[derive(Debug, Default)]
@@ -167,8 +209,10 @@ struct Transaction {
     data_bytes: u64,
     /// The data went over the size limit; the rest is read and dropped.
     too_big: bool,
-    /// A BDAT chunk was taken (DATA is now out of sequence).
+    /// A BDAT chunk was taken (DATA and RCPT are now out of sequence).
     bdat: bool,
+    /// RCPT commands seen in this transaction (accepted or not), for `RCPT_OVERSHOOT`.
+    rcpt_commands: usize,
 }
 
 impl Transaction {
@@ -182,6 +226,7 @@ impl Transaction {
         self.data_bytes = 0;
         self.too_big = false;
         self.bdat = false;
+        self.rcpt_commands = 0;
     }
 }
 
@@ -223,7 +268,7 @@ pub struct Session {
     config: Arc<Config>,
     state: State,
     helo: String,
-    esmtp: bool,
+    hello: Hello,
     txn: Transaction,
     scanner: DataScanner,
     errors: u32,
@@ -246,7 +291,7 @@ impl Session {
             config,
             state: State::Command,
             helo: String::new(),
-            esmtp: false,
+            hello: Hello::None,
             txn: Transaction::default(),
             scanner,
             errors: 0,
@@ -283,10 +328,12 @@ impl Session {
 
     /// The envelope of the current transaction.
     pub fn envelope(&self) -> Envelope<'_> {
-        let protocol = match (self.txn.smtputf8, self.esmtp) {
-            (true, _) => "UTF8SMTP",
-            (false, true) => "ESMTP",
-            (false, false) => "SMTP",
+        // SMTPUTF8 can only be set after EHLO (MAIL parameters need it); the check is kept
+        // so a HELO session can never be stamped UTF8SMTP.
+        let protocol = match (self.hello, self.txn.smtputf8) {
+            (Hello::Ehlo, true) => "UTF8SMTP",
+            (Hello::Ehlo, false) => "ESMTP",
+            (Hello::Helo | Hello::None, _) => "SMTP",
         };
         Envelope {
             helo: &self.helo,
@@ -408,12 +455,20 @@ impl Session {
                         return (pos, step);
                     }
                 }
-                State::Command if out.replies.len() >= REPLY_BUFFER_MAX => {
+                State::Command if out.replies_full() => {
                     return (pos, Step::Read);
                 }
                 State::Command => match scan::split_line(&input[pos..]) {
                     Line::Partial => return (pos, Step::Read),
                     Line::TooLong { consumed } => {
+                        let start = &input[pos..pos + consumed];
+                        if command::is_foreign(start) {
+                            return (pos + consumed, self.close_foreign(out));
+                        }
+                        if command::is_bdat(start) {
+                            // A BDAT line too long to keep has no size to trust.
+                            return (pos + consumed, self.close_unreadable_chunk(out));
+                        }
                         pos += consumed;
                         self.state = State::DrainLine;
                     }
@@ -424,8 +479,10 @@ impl Session {
                     } => {
                         let line = &input[pos + text.start..pos + text.end];
                         pos += consumed;
-                        let step = if bare_lf && self.config.bare_lf == BareLf::Reject {
-                            self.client_error(reply::BARE_LF_COMMAND, out)
+                        let step = if command::is_foreign(line) {
+                            Some(self.close_foreign(out))
+                        } else if bare_lf && self.config.bare_lf == BareLf::Reject {
+                            self.bare_lf_command(line, now, out)
                         } else {
                             self.command(line, now, out)
                         };
@@ -460,6 +517,7 @@ impl Session {
                         return (pos, Step::Read);
                     }
                     if fail.is_none() && take > 0 {
+                        debug_assert!(self.txn.active && self.txn.bdat);
                         out.body.push(Part::Input(pos..pos + take));
                         self.txn.data_bytes += take as u64;
                     }
@@ -537,12 +595,16 @@ impl Session {
     ) -> Option<Step> {
         if let Some(why) = fail {
             let text = match why {
+                Refusal::NeedHelo => reply::NEED_HELO,
+                Refusal::NeedEhlo => reply::BDAT_NEEDS_EHLO,
                 Refusal::NeedMail => reply::NEED_MAIL,
                 Refusal::NeedRcpt => reply::NEED_RCPT,
                 Refusal::TooBig => reply::TOO_BIG,
+                Refusal::BareLf => reply::BARE_LF_COMMAND,
             };
             let had_data = self.txn.bdat;
-            if why == Refusal::TooBig {
+            // A message that lost a chunk can never be stored: its transaction ends.
+            if why == Refusal::TooBig || (why == Refusal::BareLf && had_data) {
                 self.txn.reset();
             }
             if let Some(step) = self.client_error(text, out) {
@@ -554,14 +616,61 @@ impl Session {
             self.state = State::Storing;
             return Some(Step::Store);
         }
+        if size == 0 {
+            // An empty non-LAST chunk moves no mail: junk (SPEC §3).
+            if let Some(step) = self.junk_command(out) {
+                return Some(step);
+            }
+        }
         let _ = write!(out.replies, "250 2.0.0 Ok: {size} octets received\r\n");
         None
     }
 
+    /// Answers a command line ended by a bare LF in reject mode: `500 5.5.2`, not run. A BDAT
+    /// line is still framed — a readable size has its chunk skipped before the reply, an
+    /// unreadable one closes the session — so no chunk byte is ever read as a command.
+    fn bare_lf_command(&mut self, line: &[u8], now: Instant, out: &mut Output) -> Option<Step> {
+        match command::parse(line, true) {
+            Ok(Command::Bdat { size, last }) => {
+                self.start_chunk(size, last, Some(Refusal::BareLf), now)
+            }
+            Err(Bad::Chunk) => Some(self.close_unreadable_chunk(out)),
+            _ => self.client_error(reply::BARE_LF_COMMAND, out),
+        }
+    }
+
+    /// Enters the BDAT state for a chunk of `size` bytes (skipped if `fail`). Returns
+    /// `Step::Begin` when this is the first chunk taken for the message.
+    fn start_chunk(
+        &mut self,
+        size: u64,
+        last: bool,
+        fail: Option<Refusal>,
+        now: Instant,
+    ) -> Option<Step> {
+        let first = !self.txn.bdat;
+        if first {
+            // The first chunk of a message starts its data deadline.
+            self.transfer_start = now;
+            self.transfer_bytes = 0;
+        }
+        self.txn.bdat |= fail.is_none();
+        self.state = State::Bdat {
+            size,
+            remaining: size,
+            last,
+            fail,
+        };
+        (first && fail.is_none()).then_some(Step::Begin)
+    }
+
     /// Runs one command line. Returns a step when the driver must act before going on.
     fn command(&mut self, line: &[u8], now: Instant, out: &mut Output) -> Option<Step> {
-        let command = match command::parse(line) {
+        // Before any HELO/EHLO a parameter is parsed as usual (the command is refused with
+        // 503 anyway); after plain HELO no extension, so no parameter, exists.
+        let command = match command::parse(line, self.hello != Hello::Helo) {
             Ok(command) => command,
+            Err(Bad::Chunk) => return Some(self.close_unreadable_chunk(out)),
             Err(bad) => {
                 if self.shutting_down && !self.txn.active {
                     return Some(self.close_shutting_down(out));
@@ -572,15 +681,33 @@ impl Session {
         if self.shutting_down && !self.txn.active && !matches!(command, Command::Quit) {
             return Some(self.close_shutting_down(out));
         }
+        if self.hello == Hello::None
+            && matches!(
+                command,
+                Command::Mail { .. } | Command::Rcpt { .. } | Command::Data
+            )
+        {
+            return self.client_error(reply::NEED_HELO, out);
+        }
         match command {
             Command::Helo(name) | Command::Ehlo(name) => {
-                self.esmtp = matches!(command, Command::Ehlo(_));
+                if self.hello != Hello::None {
+                    // Only the first greeting is free (SPEC §3).
+                    if let Some(step) = self.junk_command(out) {
+                        return Some(step);
+                    }
+                }
+                self.hello = if matches!(command, Command::Ehlo(_)) {
+                    Hello::Ehlo
+                } else {
+                    Hello::Helo
+                };
                 self.helo.clear();
                 self.helo.push_str(name);
                 let had_data = self.txn.bdat;
                 self.txn.reset();
                 let host = &self.config.hostname;
-                if self.esmtp {
+                if self.hello == Hello::Ehlo {
                     let _ = write!(
                         out.replies,
                         "250-{host}\r\n250-PIPELINING\r\n250-SIZE {}\r\n250-8BITMIME\r\n\
@@ -613,15 +740,33 @@ impl Session {
                 if !self.txn.active {
                     return self.client_error(reply::NEED_MAIL, out);
                 }
+                if self.txn.bdat {
+                    // The trace headers are written with the first chunk: a recipient added
+                    // later would get 250 and never be in the stored message.
+                    return self.client_error(reply::RCPT_AFTER_BDAT, out);
+                }
+                self.txn.rcpt_commands = self.txn.rcpt_commands.saturating_add(1);
+                let overshoot = self.txn.rcpt_commands
+                    > self.config.max_recipients.saturating_add(RCPT_OVERSHOOT);
                 if command::is_non_ascii(to) && !self.txn.smtputf8 {
                     return self.client_error(reply::BAD_RECIPIENT, out);
                 }
                 if self.txn.rcpt_ends.len() >= self.config.max_recipients {
+                    if overshoot {
+                        return self.client_error(reply::TOO_MANY_RECIPIENTS, out);
+                    }
                     out.replies.extend_from_slice(reply::TOO_MANY_RECIPIENTS);
                     return None;
                 }
                 if !self.domain_accepted(to) {
                     return self.client_error(reply::RELAY_DENIED, out);
+                }
+                if overshoot {
+                    // Far past the limit yet accepted (earlier RCPTs were refused): it still
+                    // counts, so the overshoot stays bounded by the error limit.
+                    if let Some(step) = self.count_error(out) {
+                        return Some(step);
+                    }
                 }
                 self.txn.rcpt_text.push_str(to);
                 self.txn.rcpt_ends.push(self.txn.rcpt_text.len());
@@ -644,7 +789,11 @@ impl Session {
             }
             Command::Bdat { size, last } => {
                 let limit = self.config.max_message_size;
-                let fail = if !self.txn.active {
+                let fail = if self.hello == Hello::None {
+                    Some(Refusal::NeedHelo)
+                } else if self.hello == Hello::Helo {
+                    Some(Refusal::NeedEhlo)
+                } else if !self.txn.active {
                     Some(Refusal::NeedMail)
                 } else if self.txn.rcpt_ends.is_empty() {
                     Some(Refusal::NeedRcpt)
@@ -653,20 +802,7 @@ impl Session {
                 } else {
                     None
                 };
-                let first = !self.txn.bdat;
-                if first {
-                    // The first chunk of a message starts its data deadline.
-                    self.transfer_start = now;
-                    self.transfer_bytes = 0;
-                }
-                self.txn.bdat |= fail.is_none();
-                self.state = State::Bdat {
-                    size,
-                    remaining: size,
-                    last,
-                    fail,
-                };
-                (first && fail.is_none()).then_some(Step::Begin)
+                self.start_chunk(size, last, fail, now)
             }
             Command::Rset => {
                 if let Some(step) = self.junk_command(out) {
@@ -727,6 +863,7 @@ impl Session {
             Bad::Sender => self.client_error(reply::BAD_SENDER, out),
             Bad::Recipient => self.client_error(reply::BAD_RECIPIENT, out),
             Bad::Parameter => self.client_error(reply::BAD_PARAMETER, out),
+            Bad::Chunk => Some(self.close_unreadable_chunk(out)),
             Bad::Syntax(usage) => self.count_error(out).or_else(|| {
                 let _ = write!(out.replies, "501 5.5.4 {usage}\r\n");
                 None
@@ -753,7 +890,22 @@ impl Session {
         None
     }
 
-    /// Counts a NOOP/RSET/VRFY/HELP; past the limit, `421 4.7.0` and close.
+    /// `501 5.5.4` for a BDAT line whose chunk size cannot be read, and close: the chunk's
+    /// length is unknown, so nothing after it may ever be read as a command (SPEC §4.1).
+    fn close_unreadable_chunk(&mut self, out: &mut Output) -> Step {
+        let _ = write!(out.replies, "501 5.5.4 {}\r\n", command::BDAT_USAGE);
+        self.state = State::Closed;
+        Step::Close
+    }
+
+    /// `421 4.7.0` for a line in another protocol (an HTTP request), and close at once.
+    fn close_foreign(&mut self, out: &mut Output) -> Step {
+        self.close_with(reply::FOREIGN_PROTOCOL, out);
+        Step::Close
+    }
+
+    /// Counts a junk command (NOOP, RSET, VRFY, HELP, a repeated HELO/EHLO, an empty non-LAST
+    /// chunk); past the limit, `421 4.7.0` and close.
     fn junk_command(&mut self, out: &mut Output) -> Option<Step> {
         self.junk += 1;
         if self.junk > self.config.max_junk_commands {

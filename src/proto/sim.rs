@@ -1,11 +1,22 @@
 //! An in-memory driver for the session: feeds bytes, obeys each `Step` like the real drivers
 //! do, and keeps the replies and the stored messages. Used by the transcript and property
 //! tests, the fuzz targets and the session benchmark; it does no I/O.
+//!
+//! Like the real drivers it renders a message's trace headers at `Step::Begin`, when the
+//! sink's file is created, so a test can check that the headers name every recipient that got
+//! `250`, however the input was split.
 
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::{Config, Output, Part, Session, Step, StoreError, REPLY_BUFFER_MAX};
+use chrono::{DateTime, Utc};
+
+use super::trace::{write_trace, Trace};
+use super::{Config, Output, Part, Session, Step, StoreError};
+
+/// The client address written in the simulated trace headers.
+pub const SIM_CLIENT: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1));
 
 /// A session wired to an in-memory spool.
 pub struct Sim {
@@ -17,6 +28,12 @@ pub struct Sim {
     pub replies: Vec<u8>,
     /// Every stored message's data, in order (unless `keep_messages` is off).
     pub messages: Vec<Vec<u8>>,
+    /// Every stored message's trace headers, rendered when its file would have been created.
+    pub headers: Vec<Vec<u8>>,
+    /// Every stored message's recipients as the session's envelope held them at the store.
+    pub recipients: Vec<Vec<String>>,
+    /// The trace headers of the message being received, once begun.
+    current_headers: Option<Vec<u8>>,
     /// The message being received (its bytes when `keep_messages`, and its length).
     current: Vec<u8>,
     current_len: u64,
@@ -49,6 +66,9 @@ impl Sim {
             pending: Vec::new(),
             replies: Vec::new(),
             messages: Vec::new(),
+            headers: Vec::new(),
+            recipients: Vec::new(),
+            current_headers: None,
             current: Vec::new(),
             current_len: 0,
             keep_messages: true,
@@ -81,7 +101,7 @@ impl Sim {
             pos += n;
             self.replies_waiting_max = self.replies_waiting_max.max(self.out.replies.len());
             match step {
-                Step::Read if self.out.replies.len() >= REPLY_BUFFER_MAX => {
+                Step::Read if self.out.replies_full() => {
                     // Replies full: send them, then feed the rest again.
                     self.flush();
                 }
@@ -89,6 +109,7 @@ impl Sim {
                 Step::Begin => {
                     assert!(!self.open, "Step::Begin while a message is open");
                     self.open = true;
+                    self.begin();
                 }
                 Step::Store => {
                     assert!(self.open, "Step::Store without Step::Begin");
@@ -99,6 +120,11 @@ impl Sim {
                         self.stored_bytes += self.current_len;
                         if self.keep_messages {
                             self.messages.push(std::mem::take(&mut self.current));
+                            self.headers
+                                .push(self.current_headers.take().unwrap_or_default());
+                            let envelope = self.session.envelope();
+                            self.recipients
+                                .push(envelope.recipients().map(str::to_owned).collect());
                         }
                     }
                     self.discard();
@@ -170,11 +196,34 @@ impl Sim {
         self.out.body.clear();
     }
 
+    /// "Begins" the message in the sink: renders its trace headers from the envelope as it
+    /// is now, as the real drivers do.
+    fn begin(&mut self) {
+        if !self.keep_messages {
+            return;
+        }
+        let mut id = self.id;
+        Self::increment(&mut id);
+        let mut headers = Vec::new();
+        let envelope = self.session.envelope();
+        let trace = Trace {
+            envelope: &envelope,
+            peer: SIM_CLIENT,
+            hostname: "sim.example",
+            id: std::str::from_utf8(&id).unwrap_or("0"),
+            now: DateTime::<Utc>::UNIX_EPOCH,
+            tls: None,
+        };
+        write_trace(&mut headers, &trace);
+        self.current_headers = Some(headers);
+    }
+
     /// Forgets the message being received.
     fn discard(&mut self) {
         self.open = false;
         self.current.clear();
         self.current_len = 0;
+        self.current_headers = None;
     }
 
     /// "Sends" the replies.
@@ -185,7 +234,12 @@ impl Sim {
 
     /// A new queue ID (8 decimal digits).
     fn next_id(&mut self) {
-        for d in self.id.iter_mut().rev() {
+        Self::increment(&mut self.id);
+    }
+
+    /// Counts an 8-digit decimal ID up by one.
+    fn increment(id: &mut [u8; 8]) {
+        for d in id.iter_mut().rev() {
             if *d == b'9' {
                 *d = b'0';
             } else {

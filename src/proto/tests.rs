@@ -1,8 +1,11 @@
 //! Session tests: transcripts (client bytes in, exact reply bytes and stored message bytes out)
-//! for every row of SPEC §4.2, the EHLO extensions, MAIL parameters, BDAT, both bare-LF modes
-//! and the SMTP smuggling vectors; then property tests: a valid multi-message transcript split
-//! at random points gives the same replies and stored bytes as the unsplit run, and random
-//! input never panics and only ever produces well-formed reply lines.
+//! for every row of SPEC §4.2, the EHLO extensions, MAIL parameters, BDAT, both bare-LF modes,
+//! the SMTP smuggling vectors and the protocol margins hostile clients probe (command order,
+//! RCPT between BDAT chunks, unreadable BDAT sizes, HTTP verbs, junk and recipient overshoot,
+//! SMTPUTF8 addresses); then property tests: a valid multi-message transcript split at random
+//! points gives the same replies, stored bytes and trace headers as the unsplit run, and random
+//! input never panics, only ever produces well-formed reply lines, and every stored message's
+//! `Delivered-To:` lines are exactly the recipients that got `250`.
 //!
 //! The expected replies are written out here byte for byte, not taken from `reply.rs`, so a
 //! changed reply text fails a test.
@@ -42,6 +45,11 @@ const TOO_MANY_ERRORS: &str = "421 4.7.0 localhost Error: too many errors\r\n";
 const TOO_MANY_JUNK: &str = "421 4.7.0 localhost Error: too many junk commands\r\n";
 const SHUTTING_DOWN: &str =
     "421 4.3.2 localhost Service shutting down, closing transmission channel\r\n";
+const NEED_HELO: &str = "503 5.5.1 Error: send HELO/EHLO first\r\n";
+const BDAT_NEEDS_EHLO: &str = "503 5.5.1 Error: BDAT needs EHLO (CHUNKING)\r\n";
+const RCPT_AFTER_BDAT: &str = "503 5.5.1 Error: RCPT after BDAT\r\n";
+const BDAT_UNREADABLE: &str = "501 5.5.4 Syntax: BDAT size [LAST]\r\n";
+const FOREIGN: &str = "421 4.7.0 localhost Error: this is an SMTP server, not HTTP\r\n";
 
 /// The EHLO reply of SPEC §4.1 for host `localhost` and this size limit.
 fn ehlo_reply(max_message_size: u64) -> String {
@@ -242,11 +250,6 @@ fn argument_syntax_errors_get_501() {
         (
             "DATA x\r\n",
             "501 5.5.4 Syntax: this command takes no argument\r\n",
-        ),
-        ("BDAT\r\n", "501 5.5.4 Syntax: BDAT size [LAST]\r\n"),
-        (
-            "BDAT 10 FIRST\r\n",
-            "501 5.5.4 Syntax: BDAT size [LAST]\r\n",
         ),
         ("VRFY\r\n", "501 5.5.4 Syntax: VRFY address\r\n"),
     ];
@@ -705,7 +708,7 @@ fn envelope_keeps_addresses_exactly_as_written() {
     assert_eq!(rcpts, ["\"x y\"@C.example", "Postmaster", "z@[192.0.2.1]"]);
 
     let session =
-        session_at_store("HELO c\r\nMAIL FROM:<> \r\nRCPT TO:<u@d.example>\r\nBDAT 0 LAST\r\n");
+        session_at_store("HELO c\r\nMAIL FROM:<> \r\nRCPT TO:<u@d.example>\r\nDATA\r\n.\r\n");
     assert_eq!(session.envelope().sender, "");
     assert_eq!(session.envelope().protocol, "SMTP");
 
@@ -1064,6 +1067,425 @@ fn pipelined_session_byte_by_byte_is_the_same() {
     assert!(bytewise.closed);
 }
 
+// ---- Protocol margins (hostile and unusual clients) -----------------------------------------
+
+/// The `Delivered-To:` addresses in rendered trace headers, in order.
+fn delivered_to(headers: &[u8]) -> Vec<String> {
+    String::from_utf8_lossy(headers)
+        .split("\r\n")
+        .filter_map(|line| line.strip_prefix("Delivered-To: "))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// For each `queued as` reply, how many `250 2.1.5` replies its transaction got (counted from
+/// its last `250 2.1.0`).
+fn rcpt_oks_per_stored_message(replies: &[u8]) -> Vec<usize> {
+    let mut counts = Vec::new();
+    let mut oks = 0;
+    for line in String::from_utf8_lossy(replies).split("\r\n") {
+        if line.starts_with("250 2.1.0") {
+            oks = 0;
+        } else if line.starts_with("250 2.1.5") {
+            oks += 1;
+        } else if line.contains("queued as ") {
+            counts.push(oks);
+        }
+    }
+    counts
+}
+
+#[test]
+fn rcpt_after_the_first_bdat_chunk_gets_503_however_the_bytes_arrive() {
+    // One command at a time, as the client in the report did.
+    let mut sim = ready();
+    assert_eq!(
+        say(
+            &mut sim,
+            "MAIL FROM:<a@b.example>\r\nRCPT TO:<first@d.example>\r\n"
+        ),
+        replies(&[MAIL_OK, RCPT_OK])
+    );
+    assert_eq!(
+        say(&mut sim, "BDAT 6\r\nhello\n"),
+        "250 2.0.0 Ok: 6 octets received\r\n"
+    );
+    assert_eq!(
+        say(&mut sim, "RCPT TO:<second@d.example>\r\n"),
+        RCPT_AFTER_BDAT
+    );
+    assert_eq!(say(&mut sim, "BDAT 6 LAST\r\nworld\n"), queued(1));
+    assert_eq!(sim.messages, vec![b"hello\nworld\n".to_vec()]);
+    assert_eq!(delivered_to(&sim.headers[0]), ["first@d.example"]);
+    assert_eq!(sim.recipients, vec![vec!["first@d.example".to_string()]]);
+
+    // The same bytes in one read, and byte by byte: the same replies and the same file.
+    let input = "EHLO c\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<first@d.example>\r\nBDAT 6\r\n\
+                 hello\nRCPT TO:<second@d.example>\r\nBDAT 6 LAST\r\nworld\nQUIT\r\n";
+    let whole = run_cut(&Config::default(), input.as_bytes(), &[]);
+    let cuts: Vec<usize> = (1..input.len()).collect();
+    let bytewise = run_cut(&Config::default(), input.as_bytes(), &cuts);
+    assert_eq!(whole.replies, bytewise.replies);
+    assert_eq!(whole.headers, bytewise.headers);
+    assert_eq!(delivered_to(&whole.headers[0]), ["first@d.example"]);
+    assert_eq!(rcpt_oks_per_stored_message(&whole.replies), [1]);
+    // Before the first chunk, RCPT is still fine; a refused first chunk does not count.
+    let mut sim = ready();
+    let input = "MAIL FROM:<a@b.example>\r\nBDAT 2\r\nxyRCPT TO:<r@d.example>\r\nBDAT 1 LAST\r\nz";
+    assert_eq!(
+        say(&mut sim, input),
+        replies(&[MAIL_OK, NEED_RCPT, RCPT_OK, &queued(1)])
+    );
+    assert_eq!(delivered_to(&sim.headers[0]), ["r@d.example"]);
+}
+
+#[test]
+fn repeated_helo_and_ehlo_count_as_junk() {
+    let mut sim = sim_with(|c| c.max_junk_commands = 3);
+    // The first greeting is free; three more are tolerated; the next one closes.
+    assert_eq!(say(&mut sim, "EHLO a\r\n"), ehlo_reply(26_214_400));
+    assert_eq!(
+        say(&mut sim, "EHLO a\r\nHELO a\r\nEHLO a\r\n"),
+        replies(&[
+            &ehlo_reply(26_214_400),
+            "250 localhost\r\n",
+            &ehlo_reply(26_214_400)
+        ])
+    );
+    assert_eq!(say(&mut sim, "HELO a\r\nNOOP\r\n"), TOO_MANY_JUNK);
+    assert!(sim.closed);
+
+    // A stored message starts the count again (SPEC §3).
+    let mut sim = sim_with(|c| c.max_junk_commands = 1);
+    let input = format!("EHLO a\r\nEHLO a\r\n{ENVELOPE}DATA\r\nx\r\n.\r\nEHLO a\r\nEHLO a\r\n");
+    assert_eq!(
+        say(&mut sim, &input),
+        replies(&[
+            &ehlo_reply(26_214_400),
+            &ehlo_reply(26_214_400),
+            MAIL_OK,
+            RCPT_OK,
+            GO_AHEAD,
+            &queued(1),
+            &ehlo_reply(26_214_400),
+            TOO_MANY_JUNK,
+        ])
+    );
+}
+
+#[test]
+fn empty_non_last_bdat_chunks_count_as_junk() {
+    let mut sim = ready_with(|c| c.max_junk_commands = 2);
+    let zero = "250 2.0.0 Ok: 0 octets received\r\n";
+    assert_eq!(
+        say(
+            &mut sim,
+            &format!("{ENVELOPE}BDAT 0\r\nBDAT 0\r\nBDAT 000\r\n")
+        ),
+        replies(&[MAIL_OK, RCPT_OK, zero, zero, TOO_MANY_JUNK])
+    );
+    assert!(sim.closed);
+    assert!(sim.messages.is_empty());
+    // A non-empty chunk and an empty LAST chunk are not junk.
+    let mut sim = ready_with(|c| c.max_junk_commands = 0);
+    assert_eq!(
+        say(&mut sim, &format!("{ENVELOPE}BDAT 1\r\nxBDAT 0 LAST\r\n")),
+        replies(&[
+            MAIL_OK,
+            RCPT_OK,
+            "250 2.0.0 Ok: 1 octets received\r\n",
+            &queued(1)
+        ])
+    );
+}
+
+#[test]
+fn recipients_far_past_the_limit_count_as_errors() {
+    let mut sim = ready_with(|c| {
+        c.max_recipients = 2;
+        c.max_errors = 3;
+    });
+    assert_eq!(say(&mut sim, "MAIL FROM:<a@b.example>\r\n"), MAIL_OK);
+    // max_recipients + RCPT_OVERSHOOT commands are answered without counting.
+    let rcpt = "RCPT TO:<r@d.example>\r\n";
+    let free = rcpt.repeat(2 + RCPT_OVERSHOOT);
+    let mut want = replies(&[RCPT_OK, RCPT_OK]);
+    want.push_str(&TOO_MANY_RECIPIENTS.repeat(RCPT_OVERSHOOT));
+    assert!(say(&mut sim, &free) == want, "the first 1002 RCPTs");
+    // Each further one is an error: three are tolerated, the fourth closes.
+    assert_eq!(
+        say(&mut sim, &rcpt.repeat(3)),
+        TOO_MANY_RECIPIENTS.repeat(3)
+    );
+    assert!(!sim.closed);
+    assert_eq!(say(&mut sim, rcpt), TOO_MANY_ERRORS);
+    assert!(sim.closed);
+    // A new transaction starts the overshoot count again.
+    let mut sim = ready_with(|c| {
+        c.max_recipients = 1;
+        c.max_errors = 0;
+    });
+    let input = format!(
+        "MAIL FROM:<a@b.example>\r\n{}RSET\r\nMAIL FROM:<a@b.example>\r\n{}",
+        rcpt.repeat(1 + RCPT_OVERSHOOT),
+        rcpt.repeat(1 + RCPT_OVERSHOOT)
+    );
+    let answered = say(&mut sim, &input);
+    assert!(!sim.closed);
+    assert!(!answered.contains("421"), "closed early");
+    assert_eq!(say(&mut sim, rcpt), TOO_MANY_ERRORS);
+}
+
+#[test]
+fn bdat_sizes_with_leading_zeros_are_read() {
+    let mut sim = ready();
+    let input = format!("{ENVELOPE}BDAT 00000000000000000005 LAST\r\nhelloQUIT\r\n");
+    assert_eq!(
+        say(&mut sim, &input),
+        replies(&[MAIL_OK, RCPT_OK, &queued(1), BYE])
+    );
+    assert_eq!(sim.messages, vec![b"hello".to_vec()]);
+}
+
+#[test]
+fn unreadable_bdat_size_gets_501_and_close_and_nothing_after_it_runs() {
+    for line in [
+        "BDAT\r\n",
+        "BDAT 5x\r\n",
+        "BDAT -5\r\n",
+        "BDAT 18446744073709551616 LAST\r\n",
+        "BDAT 10 FIRST\r\n",
+        "BDAT 5 LAST LAST\r\n",
+        "bdat 0x5\r\n",
+        "BDAT\t5\r\n",
+    ] {
+        let mut sim = ready();
+        let input = format!("{ENVELOPE}{line}hello{ENVELOPE}DATA\r\nx\r\n.\r\nQUIT\r\n");
+        assert_eq!(
+            say(&mut sim, &input),
+            replies(&[MAIL_OK, RCPT_OK, BDAT_UNREADABLE]),
+            "{line:?}"
+        );
+        assert!(sim.closed, "{line:?}");
+        assert!(sim.messages.is_empty());
+    }
+    // Before EHLO, and with the chunk's first bytes in the same read: the same.
+    let mut sim = sim_with(|_| {});
+    assert_eq!(say(&mut sim, "BDAT 1.5\r\nNOOP\r\n"), BDAT_UNREADABLE);
+    assert!(sim.closed);
+    // A BDAT line too long to keep has no size to trust either.
+    let mut sim = ready();
+    let long = format!("BDAT {}5 LAST\r\nNOOP\r\n", "0".repeat(600));
+    assert_eq!(say(&mut sim, &long), BDAT_UNREADABLE);
+    assert!(sim.closed);
+    // A long non-BDAT line is only drained.
+    let mut sim = ready();
+    let long = format!("BDATX {}\r\nNOOP\r\n", "0".repeat(600));
+    assert_eq!(say(&mut sim, &long), replies(&[LINE_TOO_LONG, OK]));
+}
+
+#[test]
+fn bdat_line_ended_by_bare_lf_still_frames_its_chunk() {
+    // Reject mode: the command is refused, but its chunk is skipped, not run.
+    let mut sim = ready();
+    let input = format!("{ENVELOPE}BDAT 6 LAST\nQUIT\r\nNOOP\r\n");
+    assert_eq!(
+        say(&mut sim, &input),
+        replies(&[MAIL_OK, RCPT_OK, BARE_LF_COMMAND, OK])
+    );
+    assert!(!sim.closed);
+    assert!(sim.messages.is_empty());
+    // Mid-message the transaction ends: a chunk is missing from it.
+    let input = "BDAT 2\r\nabBDAT 2\ncdBDAT 1 LAST\r\ne";
+    assert_eq!(
+        say(&mut sim, input),
+        replies(&[
+            "250 2.0.0 Ok: 2 octets received\r\n",
+            BARE_LF_COMMAND,
+            NEED_MAIL
+        ])
+    );
+    assert!(sim.messages.is_empty());
+    // Unreadable: close.
+    assert_eq!(say(&mut sim, "BDAT x\nNOOP\r\n"), BDAT_UNREADABLE);
+    assert!(sim.closed);
+}
+
+#[test]
+fn size_parameter_of_20_digits_gets_552_and_21_digits_501() {
+    let mut sim = ready();
+    for line in [
+        "MAIL FROM:<a@b.example> SIZE=99999999999999999999\r\n",
+        "MAIL FROM:<a@b.example> SIZE=18446744073709551616\r\n",
+        "MAIL FROM:<a@b.example> SIZE=10000000000000000000\r\n",
+        "MAIL FROM:<a@b.example> SIZE=26214401\r\n",
+    ] {
+        assert_eq!(say(&mut sim, line), TOO_BIG, "{line:?}");
+    }
+    assert_eq!(
+        say(
+            &mut sim,
+            "MAIL FROM:<a@b.example> SIZE=000000000000000000000\r\n"
+        ),
+        "501 5.5.4 Syntax: SIZE=number\r\n"
+    );
+    assert_eq!(
+        say(
+            &mut sim,
+            "MAIL FROM:<a@b.example> SIZE=00000000000026214400\r\n"
+        ),
+        MAIL_OK
+    );
+}
+
+#[test]
+fn mail_commands_before_helo_get_503() {
+    let mut sim = sim_with(|_| {});
+    for line in [
+        "MAIL FROM:<a@b.example>\r\n",
+        "RCPT TO:<c@d.example>\r\n",
+        "DATA\r\n",
+        "MAIL FROM:<a@b.example> SIZE=10\r\n",
+    ] {
+        assert_eq!(say(&mut sim, line), NEED_HELO, "{line:?}");
+    }
+    // BDAT: the chunk is consumed, then the reply; nothing in it runs.
+    assert_eq!(
+        say(&mut sim, "BDAT 6 LAST\r\nQUIT\r\nNOOP\r\n"),
+        replies(&[NEED_HELO, OK])
+    );
+    // Commands that need no greeting still work, and so does the session after EHLO.
+    assert_eq!(say(&mut sim, "RSET\r\nNOOP\r\n"), replies(&[OK, OK]));
+    let input = format!("EHLO c\r\n{ENVELOPE}DATA\r\nx\r\n.\r\n");
+    assert_eq!(
+        say(&mut sim, &input),
+        replies(&[
+            &ehlo_reply(26_214_400),
+            MAIL_OK,
+            RCPT_OK,
+            GO_AHEAD,
+            &queued(1)
+        ])
+    );
+    // The pipelined attack in one read: nothing is stored, every mail command is refused.
+    let mut sim = sim_with(|_| {});
+    let input = format!("{ENVELOPE}DATA\r\nx\r\n.\r\n");
+    assert_eq!(
+        say(&mut sim, &input),
+        replies(&[NEED_HELO, NEED_HELO, NEED_HELO, UNKNOWN, UNKNOWN])
+    );
+    assert!(sim.messages.is_empty());
+}
+
+#[test]
+fn after_plain_helo_there_are_no_extensions() {
+    let mut sim = sim_with(|_| {});
+    assert_eq!(say(&mut sim, "HELO c.example\r\n"), "250 localhost\r\n");
+    for line in [
+        "MAIL FROM:<a@b.example> SIZE=10\r\n",
+        "MAIL FROM:<a@b.example> BODY=8BITMIME\r\n",
+        "MAIL FROM:<\u{e9}@b.example> SMTPUTF8\r\n",
+        "MAIL FROM:<a@b.example> SIZE=x\r\n",
+    ] {
+        assert_eq!(say(&mut sim, line), BAD_PARAMETER, "{line:?}");
+    }
+    assert_eq!(say(&mut sim, ENVELOPE), replies(&[MAIL_OK, RCPT_OK]));
+    assert_eq!(
+        say(&mut sim, "RCPT TO:<e@d.example> NOTIFY=NEVER\r\n"),
+        BAD_PARAMETER
+    );
+    // BDAT: chunk consumed, then 503; the transaction survives for DATA.
+    assert_eq!(
+        say(&mut sim, "BDAT 6 LAST\r\nQUIT\r\nNOOP\r\n"),
+        replies(&[BDAT_NEEDS_EHLO, OK])
+    );
+    assert!(!sim.closed);
+    assert_eq!(
+        say(&mut sim, "DATA\r\nSubject: x\r\n.\r\n"),
+        replies(&[GO_AHEAD, &queued(1)])
+    );
+    assert_eq!(sim.messages, vec![b"Subject: x\r\n".to_vec()]);
+    let headers = String::from_utf8_lossy(&sim.headers[0]).into_owned();
+    assert!(headers.contains(" with SMTP id "), "{headers:?}");
+}
+
+#[test]
+fn http_verbs_get_421_and_close() {
+    for request in [
+        "GET / HTTP/1.1\r\nHost: mx\r\n\r\n",
+        "get /index.html HTTP/1.0\r\n",
+        "HEAD / HTTP/1.1\r\n",
+        "PUT /x HTTP/1.1\r\n",
+        "CONNECT mx.example:25 HTTP/1.1\r\n",
+        "OPTIONS * HTTP/1.1\r\n",
+        "POST /\n",
+    ] {
+        let mut sim = sim_with(|_| {});
+        assert_eq!(say(&mut sim, request), FOREIGN, "{request:?}");
+        assert!(sim.closed, "{request:?}");
+    }
+    // The reported attack: an HTTP POST whose body holds SMTP commands, in any split.
+    let post = format!(
+        "POST /form HTTP/1.1\r\nHost: mx\r\nContent-Length: 99\r\n\r\nEHLO x\r\n{ENVELOPE}DATA\r\n\
+         spam\r\n.\r\n"
+    );
+    for cut in 0..=post.len() {
+        let mut sim = run_cut(&Config::default(), post.as_bytes(), &[cut]);
+        assert_eq!(
+            sim.take_replies(),
+            replies(&[GREETING, FOREIGN]),
+            "cut {cut}"
+        );
+        assert!(sim.messages.is_empty());
+    }
+    // A request line too long to keep is recognised from its start.
+    let mut sim = ready();
+    let long = format!("POST /{} HTTP/1.1\r\n{ENVELOPE}", "a".repeat(700));
+    assert_eq!(say(&mut sim, &long), FOREIGN);
+    assert!(sim.closed);
+    // In the middle of a session too.
+    let mut sim = ready();
+    assert_eq!(
+        say(&mut sim, &format!("{ENVELOPE}GET /\r\nDATA\r\n")),
+        replies(&[MAIL_OK, RCPT_OK, FOREIGN])
+    );
+}
+
+#[test]
+fn smtputf8_addresses_refuse_controls_bidi_and_invalid_idna() {
+    let mut sim = ready_with(|c| c.max_errors = 100);
+    let senders = [
+        "MAIL FROM:<a\u{85}b\u{e9}@b.example> SMTPUTF8\r\n",
+        "MAIL FROM:<\u{202e}\u{e9}@b.example> SMTPUTF8\r\n",
+        "MAIL FROM:<\u{e9}@b\u{fc}\u{ad}cher.example> SMTPUTF8\r\n",
+    ];
+    for line in senders {
+        assert_eq!(say(&mut sim, line), BAD_SENDER, "{line:?}");
+    }
+    assert_eq!(
+        say(&mut sim, "MAIL FROM:<\u{e9}@b.example> SMTPUTF8\r\n"),
+        MAIL_OK
+    );
+    let recipients = [
+        "RCPT TO:<\u{e9}\u{2028}@d.example>\r\n",
+        "RCPT TO:<\u{e9}\u{200f}@d.example>\r\n",
+        "RCPT TO:<\u{e9}\u{2066}x@d.example>\r\n",
+        "RCPT TO:<u@\u{4f8b}\u{3048}\u{3002}example>\r\n",
+        "RCPT TO:<u@\u{2665}.example>\r\n",
+        "RCPT TO:<\"\u{e9}\u{9c}\"@d.example>\r\n",
+    ];
+    for line in recipients {
+        assert_eq!(say(&mut sim, line), BAD_RECIPIENT, "{line:?}");
+    }
+    assert_eq!(
+        say(
+            &mut sim,
+            "RCPT TO:<\u{f1}and\u{fa}@\u{4f8b}\u{3048}.example>\r\n"
+        ),
+        RCPT_OK
+    );
+}
+
 // ---- Property tests -------------------------------------------------------------------------
 
 /// One message of a generated session: its recipients, its body lines (without line ends) and
@@ -1209,6 +1631,10 @@ fn fragment_strategy() -> impl Strategy<Value = Vec<u8>> {
         b"BDAT 7\r\n",
         b"BDAT 3 LAST\r\n",
         b"BDAT 0 LAST\r\n",
+        b"BDAT 0\r\n",
+        b"BDAT 0004\r\n",
+        b"BDAT 2\n",
+        b"MAIL FROM:<a@b.example> SIZE=99999999999999999999\r\n",
         b"RSET\r\n",
         b"NOOP\r\n",
         b"VRFY x\r\n",
@@ -1230,6 +1656,9 @@ fn fragment_strategy() -> impl Strategy<Value = Vec<u8>> {
         4 => prop::collection::vec(any::<u8>(), 0..16),
         1 => Just(vec![b'L'; 700]),
         1 => Just(b"QUIT\r\n".to_vec()),
+        // Lines that end the session at once: an unreadable chunk size, another protocol.
+        1 => prop::sample::select(vec![&b"BDAT x\r\n"[..], b"GET / HTTP/1.1\r\n"])
+            .prop_map(|w| w.to_vec()),
     ]
 }
 
@@ -1285,6 +1714,11 @@ proptest! {
         prop_assert_eq!(String::from_utf8_lossy(&whole.replies), want);
         prop_assert_eq!(&whole.messages, &bodies);
         prop_assert!(whole.closed);
+        for (message, headers) in messages.iter().zip(&whole.headers) {
+            let want: Vec<String> =
+                (0..message.recipients).map(|r| format!("r{r}@ringmx.example")).collect();
+            prop_assert_eq!(delivered_to(headers), want);
+        }
 
         let mut cuts: Vec<usize> = cuts.iter().map(|i| i.index(input.len() + 1)).collect();
         cuts.sort_unstable();
@@ -1311,12 +1745,20 @@ proptest! {
         for message in &whole.messages {
             prop_assert!(message.len() as u64 <= config.max_message_size);
         }
+        // Every recipient that got 250 is in the stored message's headers, and no other.
+        let oks = rcpt_oks_per_stored_message(&whole.replies);
+        prop_assert_eq!(oks.len(), whole.headers.len());
+        for ((headers, rcpts), ok) in whole.headers.iter().zip(&whole.recipients).zip(oks) {
+            prop_assert_eq!(&delivered_to(headers), rcpts);
+            prop_assert_eq!(rcpts.len(), ok);
+        }
 
         let mut cuts: Vec<usize> = cuts.iter().map(|i| i.index(input.len() + 1)).collect();
         cuts.sort_unstable();
         let split = run_cut(&config, &input, &cuts);
         prop_assert_eq!(&split.replies, &whole.replies);
         prop_assert_eq!(&split.messages, &whole.messages);
+        prop_assert_eq!(&split.headers, &whole.headers);
         prop_assert_eq!(split.closed, whole.closed);
     }
 

@@ -14,6 +14,12 @@
 //!
 //! Every byte to and from the peer passes through `start_read`/`on_read` and `start_write`:
 //! a layer that transforms the stream (TLS) sits there, between this loop and the driver.
+//!
+//! A connection from a `RINGMX_PROXY_FROM` network first reads its PROXY header
+//! (`proxy_header`), before the limits and the greeting: the client the header names is the
+//! peer from then on, and bytes after the header are the session's first input. The shard's
+//! metrics (when on) are counted where things happen: accepted and refused connections,
+//! bytes read, replies handed to the socket, messages stored, the time to store them.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -28,9 +34,11 @@ use bytes::{Buf, BytesMut};
 use super::{Phase, Refused, Shard, LARGE_BUFFER, SMALL_BUFFER};
 use crate::delivery::{AnySink, DeliveryError, MessageStart, QueueId, Sink};
 use crate::driver::Driver;
+use crate::metrics::{Connection, ShardMetrics};
 use crate::proto::trace::{self, Trace};
 use crate::proto::{self, Output, Session, Step, StoreError, REPLY_BUFFER_MAX};
-use crate::{log_debug, log_info};
+use crate::proxy::{self, Outcome, Parsed};
+use crate::{log_debug, log_event, log_info};
 
 /// Time given to the last replies (the 421) when the shutdown grace is over.
 const STOP_FLUSH: Duration = Duration::from_secs(1);
@@ -51,6 +59,41 @@ enum End {
     ReadError,
     /// A write failed, or the client read nothing for a whole command timeout.
     WriteError,
+}
+
+impl End {
+    /// The name in log events.
+    fn as_str(self) -> &'static str {
+        match self {
+            End::Closed => "closed",
+            End::Timeout => "timeout",
+            End::Shutdown => "shutdown",
+            End::PeerClosed => "peer_closed",
+            End::ReadError => "read_error",
+            End::WriteError => "write_error",
+        }
+    }
+}
+
+/// Counts a session in `ringmx_sessions_active` while it lives.
+struct ActiveSession<'a>(Option<&'a ShardMetrics>);
+
+impl<'a> ActiveSession<'a> {
+    fn new(metrics: Option<&'a ShardMetrics>) -> ActiveSession<'a> {
+        if let Some(metrics) = metrics {
+            metrics.connection(Connection::Accepted);
+            metrics.session_started();
+        }
+        ActiveSession(metrics)
+    }
+}
+
+impl Drop for ActiveSession<'_> {
+    fn drop(&mut self) {
+        if let Some(metrics) = self.0 {
+            metrics.session_ended();
+        }
+    }
 }
 
 /// The message the session is receiving, as far as the sink is concerned.
@@ -83,36 +126,81 @@ enum Event {
 }
 
 /// Serves one accepted connection to its end.
-pub(crate) async fn serve<D: Driver>(stream: D::Stream, peer: SocketAddr, shard: &Rc<Shard<D>>) {
+pub(crate) async fn serve<D: Driver>(
+    stream: D::Stream,
+    socket_peer: SocketAddr,
+    shard: &Rc<Shard<D>>,
+) {
     let config = &shard.config;
     let started = Instant::now();
+    let metrics = shard.metrics.as_deref();
+    let mut buf = BytesMut::with_capacity(SMALL_BUFFER);
+    let mut bytes_in = 0u64;
+    let peer = if config.is_proxy_source(socket_peer.ip()) {
+        match proxy_header::<D>(&stream, socket_peer, shard, &mut buf, &mut bytes_in).await {
+            Some(client) => client,
+            None => return,
+        }
+    } else {
+        socket_peer
+    };
     let admission = match shard.shared.admit(config, peer.ip()) {
         Ok(admission) => admission,
         Err(refused) => {
             let mut reply = Vec::with_capacity(128);
-            match refused {
+            let (result, reason) = match refused {
                 Refused::TooManyConnections => {
-                    proto::write_too_many_connections(&shard.session_config.hostname, &mut reply)
+                    proto::write_too_many_connections(&shard.session_config.hostname, &mut reply);
+                    (Connection::RefusedLimit, "connection limit")
                 }
                 Refused::TooManyFromAddress => {
-                    proto::write_too_many_from_address(&shard.session_config.hostname, &mut reply)
+                    proto::write_too_many_from_address(&shard.session_config.hostname, &mut reply);
+                    (Connection::RefusedPerIp, "per-IP limit")
                 }
+            };
+            if let Some(metrics) = metrics {
+                metrics.connection(result);
+                metrics.replies(&reply);
             }
             let _ = D::write_all(&stream, reply).await;
-            log_info!("{peer}: refused at connect (connection limit)");
+            log_event!(
+                Info,
+                "refused",
+                { peer: peer, code: 421u16, reason: reason },
+                "{peer}: refused at connect ({reason})"
+            );
             return;
         }
     };
+    let _active = ActiveSession::new(metrics);
 
     let mut session = Session::new(Arc::clone(&shard.session_config), started);
     let mut out = Output::new();
     let mut phase = shard.phase.clone();
-    if let Some(end) = greet::<D>(&stream, shard, &mut phase, &mut session, &mut out).await {
+    let early_input = !buf.is_empty();
+    if let Some(end) = greet::<D>(
+        &stream,
+        shard,
+        &mut phase,
+        &mut session,
+        &mut out,
+        early_input,
+    )
+    .await
+    {
         if !out.replies.is_empty() {
+            if let Some(metrics) = metrics {
+                metrics.replies(&out.replies);
+            }
             let write = D::write_all(&stream, std::mem::take(&mut out.replies));
             let _ = tokio::time::timeout(shard.session_config.command_timeout, write).await;
         }
-        log_info!("{peer}: session ended ({end:?}) before the greeting");
+        log_event!(
+            Info,
+            "session_end",
+            { peer: peer, end: end.as_str(), duration_ms: started.elapsed().as_millis() as u64 },
+            "{peer}: session ended ({end:?}) before the greeting"
+        );
         return;
     }
 
@@ -122,13 +210,14 @@ pub(crate) async fn serve<D: Driver>(stream: D::Stream, peer: SocketAddr, shard:
         peer,
         session,
         out,
-        buf: BytesMut::with_capacity(SMALL_BUFFER),
+        buf,
         large: false,
+        small: BytesMut::new(),
         scratch: Vec::with_capacity(REPLY_BUFFER_IDLE),
         message: Message::Idle,
         phase,
         phase_seen: Phase::Running,
-        bytes: 0,
+        bytes: bytes_in,
     };
     let end = conn.run().await;
     if let Message::Open(message, _) = std::mem::replace(&mut conn.message, Message::Idle) {
@@ -138,12 +227,95 @@ pub(crate) async fn serve<D: Driver>(stream: D::Stream, peer: SocketAddr, shard:
         shard.give_large(std::mem::take(&mut conn.buf));
     }
     drop(admission);
-    log_info!(
-        "{peer}: session ended ({end:?}) after {} ms, {} message(s), {} byte(s) in",
-        started.elapsed().as_millis(),
-        conn.session.messages_stored(),
+    let duration_ms = started.elapsed().as_millis() as u64;
+    let messages = conn.session.messages_stored();
+    // The balancer a PROXY header came through, if any.
+    let via = (peer != socket_peer).then_some(socket_peer);
+    log_event!(
+        Info,
+        "session_end",
+        {
+            peer: peer,
+            via: via,
+            end: end.as_str(),
+            duration_ms: duration_ms,
+            messages: messages,
+            bytes_in: conn.bytes,
+        },
+        "{peer}: session ended ({end:?}) after {duration_ms} ms, {messages} message(s), {} byte(s) in",
         conn.bytes
     );
+}
+
+/// Reads the PROXY header a connection from a `RINGMX_PROXY_FROM` network must begin with
+/// (SPEC §4.6), within `RINGMX_PROXY_TIMEOUT_SECS`. Returns the client it names (the socket's
+/// peer for a v2 LOCAL or v1 UNKNOWN), the bytes after it left in `buf`; None when the
+/// connection is to be closed without a reply: a malformed, late or unfinished header, or
+/// shutdown.
+async fn proxy_header<D: Driver>(
+    stream: &D::Stream,
+    socket_peer: SocketAddr,
+    shard: &Shard<D>,
+    buf: &mut BytesMut,
+    bytes_in: &mut u64,
+) -> Option<SocketAddr> {
+    // The buffer holds the longest header: it never grows while waiting for one.
+    debug_assert!(buf.capacity() >= proxy::HEADER_BYTES_MAX);
+    let metrics = shard.metrics.as_deref();
+    let deadline = tokio::time::Instant::now() + shard.config.proxy_timeout;
+    let mut phase = shard.phase.clone();
+    let why = loop {
+        match proxy::parse(buf) {
+            Parsed::Incomplete => {}
+            Parsed::Header { len, client } => {
+                buf.advance(len);
+                let outcome = if client.is_some() {
+                    Outcome::Ok
+                } else {
+                    Outcome::Local
+                };
+                if let Some(metrics) = metrics {
+                    metrics.proxy_header(outcome);
+                }
+                let client = client.unwrap_or(socket_peer);
+                log_debug!("{socket_peer}: PROXY header: client {client}");
+                return Some(client);
+            }
+            Parsed::Malformed(why) => break (Outcome::Malformed, why),
+        }
+        let read = D::read(stream, std::mem::take(buf));
+        let (result, filled) = tokio::select! {
+            done = read => done,
+            () = tokio::time::sleep_until(deadline) => {
+                break (Outcome::Timeout, "no complete header in time");
+            }
+            _ = phase.wait_for(|p| *p != Phase::Running) => return None,
+        };
+        *buf = filled;
+        match result {
+            Ok(0) if buf.is_empty() => return None,
+            Ok(0) => break (Outcome::Malformed, "connection closed inside the header"),
+            Ok(n) => {
+                *bytes_in += n as u64;
+                if let Some(metrics) = metrics {
+                    metrics.bytes_received(n as u64);
+                }
+            }
+            Err(_) => return None,
+        }
+    };
+    let (outcome, why) = why;
+    if let Some(metrics) = metrics {
+        metrics.proxy_header(outcome);
+    }
+    log_event!(
+        Info,
+        "proxy_header",
+        { peer: socket_peer, result: outcome.as_str() },
+        "{socket_peer}: closed without a reply: PROXY header {}: {why}",
+        outcome.as_str()
+    );
+    None
 }
 
 /// Waits out `RINGMX_GREET_DELAY_MS` and writes the greeting. Returns `Some` when the session
@@ -155,6 +327,7 @@ async fn greet<D: Driver>(
     phase: &mut tokio::sync::watch::Receiver<Phase>,
     session: &mut Session,
     out: &mut Output,
+    early_input: bool,
 ) -> Option<End> {
     let config = &shard.config;
     if !config.greet_delay.is_zero() {
@@ -170,7 +343,7 @@ async fn greet<D: Driver>(
             session.handle_stop(out);
             return Some(End::Shutdown);
         }
-        if config.reject_early_talkers && D::peer_has_sent(stream) {
+        if config.reject_early_talkers && (early_input || D::peer_has_sent(stream)) {
             session.reject_early_talker(out);
             log_info!("early talker refused");
             return Some(End::Closed);
@@ -191,6 +364,8 @@ struct Conn<'a, D: Driver> {
     buf: BytesMut,
     /// `buf` is a large buffer from the pool.
     large: bool,
+    /// The small receive buffer, kept aside while `buf` is a large one.
+    small: BytesMut,
     /// The reply buffer not in use by the session: replies in flight, or trace headers.
     scratch: Vec<u8>,
     message: Message<<AnySink<D> as Sink>::Message>,
@@ -210,7 +385,12 @@ impl<D: Driver> Conn<'_, D> {
         let mut read = pin!(idle(|| D::read(stream, BytesMut::new())));
         let mut write = pin!(idle(|| D::write_all(stream, Vec::new())));
         let mut write_deadline: Option<tokio::time::Instant> = None;
-        let mut fed = Fed::NeedInput;
+        // Bytes that came with a PROXY header are the session's first input.
+        let mut fed = if self.buf.is_empty() {
+            Fed::NeedInput
+        } else {
+            self.feed().await
+        };
         loop {
             if write.is_none() && !self.out.replies.is_empty() {
                 write.set(Some(D::write_all(stream, self.start_write())));
@@ -265,6 +445,9 @@ impl<D: Driver> Conn<'_, D> {
                         Ok(0) => Fed::Over(End::PeerClosed),
                         Ok(n) => {
                             self.bytes += n as u64;
+                            if let Some(metrics) = &self.shard.metrics {
+                                metrics.bytes_received(n as u64);
+                            }
                             self.feed().await
                         }
                         Err(_) => return End::ReadError,
@@ -306,15 +489,20 @@ impl<D: Driver> Conn<'_, D> {
         let mut replies = std::mem::take(&mut self.scratch);
         replies.clear();
         std::mem::swap(&mut replies, &mut self.out.replies);
+        if let Some(metrics) = &self.shard.metrics {
+            metrics.replies(&replies);
+        }
         replies
     }
 
-    /// Takes back the buffer of a finished write; after a burst of replies both reply buffers
-    /// return to their idle size.
+    /// Takes back the buffer of a finished write. The session keeps a reply buffer within
+    /// `REPLY_BUFFER_MAX`, a capacity kept so that a busy pipelining session allocates
+    /// nothing; one that grew past it (replies of a shutdown or error on top of a full
+    /// buffer) returns to its idle size.
     fn end_write(&mut self, mut sent: Vec<u8>) {
         if sent.capacity() > REPLY_BUFFER_MAX {
             sent = Vec::with_capacity(REPLY_BUFFER_IDLE);
-            if self.out.replies.is_empty() {
+            if self.out.replies.is_empty() && self.out.replies.capacity() > REPLY_BUFFER_MAX {
                 self.out.replies = Vec::with_capacity(REPLY_BUFFER_IDLE);
             }
         }
@@ -335,11 +523,24 @@ impl<D: Driver> Conn<'_, D> {
             }
             pos += n;
             match step {
-                Step::Read if self.out.replies.len() >= REPLY_BUFFER_MAX => break Fed::RepliesFull,
+                Step::Read if self.out.replies_full() => break Fed::RepliesFull,
                 Step::Read => break Fed::NeedInput,
                 Step::Begin => self.begin().await,
                 Step::Store => {
+                    // Timed from the read that brought the end of data (the feed's `now`: no
+                    // extra clock read) to the verdict.
+                    let timing = self
+                        .shard
+                        .metrics
+                        .as_ref()
+                        .map(|_| (now, self.session.envelope().recipient_count()));
                     let stored = self.store().await;
+                    if let (Some(metrics), Some((started, recipients)), Ok(_)) =
+                        (&self.shard.metrics, timing, &stored)
+                    {
+                        metrics.store_latency(started.elapsed());
+                        metrics.message_stored(recipients);
+                    }
                     let result = stored.as_ref().map(QueueId::as_str).map_err(|e| *e);
                     if self.session.handle_stored(result, &mut self.out) == Step::Close {
                         break Fed::Over(End::Shutdown);
@@ -414,9 +615,26 @@ impl<D: Driver> Conn<'_, D> {
     async fn store(&mut self) -> Result<QueueId, StoreError> {
         match std::mem::replace(&mut self.message, Message::Idle) {
             Message::Open(message, id) => match self.shard.sink.commit(message).await {
-                Ok(()) => Ok(id),
+                Ok(()) => {
+                    log_event!(
+                        Debug,
+                        "stored",
+                        { peer: self.peer, queue_id: id.as_str(), code: 250u16 },
+                        "{}: stored {}",
+                        self.peer,
+                        id.as_str()
+                    );
+                    Ok(id)
+                }
                 Err(e) => {
-                    log_info!("{}: message not stored: {e}", self.peer);
+                    log_event!(
+                        Info,
+                        "not_stored",
+                        { peer: self.peer, queue_id: id.as_str(), error: crate::log::display(&e) },
+                        "{}: message {} not stored: {e}",
+                        self.peer,
+                        id.as_str()
+                    );
                     Err(match e {
                         DeliveryError::TooBig => StoreError::TooBig,
                         DeliveryError::Temporary(_) => StoreError::Failed,
@@ -438,17 +656,19 @@ impl<D: Driver> Conn<'_, D> {
         }
     }
 
-    /// Gives the connection a large buffer while data flows, a small one otherwise.
+    /// Gives the connection a large buffer while data flows, its small one otherwise (kept
+    /// aside meanwhile, so that switching allocates nothing).
     fn size_buffer(&mut self) {
         let data = self.session.receiving_data();
         if data && !self.large {
             if let Some(mut large) = self.shard.take_large() {
                 large.extend_from_slice(&self.buf);
-                self.buf = large;
+                self.small = std::mem::replace(&mut self.buf, large);
+                self.small.clear();
                 self.large = true;
             }
         } else if !data && self.large && self.buf.len() <= SMALL_BUFFER / 2 {
-            let mut small = BytesMut::with_capacity(SMALL_BUFFER);
+            let mut small = std::mem::take(&mut self.small);
             small.extend_from_slice(&self.buf);
             self.shard
                 .give_large(std::mem::replace(&mut self.buf, small));

@@ -27,7 +27,9 @@ use tokio::sync::{watch, Notify};
 use crate::config::{Backend, Delivery, ServerConfig};
 use crate::delivery::{jetstream, maildir, AnySink, IdGenerator, Jetstream, Maildir, QueueId};
 use crate::driver::{epoll::Epoll, uring, uring::Uring, Driver};
-use crate::{log_error, log_info, log_warn};
+use crate::metrics::http::Endpoint;
+use crate::metrics::{Metrics, ShardMetrics};
+use crate::{log_error, log_event, log_info, log_warn};
 
 /// Listen backlog of every listener (the kernel caps it at net.core.somaxconn).
 const LISTEN_BACKLOG: i32 = 4096;
@@ -58,6 +60,8 @@ pub(crate) enum Phase {
 pub(crate) struct Shared {
     connections: AtomicUsize,
     per_ip: Mutex<HashMap<IpAddr, usize>>,
+    /// What the start-up check learned of the JetStream stream (with that delivery only).
+    jetstream: Option<jetstream::Probe>,
 }
 
 /// What a connection holds while it counts against the limits; releases them when dropped.
@@ -120,6 +124,8 @@ pub(crate) struct Shard<D: Driver> {
     pub shared: Arc<Shared>,
     pub sink: AnySink<D>,
     pub phase: watch::Receiver<Phase>,
+    /// This shard's counters, when `RINGMX_METRICS_LISTEN` is set (written only here).
+    pub metrics: Option<Arc<ShardMetrics>>,
     pool: RefCell<Vec<BytesMut>>,
     large_in_use: Cell<usize>,
     ids: RefCell<IdGenerator>,
@@ -152,9 +158,14 @@ impl<D: Driver> Shard<D> {
     pub fn give_large(&self, mut buf: BytesMut) {
         self.large_in_use.set(self.large_in_use.get() - 1);
         let mut pool = self.pool.borrow_mut();
-        if pool.len() < POOLED_BUFFERS_MAX && buf.capacity() >= LARGE_BUFFER {
+        if pool.len() < POOLED_BUFFERS_MAX {
+            // A buffer read from has its start advanced; clearing and reserving takes the
+            // whole allocation back without a new one.
             buf.clear();
-            pool.push(buf);
+            buf.reserve(LARGE_BUFFER);
+            if buf.capacity() >= LARGE_BUFFER {
+                pool.push(buf);
+            }
         }
     }
 }
@@ -162,6 +173,7 @@ impl<D: Driver> Shard<D> {
 /// Starts the server and blocks until it has shut down. Returns the process exit status.
 pub fn run(config: ServerConfig) -> ExitCode {
     crate::log::set_level(config.log_level);
+    crate::log::set_format(config.log_format);
     // The handlers go in before the first connection can be served, so that a SIGTERM at any
     // moment after start-up drains instead of killing.
     let signals = match signal_hook::iterator::Signals::new([libc::SIGTERM, libc::SIGINT]) {
@@ -224,6 +236,8 @@ pub struct Running {
     grace: std::time::Duration,
     done: crossbeam_channel::Receiver<(usize, io::Result<()>)>,
     threads: Vec<std::thread::JoinHandle<()>>,
+    /// The metrics endpoint, when `RINGMX_METRICS_LISTEN` is set (stops when dropped).
+    metrics: Option<Endpoint>,
 }
 
 impl Running {
@@ -234,6 +248,7 @@ impl Running {
 
     /// Waits for every shard to finish. False when a shard failed.
     pub fn join(self) -> bool {
+        let _metrics = self.metrics;
         let mut ok = true;
         for _ in 0..self.threads.len() {
             match self.done.recv() {
@@ -258,6 +273,13 @@ impl Running {
 /// driver `D`. Errors are start-up errors, as one line.
 pub fn start<D: Driver>(mut config: ServerConfig) -> Result<Running, String> {
     let listeners = bind_all(&config)?;
+    let metrics_listener = match config.metrics_listen {
+        Some(addr) => Some(
+            Endpoint::bind(addr)
+                .map_err(|e| format!("RINGMX_METRICS_LISTEN: cannot listen on {addr}: {e}"))?,
+        ),
+        None => None,
+    };
     // JetStream: the server must answer and a stream capture the subject; SIZE shrinks to
     // what one stream message can hold.
     let jetstream = match config.delivery {
@@ -274,7 +296,7 @@ pub fn start<D: Driver>(mut config: ServerConfig) -> Result<Running, String> {
                 probe.message_max,
                 config.session.max_message_size,
             );
-            Some(Arc::new(probe))
+            Some(probe)
         }
         Delivery::Maildir | Delivery::Discard => None,
     };
@@ -304,16 +326,32 @@ pub fn start<D: Driver>(mut config: ServerConfig) -> Result<Running, String> {
         .filter_map(|l| l.local_addr().ok())
         .collect();
     let shown: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
-    log_info!(
+    let listen = shown.join(",");
+    log_event!(
+        Info,
+        "start",
+        {
+            backend: D::NAME,
+            shards: config.shards,
+            pin: config.pin,
+            listen: listen,
+            spool: config.spool.display(),
+            delivery: config.delivery.as_str(),
+            fsync: config.fsync,
+        },
         "ringmx starting: backend {}, {} shard(s), pin {}, listening on {}, spool {}, delivery {}, fsync {}",
         D::NAME,
         config.shards,
         if config.pin { "on" } else { "off" },
-        shown.join(","),
+        listen,
         config.spool.display(),
         config.delivery.as_str(),
         if config.fsync { "on" } else { "off" },
     );
+    let spool = (config.delivery == Delivery::Maildir).then(|| config.spool.clone());
+    let metrics =
+        metrics_listener.map(|listener| (listener, Metrics::new(config.shards, spool, D::NAME)));
+    let shard_metrics = |id: usize| metrics.as_ref().map(|(_, m)| m.shard(id));
 
     let grace = config.shutdown_grace;
     let nonce = crate::delivery::process_nonce();
@@ -321,6 +359,7 @@ pub fn start<D: Driver>(mut config: ServerConfig) -> Result<Running, String> {
     let shared = Arc::new(Shared {
         connections: AtomicUsize::new(0),
         per_ip: Mutex::new(HashMap::new()),
+        jetstream,
     });
     let (phase_tx, phase_rx) = watch::channel(Phase::Running);
     let (done_tx, done_rx) = crossbeam_channel::unbounded::<(usize, io::Result<()>)>();
@@ -330,7 +369,7 @@ pub fn start<D: Driver>(mut config: ServerConfig) -> Result<Running, String> {
         let shared = Arc::clone(&shared);
         let phase = phase_rx.clone();
         let done = done_tx.clone();
-        let jetstream = jetstream.clone();
+        let metrics = shard_metrics(id);
         let spawned = std::thread::Builder::new()
             .name(format!("ringmx-shard-{id}"))
             .spawn(move || {
@@ -341,7 +380,7 @@ pub fn start<D: Driver>(mut config: ServerConfig) -> Result<Running, String> {
                 // server with exit status 1 for its supervisor to restart (acknowledged mail is
                 // on disk), rather than leaving the server running one shard short.
                 let run = std::panic::AssertUnwindSafe(|| {
-                    run_shard::<D>(id, nonce, config, shared, phase, shard_listeners, jetstream)
+                    run_shard::<D>(id, nonce, config, shared, phase, shard_listeners, metrics)
                 });
                 let result = std::panic::catch_unwind(run)
                     .unwrap_or_else(|_| Err(io::Error::other("the shard panicked")));
@@ -355,12 +394,25 @@ pub fn start<D: Driver>(mut config: ServerConfig) -> Result<Running, String> {
             }
         }
     }
+    let endpoint = match metrics {
+        Some((listener, metrics)) => {
+            let endpoint = Endpoint::start(listener, metrics).map_err(|e| {
+                let _ = phase_tx.send_replace(Phase::Stopping);
+                format!("RINGMX_METRICS_LISTEN: cannot start the endpoint: {e}")
+            })?;
+            let addr = endpoint.local_addr();
+            log_event!(Info, "metrics", { listen: addr }, "metrics endpoint at http://{addr}/metrics");
+            Some(endpoint)
+        }
+        None => None,
+    };
     Ok(Running {
         addrs,
         phase: phase_tx,
         grace,
         done: done_rx,
         threads,
+        metrics: endpoint,
     })
 }
 
@@ -462,7 +514,7 @@ fn run_shard<D: Driver>(
     shared: Arc<Shared>,
     phase: watch::Receiver<Phase>,
     listeners: Vec<std::net::TcpListener>,
-    jetstream: Option<Arc<jetstream::Probe>>,
+    metrics: Option<Arc<ShardMetrics>>,
 ) -> io::Result<()> {
     D::block_on(config.ring_entries, async move {
         let sink = match config.delivery {
@@ -470,10 +522,13 @@ fn run_shard<D: Driver>(
                 &config.spool,
                 config.fsync,
                 &config.session.hostname,
+                metrics.clone(),
             )?),
             Delivery::Jetstream => {
-                let probe = jetstream.ok_or_else(|| io::Error::other("no JetStream probe"))?;
-                let sink = Jetstream::connect(&config.nats, &probe, id)
+                let probe = shared.jetstream.as_ref().ok_or_else(|| {
+                    io::Error::other("jetstream delivery without its start-up check")
+                })?;
+                let sink = Jetstream::connect(&config.nats, probe, id)
                     .await
                     .map_err(io::Error::other)?;
                 AnySink::Jetstream(Box::new(sink))
@@ -487,6 +542,7 @@ fn run_shard<D: Driver>(
             shared,
             sink,
             phase,
+            metrics,
             pool: RefCell::new(Vec::new()),
             large_in_use: Cell::new(0),
             ids: RefCell::new(IdGenerator::new(id, nonce)),
@@ -543,7 +599,12 @@ async fn accept_loop<D: Driver>(listener: D::Listener, shard: Rc<Shard<D>>) {
         };
         match accepted {
             // Accepted as shutdown began: dropping the stream closes it unanswered.
-            Ok(_) if *phase.borrow() != Phase::Running => continue,
+            Ok(_) if *phase.borrow() != Phase::Running => {
+                if let Some(metrics) = &shard.metrics {
+                    metrics.connection(crate::metrics::Connection::RefusedShutdown);
+                }
+                continue;
+            }
             Ok((stream, peer)) => {
                 let shard = Rc::clone(&shard);
                 shard.active.set(shard.active.get() + 1);
@@ -577,6 +638,7 @@ mod tests {
         Shared {
             connections: AtomicUsize::new(0),
             per_ip: Mutex::new(HashMap::new()),
+            jetstream: None,
         }
     }
 
