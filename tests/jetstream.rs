@@ -305,6 +305,7 @@ fn probe_fails_with_one_line_without_server_stream_or_jetstream() {
             stream: "ALL".into(),
             message_max: 300_000,
             server_version: found.server_version.clone(),
+            warning: None,
         }
     );
 }
@@ -539,6 +540,13 @@ fn messages_over_sessions_and_two_shards_are_published_once_byte_exact() {
     assert!(
         ehlo.contains("SIZE 983040"),
         "1 MiB max_payload less 64 KiB: {ehlo}"
+    );
+    let log = server.log();
+    assert!(log[0].contains("ringmx starting"), "first line: {log:?}");
+    assert!(
+        log.iter()
+            .any(|l| l.contains("jetstream: subject ringmx.inbound on stream MAIL")),
+        "{log:?}"
     );
     // Each shard has its own connection to the server.
     let mut names = Vec::new();

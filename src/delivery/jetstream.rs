@@ -82,6 +82,8 @@ pub struct Probe {
     pub message_max: usize,
     /// The server's version, for the log.
     pub server_version: String,
+    /// Something the operator should know, for the log (after the first line).
+    pub warning: Option<String>,
 }
 
 /// Checks at start-up that a server at `settings.url` answers and that a JetStream stream
@@ -162,19 +164,20 @@ async fn probe_async(settings: &Settings, wait: Duration) -> Result<Probe, Strin
             message_max = message_max.min(stream_max);
         }
     }
-    if config.duplicate_window < settings.ack_timeout {
-        log_warn!(
+    let warning = (config.duplicate_window < settings.ack_timeout).then(|| {
+        format!(
             "jetstream: stream {stream:?} keeps message IDs for {} ms, less than \
              RINGMX_NATS_ACK_TIMEOUT_MS ({} ms): a retried publish may be stored twice",
             config.duplicate_window.as_millis(),
             settings.ack_timeout.as_millis()
-        );
-    }
+        )
+    });
     drop(client);
     Ok(Probe {
         stream,
         message_max,
         server_version: info.version,
+        warning,
     })
 }
 
