@@ -45,13 +45,17 @@ struct Sample {
 
 fn sample(n: usize) -> Sample {
     let id = format!("{:020X}", 0xABC0_0000_0000u64 + n as u64);
-    let sender = if n % 5 == 0 {
-        String::new()
-    } else {
-        format!("sender{n}@example.org")
+    // SMTPUTF8 envelopes too: header values are UTF-8, not only ASCII.
+    let sender = match n % 5 {
+        0 => String::new(),
+        1 => format!("j\u{f6}rg{n}@b\u{fc}cher.example"),
+        _ => format!("sender{n}@example.org"),
     };
     let recipients: Vec<String> = (0..1 + n % 3)
-        .map(|r| format!("rcpt{r}+{n}@example.net"))
+        .map(|r| match (n + r) % 4 {
+            0 => format!("\u{7528}\u{6237}{r}+{n}@\u{4f8b}\u{3048}.example"),
+            _ => format!("rcpt{r}+{n}@example.net"),
+        })
         .collect();
     let head = format!("Return-Path: <{sender}>\r\nReceived: test {n}\r\n").into_bytes();
     let mut expected = head.clone();
@@ -301,6 +305,7 @@ fn probe_fails_with_one_line_without_server_stream_or_jetstream() {
             stream: "ALL".into(),
             message_max: 300_000,
             server_version: found.server_version.clone(),
+            warning: None,
         }
     );
 }
@@ -535,6 +540,13 @@ fn messages_over_sessions_and_two_shards_are_published_once_byte_exact() {
     assert!(
         ehlo.contains("SIZE 983040"),
         "1 MiB max_payload less 64 KiB: {ehlo}"
+    );
+    let log = server.log();
+    assert!(log[0].contains("ringmx starting"), "first line: {log:?}");
+    assert!(
+        log.iter()
+            .any(|l| l.contains("jetstream: subject ringmx.inbound on stream MAIL")),
+        "{log:?}"
     );
     // Each shard has its own connection to the server.
     let mut names = Vec::new();

@@ -20,6 +20,7 @@
 //! the Maildir sink writes the same ranges straight from the receive buffer). The payload is
 //! bounded by the stream's largest message: past it the copy stops and the message gets 552.
 
+use std::cell::Cell;
 use std::io;
 use std::time::Duration;
 
@@ -42,6 +43,15 @@ const MESSAGE_SIZE_MIN: u64 = 1024;
 const RETRY_PAUSE: Duration = Duration::from_millis(50);
 /// Longest wait for the start-up connection and stream lookup.
 const PROBE_TIMEOUT_MAX: Duration = Duration::from_secs(10);
+/// How often an idle shard pings its NATS server: a peer that vanished without closing the
+/// connection (a partition, a frozen host) is noticed after about three intervals rather than
+/// the client library's default of minutes. While publishes flow the library puts its pings
+/// off; `STALL_DEADLINES` covers that case.
+const PING_INTERVAL: Duration = Duration::from_secs(5);
+/// No acknowledgement at all for this many acknowledgement deadlines (at least 1 s each) while
+/// publishes time out: the server is taken for frozen and the connection is dropped for another
+/// server. The client library's pings cannot tell: they are put off while commands flow.
+const STALL_DEADLINES: u32 = 2;
 /// Publishes in flight per shard before a new one waits for a slot (bounded by its deadline).
 const IN_FLIGHT_MAX: usize = 16_384;
 /// Initial capacity of a payload beyond its trace headers: one receive buffer's worth.
@@ -82,6 +92,8 @@ pub struct Probe {
     pub message_max: usize,
     /// The server's version, for the log.
     pub server_version: String,
+    /// Something the operator should know, for the log (after the first line).
+    pub warning: Option<String>,
 }
 
 /// Checks at start-up that a server at `settings.url` answers and that a JetStream stream
@@ -162,19 +174,20 @@ async fn probe_async(settings: &Settings, wait: Duration) -> Result<Probe, Strin
             message_max = message_max.min(stream_max);
         }
     }
-    if config.duplicate_window < settings.ack_timeout {
-        log_warn!(
+    let warning = (config.duplicate_window < settings.ack_timeout).then(|| {
+        format!(
             "jetstream: stream {stream:?} keeps message IDs for {} ms, less than \
              RINGMX_NATS_ACK_TIMEOUT_MS ({} ms): a retried publish may be stored twice",
             config.duplicate_window.as_millis(),
             settings.ack_timeout.as_millis()
-        );
-    }
+        )
+    });
     drop(client);
     Ok(Probe {
         stream,
         message_max,
         server_version: info.version,
+        warning,
     })
 }
 
@@ -193,7 +206,12 @@ pub fn size_limit(max_message_size: u64, message_max: usize) -> Result<u64, Stri
 
 /// One shard's JetStream publisher.
 pub struct Jetstream {
+    shard: usize,
     client: async_nats::Client,
+    /// When the last acknowledgement arrived (or the shard connected).
+    last_ack: Cell<Instant>,
+    /// When a stalled connection was last dropped on purpose.
+    last_forced: Cell<Option<Instant>>,
     js: async_nats::jetstream::Context,
     subject: Subject,
     ack_timeout: Duration,
@@ -237,6 +255,7 @@ impl Jetstream {
             .name(format!("ringmx shard {shard}"))
             .retry_on_initial_connect()
             .max_reconnects(None)
+            .ping_interval(PING_INTERVAL)
             .connection_timeout(settings.ack_timeout.max(Duration::from_secs(1)))
             .event_callback(move |event| {
                 let url = url.clone();
@@ -265,7 +284,10 @@ impl Jetstream {
             .backpressure_on_inflight(true)
             .build(client.clone());
         Ok(Jetstream {
+            shard,
             client,
+            last_ack: Cell::new(Instant::now()),
+            last_forced: Cell::new(None),
             js,
             subject: Subject::from(settings.subject.as_str()),
             ack_timeout: settings.ack_timeout,
@@ -399,18 +421,48 @@ impl Jetstream {
             };
             let failure = tokio::select! {
                 acked = tokio::time::timeout_at(deadline, attempt) => match acked {
-                    Ok(Ok(_ack)) => return Ok(()),
+                    Ok(Ok(_ack)) => {
+                        self.last_ack.set(Instant::now());
+                        return Ok(());
+                    }
                     Ok(Err(e)) => e.to_string(),
                     Err(_) => "no acknowledgement in time".to_string(),
                 },
                 () = lost => "connection lost before the acknowledgement".to_string(),
             };
+            self.leave_if_stalled().await;
             if Instant::now() + RETRY_PAUSE >= deadline {
                 return Err(DeliveryError::Temporary(io::Error::other(format!(
                     "jetstream: {failure} (after {attempts} attempts)"
                 ))));
             }
             tokio::time::sleep(RETRY_PAUSE).await;
+        }
+    }
+
+    /// After a failed attempt: when nothing at all has been acknowledged for
+    /// `STALL_DEADLINES` deadlines, drops the connection so that the client library connects
+    /// again (to another server of a cluster, or to this one once it answers). At most once per
+    /// that period, so a slow server is not hammered with reconnections.
+    async fn leave_if_stalled(&self) {
+        let stall = self.ack_timeout.max(Duration::from_secs(1)) * STALL_DEADLINES;
+        let now = Instant::now();
+        if now.duration_since(self.last_ack.get()) < stall
+            || self
+                .last_forced
+                .get()
+                .is_some_and(|forced| now.duration_since(forced) < stall)
+        {
+            return;
+        }
+        self.last_forced.set(Some(now));
+        log_warn!(
+            "shard {}: no acknowledgement from NATS for {} ms; connecting again",
+            self.shard,
+            now.duration_since(self.last_ack.get()).as_millis()
+        );
+        if let Err(e) = self.client.force_reconnect().await {
+            log_warn!("shard {}: NATS reconnection refused: {e}", self.shard);
         }
     }
 }

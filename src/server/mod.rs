@@ -296,15 +296,6 @@ pub fn start<D: Driver>(mut config: ServerConfig) -> Result<Running, String> {
             let probe = jetstream::probe(&config.nats)?;
             config.session.max_message_size =
                 jetstream::size_limit(config.session.max_message_size, probe.message_max)?;
-            log_info!(
-                "jetstream: subject {} on stream {} at {} (nats-server {}), largest message {} bytes, SIZE {}",
-                config.nats.subject,
-                probe.stream,
-                config.nats.url,
-                probe.server_version,
-                probe.message_max,
-                config.session.max_message_size,
-            );
             Some(Arc::new(probe))
         }
         Delivery::Maildir | Delivery::Discard => None,
@@ -357,6 +348,20 @@ pub fn start<D: Driver>(mut config: ServerConfig) -> Result<Running, String> {
         config.delivery.as_str(),
         if config.fsync { "on" } else { "off" },
     );
+    if let Some(probe) = &jetstream {
+        log_info!(
+            "jetstream: subject {} on stream {} at {} (nats-server {}), largest message {} bytes, SIZE {}",
+            config.nats.subject,
+            probe.stream,
+            config.nats.url,
+            probe.server_version,
+            probe.message_max,
+            config.session.max_message_size,
+        );
+        if let Some(warning) = &probe.warning {
+            log_warn!("{warning}");
+        }
+    }
     let spool = (config.delivery == Delivery::Maildir).then(|| config.spool.clone());
     let metrics =
         metrics_listener.map(|listener| (listener, Metrics::new(config.shards, spool, D::NAME)));
