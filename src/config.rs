@@ -54,6 +54,16 @@ const RING_ENTRIES_MIN: u64 = 8;
 const RING_ENTRIES_MAX: u64 = 32_768;
 /// PROXY header timeout: a balancer sends its header at once; a minute is plenty.
 const PROXY_TIMEOUT_SECS_MAX: u64 = 60;
+/// NATS server URLs: each is a separate connection attempt target on reconnect.
+const NATS_URLS_MAX: usize = 64;
+/// NATS subject length: nats-server has no hard limit, but a subject is sent with every
+/// message and a long one is a typo, not a design.
+const NATS_SUBJECT_BYTES_MAX: usize = 255;
+/// Acknowledgement wait: at least 10 ms (a loopback round trip and a disk write), at most
+/// 10 minutes, the time a client waits for the reply to its end of data (RFC 5321 4.5.3.2.6).
+const NATS_ACK_TIMEOUT_MS_MIN: u64 = 10;
+/// See `NATS_ACK_TIMEOUT_MS_MIN`.
+const NATS_ACK_TIMEOUT_MS_MAX: u64 = 600_000;
 /// Characters of a bad value quoted in an error line.
 const ERROR_VALUE_CHARS_MAX: usize = 200;
 /// The longest host name whose spool file names fit in 255 octets (NAME_MAX).
@@ -140,10 +150,11 @@ pub const VARIABLES: &[Variable] = &[
         name: "RINGMX_DELIVERY",
         default: "maildir",
         computed: false,
-        meaning: "maildir or discard (accept and drop, for benchmarks and sinks)",
+        meaning: "maildir, jetstream (NATS JetStream) or discard (accept and drop, for benchmarks and sinks)",
         apply: |s, c| {
             let choices = [
                 ("maildir", Delivery::Maildir),
+                ("jetstream", Delivery::Jetstream),
                 ("discard", Delivery::Discard),
             ];
             {
@@ -446,12 +457,33 @@ pub const VARIABLES: &[Variable] = &[
         },
     },
     Variable {
+        name: "RINGMX_NATS_URL",
+        default: "nats://127.0.0.1:4222",
+        computed: false,
+        meaning: "with RINGMX_DELIVERY=jetstream: NATS server URLs, comma-separated",
+        apply: |s, c| {
+            c.nats.url = parse_nats_urls(s)?;
+            Ok(())
+        },
+    },
+    Variable {
         name: "RINGMX_PROXY_TIMEOUT_SECS",
         default: "5",
         computed: false,
         meaning: "time allowed for that header",
         apply: |s, c| {
             c.proxy_timeout = secs(number(s, 1, PROXY_TIMEOUT_SECS_MAX)?);
+            Ok(())
+        },
+    },
+    Variable {
+        name: "RINGMX_NATS_SUBJECT",
+        default: "ringmx.inbound",
+        computed: false,
+        meaning: "subject each accepted message is published to (no wildcards)",
+        apply: |s, c| {
+            check_nats_subject(s)?;
+            c.nats.subject = s.to_string();
             Ok(())
         },
     },
@@ -470,6 +502,20 @@ pub const VARIABLES: &[Variable] = &[
                         .to_string()
                 })?)
             };
+            Ok(())
+        },
+    },
+    Variable {
+        name: "RINGMX_NATS_ACK_TIMEOUT_MS",
+        default: "5000",
+        computed: false,
+        meaning: "no acknowledgement from the stream by then: 451 4.3.0",
+        apply: |s, c| {
+            c.nats.ack_timeout = Duration::from_millis(number(
+                s,
+                NATS_ACK_TIMEOUT_MS_MIN,
+                NATS_ACK_TIMEOUT_MS_MAX,
+            )?);
             Ok(())
         },
     },
@@ -493,6 +539,8 @@ fn secs(n: u64) -> Duration {
 pub enum Delivery {
     /// Written to the Maildir spool and made durable before 250.
     Maildir,
+    /// Published to a NATS JetStream stream and acknowledged by it before 250.
+    Jetstream,
     /// Read and dropped (benchmarks and sinks).
     Discard,
 }
@@ -502,6 +550,7 @@ impl Delivery {
     pub fn as_str(self) -> &'static str {
         match self {
             Delivery::Maildir => "maildir",
+            Delivery::Jetstream => "jetstream",
             Delivery::Discard => "discard",
         }
     }
@@ -701,6 +750,8 @@ pub struct ServerConfig {
     pub tls: Option<TlsFiles>,
     /// Time allowed for a TLS handshake.
     pub tls_handshake_timeout: Duration,
+    /// Where `RINGMX_DELIVERY=jetstream` publishes (read and checked whatever the delivery).
+    pub nats: crate::delivery::jetstream::Settings,
     /// The settings each SMTP session obeys.
     pub session: crate::proto::Config,
 }
@@ -859,6 +910,11 @@ impl ServerConfig {
             metrics_listen: None,
             tls: None,
             tls_handshake_timeout: Duration::ZERO,
+            nats: crate::delivery::jetstream::Settings {
+                url: String::new(),
+                subject: String::new(),
+                ack_timeout: Duration::ZERO,
+            },
             session: crate::proto::Config::default(),
         }
     }
@@ -935,6 +991,46 @@ fn parse_listen(s: &str) -> Result<Vec<SocketAddr>, String> {
         addrs.push(addr);
     }
     Ok(addrs)
+}
+
+/// `RINGMX_NATS_URL`: one or more NATS server URLs (`nats://host:port`, `tls://host:port` or
+/// `host:port`), comma-separated, kept as written (the client library takes the list).
+fn parse_nats_urls(s: &str) -> Result<String, String> {
+    const WHAT: &str = "NATS URLs such as nats://127.0.0.1:4222";
+    let items = list_items(s, NATS_URLS_MAX, WHAT)?;
+    for item in &items {
+        if !item.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(format!(
+                "{item:?} holds spaces or control or non-ASCII characters; expected {WHAT}"
+            ));
+        }
+        if let Err(e) = item.parse::<async_nats::ServerAddr>() {
+            return Err(format!("{item:?} is not a NATS URL ({e}); expected {WHAT}"));
+        }
+    }
+    Ok(items.join(","))
+}
+
+/// `RINGMX_NATS_SUBJECT`: a literal NATS subject: dot-separated non-empty tokens of printable
+/// ASCII without spaces, and no wildcard token (`*`, `>`), since messages are published to it.
+fn check_nats_subject(s: &str) -> Result<(), String> {
+    const WHAT: &str = "a subject such as ringmx.inbound (dot-separated tokens, no wildcards)";
+    if s.is_empty() || s.len() > NATS_SUBJECT_BYTES_MAX {
+        return Err(format!(
+            "expected 1 to {NATS_SUBJECT_BYTES_MAX} bytes: {WHAT}"
+        ));
+    }
+    if !s.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(format!(
+            "spaces and control or non-ASCII characters are not allowed; expected {WHAT}"
+        ));
+    }
+    if s.split('.')
+        .any(|token| token.is_empty() || token == "*" || token == ">")
+    {
+        return Err(format!("empty or wildcard token; expected {WHAT}"));
+    }
+    Ok(())
 }
 
 /// `RINGMX_LIMIT_EXEMPT`: CIDR networks, comma-separated; empty means none.
@@ -1143,6 +1239,51 @@ mod tests {
     }
 
     #[test]
+    fn nats_settings_are_checked() {
+        let c = config(&[]).unwrap();
+        assert_eq!(c.nats.url, "nats://127.0.0.1:4222");
+        assert_eq!(c.nats.subject, "ringmx.inbound");
+        assert_eq!(c.nats.ack_timeout, Duration::from_millis(5000));
+        let c = config(&[
+            (
+                "RINGMX_NATS_URL",
+                "nats://a.example:4222, tls://b.example:4443,c.example:4222",
+            ),
+            ("RINGMX_NATS_SUBJECT", "mail.in.mx-1"),
+            ("RINGMX_NATS_ACK_TIMEOUT_MS", "10"),
+            ("RINGMX_DELIVERY", "jetstream"),
+        ])
+        .unwrap();
+        assert_eq!(c.delivery, Delivery::Jetstream);
+        assert_eq!(
+            c.nats.url,
+            "nats://a.example:4222,tls://b.example:4443,c.example:4222"
+        );
+        assert_eq!(c.nats.subject, "mail.in.mx-1");
+        assert_eq!(c.nats.ack_timeout, Duration::from_millis(10));
+        for bad in [
+            "",
+            "nats://a:4222,",
+            "http://a:80",
+            "nats://a b:4222",
+            "nats://a:99999",
+        ] {
+            refused("RINGMX_NATS_URL", bad);
+        }
+        for bad in [
+            "", "a..b", ".a", "a.", "a.*", "a.>", ">", "a b", "a\tb", "é",
+        ] {
+            refused("RINGMX_NATS_SUBJECT", bad);
+        }
+        refused("RINGMX_NATS_SUBJECT", &"a".repeat(256));
+        for bad in ["0", "9", "600001", "1s", "-1"] {
+            refused("RINGMX_NATS_ACK_TIMEOUT_MS", bad);
+        }
+        let line = refused("RINGMX_NATS_SUBJECT", "ringmx.*");
+        assert!(line.contains("wildcard"), "{line}");
+    }
+
+    #[test]
     fn defaults_with_an_empty_environment() {
         let c = config(&[]).unwrap();
         assert_eq!(
@@ -1218,7 +1359,7 @@ mod tests {
             assert!(!line.contains("unknown variable"), "{line}");
             assert!(line.starts_with(name), "{line}");
         }
-        assert_eq!(VARIABLES.len(), 34);
+        assert_eq!(VARIABLES.len(), 37);
     }
 
     #[test]
@@ -1371,7 +1512,7 @@ mod tests {
         );
         assert_eq!(
             refused("RINGMX_DELIVERY", "mbox"),
-            "RINGMX_DELIVERY=\"mbox\": expected maildir or discard"
+            "RINGMX_DELIVERY=\"mbox\": expected maildir, jetstream or discard"
         );
         assert_eq!(
             refused("RINGMX_BACKEND", "io_uring"),

@@ -410,6 +410,8 @@ fn validate(service: Service, args: &[&str], open_loop: bool) {
             eprintln!("{reports}");
             return;
         }
+        // A miss on a shared machine is most often a burst of other work: let it pass first.
+        std::thread::sleep(Duration::from_secs(2));
     }
     panic!("loadgen's latencies are off the truth in {ATTEMPTS} runs:\n{reports}");
 }

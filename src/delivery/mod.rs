@@ -4,11 +4,12 @@
 //! rendered trace headers (and the envelope as plain text, for sinks that carry it beside the
 //! bytes), appends the message data as ranges of the receive buffer, then commits — durable, or
 //! an error the session turns into `451`/`552` — or aborts. `Maildir` (files in `tmp/` then
-//! `new/`, fsync'd) and `Discard` (accept and drop, for benchmarks and sinks) sit behind the
-//! one `Sink` interface; `AnySink` picks one at start-up so the connection loop never knows
+//! `new/`, fsync'd), `Jetstream` (a publish acknowledged by a NATS JetStream stream) and
+//! `Discard` (accept and drop, for benchmarks and sinks) sit behind the one `Sink` interface; `AnySink` picks one at start-up so the connection loop never knows
 //! which it talks to.
 
 mod id;
+pub mod jetstream;
 pub mod maildir;
 
 use std::io;
@@ -19,6 +20,7 @@ use crate::driver::Driver;
 pub use crate::envelope::{MessageStart, Recipients};
 use crate::scan::Part;
 pub use id::{process_nonce, IdGenerator, QueueId, QUEUE_ID_LEN};
+pub use jetstream::Jetstream;
 pub use maildir::Maildir;
 
 /// Why a message could not be delivered.
@@ -79,12 +81,15 @@ pub trait Sink {
 /// The sink chosen by `RINGMX_DELIVERY`.
 pub enum AnySink<D: Driver> {
     Maildir(Maildir<D>),
+    // Boxed: its client handles make it several times the size of the other variants.
+    Jetstream(Box<Jetstream>),
     Discard,
 }
 
 /// A message in one of `AnySink`'s sinks.
 pub enum AnyMessage<D: Driver> {
     Maildir(maildir::Draft<D>),
+    Jetstream(jetstream::Publication),
     Discard,
 }
 
@@ -105,6 +110,10 @@ impl<D: Driver> Sink for AnySink<D> {
                 let (result, head) = sink.begin(start, head).await;
                 (result.map(AnyMessage::Maildir), head)
             }
+            AnySink::Jetstream(sink) => {
+                let (result, head) = sink.begin(start, head).await;
+                (result.map(AnyMessage::Jetstream), head)
+            }
             AnySink::Discard => (Ok(AnyMessage::Discard), head),
         }
     }
@@ -120,6 +129,9 @@ impl<D: Driver> Sink for AnySink<D> {
             (AnySink::Maildir(sink), AnyMessage::Maildir(draft)) => {
                 sink.append(draft, buf, parts, base).await
             }
+            (AnySink::Jetstream(sink), AnyMessage::Jetstream(publication)) => {
+                sink.append(publication, buf, parts, base).await
+            }
             _ => buf,
         }
     }
@@ -127,14 +139,21 @@ impl<D: Driver> Sink for AnySink<D> {
     async fn commit(&self, message: AnyMessage<D>) -> Result<(), DeliveryError> {
         match (self, message) {
             (AnySink::Maildir(sink), AnyMessage::Maildir(draft)) => sink.commit(draft).await,
+            (AnySink::Jetstream(sink), AnyMessage::Jetstream(publication)) => {
+                sink.commit(publication).await
+            }
             (AnySink::Discard, AnyMessage::Discard) => Ok(()),
             _ => unreachable!("a message is committed to the sink that began it"),
         }
     }
 
     async fn abort(&self, message: AnyMessage<D>) {
-        if let (AnySink::Maildir(sink), AnyMessage::Maildir(draft)) = (self, message) {
-            sink.abort(draft).await;
+        match (self, message) {
+            (AnySink::Maildir(sink), AnyMessage::Maildir(draft)) => sink.abort(draft).await,
+            (AnySink::Jetstream(sink), AnyMessage::Jetstream(publication)) => {
+                sink.abort(publication).await
+            }
+            _ => {}
         }
     }
 }

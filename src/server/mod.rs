@@ -25,7 +25,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tokio::sync::{watch, Notify};
 
 use crate::config::{Backend, Delivery, ServerConfig};
-use crate::delivery::{maildir, AnySink, IdGenerator, Maildir, QueueId};
+use crate::delivery::{jetstream, maildir, AnySink, IdGenerator, Jetstream, Maildir, QueueId};
 use crate::driver::{epoll::Epoll, uring, uring::Uring, Driver};
 use crate::metrics::http::Endpoint;
 use crate::metrics::{Metrics, ShardMetrics};
@@ -273,7 +273,7 @@ impl Running {
 
 /// Binds the listeners, prepares the spool, logs the first line and starts the shards on
 /// driver `D`. Errors are start-up errors, as one line.
-pub fn start<D: Driver>(config: ServerConfig) -> Result<Running, String> {
+pub fn start<D: Driver>(mut config: ServerConfig) -> Result<Running, String> {
     let listeners = bind_all(&config)?;
     let metrics_listener = match config.metrics_listen {
         Some(addr) => Some(
@@ -281,6 +281,26 @@ pub fn start<D: Driver>(config: ServerConfig) -> Result<Running, String> {
                 .map_err(|e| format!("RINGMX_METRICS_LISTEN: cannot listen on {addr}: {e}"))?,
         ),
         None => None,
+    };
+    // JetStream: the server must answer and a stream capture the subject; SIZE shrinks to
+    // what one stream message can hold.
+    let jetstream = match config.delivery {
+        Delivery::Jetstream => {
+            let probe = jetstream::probe(&config.nats)?;
+            config.session.max_message_size =
+                jetstream::size_limit(config.session.max_message_size, probe.message_max)?;
+            log_info!(
+                "jetstream: subject {} on stream {} at {} (nats-server {}), largest message {} bytes, SIZE {}",
+                config.nats.subject,
+                probe.stream,
+                config.nats.url,
+                probe.server_version,
+                probe.message_max,
+                config.session.max_message_size,
+            );
+            Some(Arc::new(probe))
+        }
+        Delivery::Maildir | Delivery::Discard => None,
     };
     if config.delivery == Delivery::Maildir {
         match maildir::prepare(&config.spool) {
@@ -365,6 +385,7 @@ pub fn start<D: Driver>(config: ServerConfig) -> Result<Running, String> {
         let phase = phase_rx.clone();
         let done = done_tx.clone();
         let metrics = shard_metrics(id);
+        let jetstream = jetstream.clone();
         let spawned = std::thread::Builder::new()
             .name(format!("ringmx-shard-{id}"))
             .spawn(move || {
@@ -375,7 +396,15 @@ pub fn start<D: Driver>(config: ServerConfig) -> Result<Running, String> {
                 // server with exit status 1 for its supervisor to restart (acknowledged mail is
                 // on disk), rather than leaving the server running one shard short.
                 let run = std::panic::AssertUnwindSafe(|| {
-                    run_shard::<D>(id, nonce, config, shared, phase, shard_listeners, metrics)
+                    run_shard::<D>(
+                        id,
+                        nonce,
+                        config,
+                        shared,
+                        phase,
+                        shard_listeners,
+                        ShardExtras { metrics, jetstream },
+                    )
                 });
                 let result = std::panic::catch_unwind(run)
                     .unwrap_or_else(|_| Err(io::Error::other("the shard panicked")));
@@ -501,6 +530,12 @@ fn pin_to_cpu(cpu: usize) {
     }
 }
 
+/// What a shard gets beside its configuration: its metric counters and the JetStream probe.
+struct ShardExtras {
+    metrics: Option<Arc<ShardMetrics>>,
+    jetstream: Option<Arc<jetstream::Probe>>,
+}
+
 /// Runs one shard: its runtime, its listeners' accept loops and its connections.
 fn run_shard<D: Driver>(
     id: usize,
@@ -509,8 +544,9 @@ fn run_shard<D: Driver>(
     shared: Arc<Shared>,
     phase: watch::Receiver<Phase>,
     listeners: Vec<std::net::TcpListener>,
-    metrics: Option<Arc<ShardMetrics>>,
+    extras: ShardExtras,
 ) -> io::Result<()> {
+    let ShardExtras { metrics, jetstream } = extras;
     D::block_on(config.ring_entries, async move {
         let sink = match config.delivery {
             Delivery::Maildir => AnySink::Maildir(Maildir::<D>::open(
@@ -519,6 +555,13 @@ fn run_shard<D: Driver>(
                 &config.session.hostname,
                 metrics.clone(),
             )?),
+            Delivery::Jetstream => {
+                let probe = jetstream.ok_or_else(|| io::Error::other("no JetStream probe"))?;
+                let sink = Jetstream::connect(&config.nats, &probe, id)
+                    .await
+                    .map_err(io::Error::other)?;
+                AnySink::Jetstream(Box::new(sink))
+            }
             Delivery::Discard => AnySink::Discard,
         };
         let tls = shared.tls.clone();

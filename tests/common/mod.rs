@@ -9,6 +9,7 @@
 
 #![allow(dead_code)] // Each test crate uses a different part of the harness.
 
+pub mod nats;
 pub mod ops;
 
 use std::collections::HashMap;
