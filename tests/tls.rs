@@ -708,7 +708,10 @@ fn hostile_tls_clients() {
         let Some(server) = tls_server(
             backend,
             &pair,
-            &[("RINGMX_TLS_HANDSHAKE_TIMEOUT_SECS", "1")],
+            &[
+                ("RINGMX_TLS_HANDSHAKE_TIMEOUT_SECS", "1"),
+                ("RINGMX_METRICS_LISTEN", "127.0.0.1:0"),
+            ],
             "hostile_tls_clients",
         ) else {
             continue;
@@ -812,6 +815,16 @@ fn hostile_tls_clients() {
         {
             assert!(line.contains("127.0.0.1:"), "{line}");
         }
+        // Counted: the warm-up, the truncated session and the last one succeeded; the garbage
+        // and the close failed; the two stalls timed out.
+        let metrics = common::ops::scrape(&server);
+        let count = |result: &str| {
+            let series = format!("ringmx_tls_handshakes_total{{result=\"{result}\"}}");
+            common::ops::sample(&metrics, &series).unwrap_or_else(|| panic!("{series}"))
+        };
+        assert_eq!(count("ok"), 3.0, "{backend}");
+        assert_eq!(count("failed"), 2.0, "{backend}");
+        assert_eq!(count("timeout"), 2.0, "{backend}");
     }
 }
 
