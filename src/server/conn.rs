@@ -400,6 +400,8 @@ impl<D: Driver> Conn<'_, D> {
         let mut read = pin!(idle(|| D::read(stream, BytesMut::new())));
         let mut write = pin!(idle(|| D::write_all(stream, Vec::new())));
         let mut write_deadline: Option<tokio::time::Instant> = None;
+        // Once the shutdown grace is over, no write may take longer than this.
+        let mut stop_by: Option<tokio::time::Instant> = None;
         // Bytes that came with a PROXY header are the session's first input.
         let mut fed = if self.buf.is_empty() {
             Fed::NeedInput
@@ -413,7 +415,8 @@ impl<D: Driver> Conn<'_, D> {
                     return End::WriteError;
                 };
                 write.set(Some(D::write_all(stream, wire)));
-                write_deadline = Some(tokio::time::Instant::now() + write_timeout);
+                let by = tokio::time::Instant::now() + write_timeout;
+                write_deadline = Some(stop_by.map_or(by, |stop| stop.min(by)));
             }
             match fed {
                 Fed::Over(end) if write.is_none() => return end,
@@ -513,7 +516,8 @@ impl<D: Driver> Conn<'_, D> {
                                 fed = Fed::Over(End::Shutdown);
                             }
                             let soon = tokio::time::Instant::now() + STOP_FLUSH;
-                            write_deadline = Some(write_deadline.map_or(soon, |d| d.min(soon)));
+                            stop_by = Some(soon);
+                            write_deadline = write_deadline.map(|d| d.min(soon));
                         }
                     }
                 }
