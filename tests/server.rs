@@ -178,7 +178,7 @@ fn concurrent(backend: &str, test: &str) {
     }
     assert_eq!(sent.len(), 800);
     check_spool_matches(&server.new_files(), &sent, &template(RCPTS));
-    // Queue IDs carry the shard in hex digits 14..16 (src/spool): with 40 connections spread
+    // Queue IDs carry the shard in hex digits 14..16 (src/delivery/id.rs): with 40 connections spread
     // by SO_REUSEPORT, both shards must have stored mail (all on one: chance 2^-39).
     let shards: std::collections::BTreeSet<&str> = sent.keys().map(|id| &id[14..16]).collect();
     assert_eq!(
