@@ -11,7 +11,7 @@
 //! writers that are gone (or older than 36 hours, the Maildir rule): a second ringmx started on
 //! the same spool never deletes the first one's messages in progress.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -43,16 +43,18 @@ pub fn file_host(hostname: &str) -> String {
         .collect()
 }
 
-/// `dir/` followed by `pieces`, in one allocation.
-fn join(dir: &Path, pieces: &[&str]) -> PathBuf {
-    let len = pieces.iter().map(|p| p.len()).sum::<usize>();
-    let mut path = PathBuf::with_capacity(dir.as_os_str().len() + 1 + len);
+/// Most path buffers a shard keeps for reuse.
+const PATHS_KEPT: usize = 4096;
+
+/// `dir/` followed by `pieces`, written into `path` (a reused buffer).
+fn join_into(path: &mut PathBuf, dir: &Path, pieces: &[&str]) {
+    let path = path.as_mut_os_string();
+    path.clear();
     path.push(dir);
-    path.push(pieces[0]);
-    for piece in &pieces[1..] {
-        path.as_mut_os_string().push(piece);
+    path.push("/");
+    for piece in pieces {
+        path.push(piece);
     }
-    path
 }
 
 /// What `prepare` found in `tmp/`.
@@ -133,6 +135,8 @@ pub struct Maildir<D: Driver> {
     /// `.<host>`: what follows the ID in a name in `new/`.
     new_suffix: String,
     new_dir: D::File,
+    /// Path buffers for reuse: a message's paths allocate nothing once the shard is warm.
+    paths: RefCell<Vec<PathBuf>>,
     renames: Cell<u64>,
     synced: Cell<u64>,
     failed_through: Cell<u64>,
@@ -171,6 +175,7 @@ impl<D: Driver> Maildir<D> {
             tmp_suffix: format!(".{}.{host}", std::process::id()),
             new_suffix: format!(".{host}"),
             new_dir,
+            paths: RefCell::new(Vec::new()),
             renames: Cell::new(0),
             synced: Cell::new(0),
             failed_through: Cell::new(0),
@@ -180,13 +185,26 @@ impl<D: Driver> Maildir<D> {
         })
     }
 
-    /// The path in `new/` for `id`, with retry suffix `attempt` after the first.
-    fn new_path(&self, id: &str, attempt: u32) -> PathBuf {
-        let mut name = String::new();
-        if attempt > 0 {
-            name = format!("-{attempt}");
+    /// `dir/` followed by `pieces`, in a buffer from the pool.
+    fn path(&self, dir: &Path, pieces: &[&str]) -> PathBuf {
+        let mut path = self.paths.borrow_mut().pop().unwrap_or_default();
+        join_into(&mut path, dir, pieces);
+        path
+    }
+
+    /// Gives a path buffer back to the pool.
+    fn reuse(&self, path: PathBuf) {
+        let mut paths = self.paths.borrow_mut();
+        if paths.len() < PATHS_KEPT {
+            paths.push(path);
         }
-        join(&self.new, &[id, &name, &self.new_suffix])
+    }
+
+    /// The path in `new/` for `id`, with retry suffix `-<attempt>` after the first.
+    fn new_path(&self, id: &str, attempt: u32) -> PathBuf {
+        const DIGITS: [&str; RENAME_ATTEMPTS as usize] =
+            ["", "-1", "-2", "-3", "-4", "-5", "-6", "-7"];
+        self.path(&self.new, &[id, DIGITS[attempt as usize], &self.new_suffix])
     }
 
     /// Moves a synced, closed file from `tmp/` to a free name in `new/`: the first name is
@@ -211,6 +229,7 @@ impl<D: Driver> Maildir<D> {
                 let _ = D::remove(tmp_path).await;
                 break;
             }
+            self.reuse(new_path);
             new_path = self.new_path(id, attempt);
             result = D::rename_noreplace(tmp_path, &new_path).await;
             if let Err(e) = &result {
@@ -219,7 +238,13 @@ impl<D: Driver> Maildir<D> {
                 }
             }
         }
-        result.map(|()| new_path)
+        match result {
+            Ok(()) => Ok(new_path),
+            Err(e) => {
+                self.reuse(new_path);
+                Err(e)
+            }
+        }
     }
 
     /// Waits until a fsync of `new/` that started after this call's rename has completed.
@@ -267,11 +292,14 @@ impl<D: Driver> Sink for Maildir<D> {
         let Some(id) = QueueId::parse(start.id) else {
             return (Err(io::Error::other("not a queue ID")), head);
         };
-        let tmp_path = join(&self.tmp, &[start.id, &self.tmp_suffix]);
+        let tmp_path = self.path(&self.tmp, &[start.id, &self.tmp_suffix]);
         let (created, head) = D::create_with(&tmp_path, head).await;
         let file = match created {
             Ok(file) => file,
-            Err(e) => return (Err(e), head),
+            Err(e) => {
+                self.reuse(tmp_path);
+                return (Err(e), head);
+            }
         };
         let draft = Draft {
             file,
@@ -312,27 +340,31 @@ impl<D: Driver> Sink for Maildir<D> {
         if failed {
             let _ = D::close(file).await;
             let _ = D::remove(&tmp_path).await;
+            self.reuse(tmp_path);
             return Err(DeliveryError::Temporary(io::Error::other(
                 "spool write failed",
             )));
         }
-        let new_path = self
-            .publish(file, &tmp_path, id.as_str())
-            .await
-            .map_err(DeliveryError::Temporary)?;
-        if self.fsync {
-            if let Err(e) = self.sync_new_dir().await {
-                // Not known to be durable: take it back so a retry cannot duplicate it.
-                let _ = D::remove(&new_path).await;
-                return Err(DeliveryError::Temporary(e));
-            }
+        let published = self.publish(file, &tmp_path, id.as_str()).await;
+        self.reuse(tmp_path);
+        let new_path = published.map_err(DeliveryError::Temporary)?;
+        let synced = if self.fsync {
+            self.sync_new_dir().await
+        } else {
+            Ok(())
+        };
+        if synced.is_err() {
+            // Not known to be durable: take it back so a retry cannot duplicate it.
+            let _ = D::remove(&new_path).await;
         }
-        Ok(())
+        self.reuse(new_path);
+        synced.map_err(DeliveryError::Temporary)
     }
 
     async fn abort(&self, draft: Draft<D>) {
         let _ = D::close(draft.file).await;
         let _ = D::remove(&draft.tmp_path).await;
+        self.reuse(draft.tmp_path);
     }
 }
 

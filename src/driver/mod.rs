@@ -11,6 +11,7 @@
 
 pub mod epoll;
 pub mod faulty;
+pub mod reuse;
 pub mod uring;
 
 use std::future::Future;

@@ -2,18 +2,19 @@
 //! that owns its buffer until completion. tokio-uring has no active maintainer, which is why
 //! it is confined to this file.
 
-use std::ffi::CString;
+use std::cell::RefCell;
 use std::future::Future;
 use std::io;
+use std::marker::PhantomData;
 use std::net::SocketAddr;
-use std::ops::Range;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::path::Path;
-use std::rc::Rc;
 
 use bytes::BytesMut;
+use io_uring::{opcode, types};
 use tokio_uring::buf::BoundedBuf;
 
+use super::reuse::{CPath, File};
 use super::{BufResult, Driver};
 use crate::scan::Part;
 
@@ -62,62 +63,125 @@ impl Drop for Stream {
 /// Most pieces one vectored write takes (the kernel's IOV_MAX).
 const IOV_MAX: usize = 1024;
 
-/// One piece of a vectored file write: a range of a receive buffer shared by all the pieces of
-/// the write (so the buffer is not copied), or a constant.
-enum Piece {
-    Shared(Rc<BytesMut>, Range<usize>),
-    Static(&'static [u8]),
+thread_local! {
+    /// iovec arrays for vectored writes, reused.
+    static IOVECS: RefCell<Vec<Vec<libc::iovec>>> = const { RefCell::new(Vec::new()) };
 }
 
-impl Piece {
-    /// The piece's bytes.
-    fn bytes(&self) -> &[u8] {
-        match self {
-            Piece::Shared(buf, range) => &buf[range.clone()],
-            Piece::Static(bytes) => bytes,
+/// Drops the first `n` bytes of `iovecs[*first..]` (what a short vectored write wrote),
+/// advancing `first` past the pieces written whole.
+fn consume(iovecs: &mut [libc::iovec], first: &mut usize, mut n: usize) {
+    while *first < iovecs.len() && n > 0 {
+        let iov = &mut iovecs[*first];
+        if n >= iov.iov_len {
+            n -= iov.iov_len;
+            *first += 1;
+        } else {
+            // SAFETY: `n` < the piece's length, so the pointer stays inside it.
+            iov.iov_base = unsafe { iov.iov_base.cast::<u8>().add(n) }.cast();
+            iov.iov_len -= n;
+            n = 0;
         }
     }
 }
 
-// SAFETY: the bytes a piece points to live as long as the piece (its `Rc` keeps the buffer
-// alive and nobody can mutate a buffer that is shared), and they are all initialised.
-unsafe impl tokio_uring::buf::IoBuf for Piece {
-    fn stable_ptr(&self) -> *const u8 {
-        self.bytes().as_ptr()
-    }
+/// Turns a completion into its result and hands back what the operation owned.
+struct Done<T>(PhantomData<fn() -> T>);
 
-    fn bytes_init(&self) -> usize {
-        self.bytes().len()
-    }
+impl<T> tokio_uring::OneshotOutputTransform for Done<T> {
+    type Output = (io::Result<u32>, T);
+    type StoredData = T;
 
-    fn bytes_total(&self) -> usize {
-        self.bytes().len()
+    fn transform_oneshot_output(self, data: T, cqe: io_uring::cqueue::Entry) -> Self::Output {
+        let result = match cqe.result() {
+            n if n >= 0 => Ok(n as u32),
+            n => Err(io::Error::from_raw_os_error(-n)),
+        };
+        (result, data)
     }
 }
 
-/// Drops the first `n` bytes of `pieces` (the part a short vectored write did write).
-fn consume(pieces: &mut Vec<Piece>, mut n: usize) {
-    let mut whole = 0;
-    for piece in pieces.iter_mut() {
-        let len = piece.bytes().len();
-        if n >= len {
-            n -= len;
-            whole += 1;
-            continue;
+/// Submits `entry`, whose pointers point into `data` (heap memory that does not move with
+/// it), and waits for its completion. `data` stays with the operation until the kernel is done,
+/// even if this future is dropped.
+async fn submit<T: Unpin + 'static>(
+    data: T,
+    entry: io_uring::squeue::Entry,
+) -> (io::Result<u32>, T) {
+    tokio_uring::UnsubmittedOneshot::new(data, Done(PhantomData), entry)
+        .submit()
+        .await
+}
+
+/// Writes all of `bytes` at `offset`.
+async fn write_all_at(file: &File, bytes: Vec<u8>, offset: u64) -> BufResult<(), Vec<u8>> {
+    let mut data = (file.handle(), bytes);
+    let mut done = 0usize;
+    while done < data.1.len() {
+        let rest = &data.1[done..];
+        let entry = opcode::Write::new(
+            types::Fd(data.0.fd()),
+            rest.as_ptr(),
+            rest.len().min(u32::MAX as usize) as u32,
+        )
+        .offset(offset + done as u64)
+        .build();
+        let (result, back) = submit(data, entry).await;
+        data = back;
+        match result {
+            Ok(0) => return (Err(io::ErrorKind::WriteZero.into()), data.1),
+            Ok(n) => done += n as usize,
+            Err(e) => return (Err(e), data.1),
         }
-        match piece {
-            Piece::Shared(_, range) => range.start += n,
-            Piece::Static(bytes) => *bytes = &bytes[n..],
-        }
-        break;
     }
-    pieces.drain(..whole);
+    (Ok(()), data.1)
+}
+
+/// fsync(2) through the ring.
+async fn fsync(file: &File) -> io::Result<()> {
+    let entry = opcode::Fsync::new(types::Fd(file.fd())).build();
+    submit(file.handle(), entry).await.0.map(drop)
+}
+
+/// Closes a file through the ring (or leaves it to the operation still holding it).
+async fn close(file: File) -> io::Result<()> {
+    let Some(fd) = file.into_fd() else {
+        return Ok(());
+    };
+    let entry = opcode::Close::new(types::Fd(fd.into_raw_fd())).build();
+    submit((), entry).await.0.map(drop)
+}
+
+/// unlink(2) through the ring.
+async fn remove(path: &Path) -> io::Result<()> {
+    let path = CPath::new(path)?;
+    let entry = opcode::UnlinkAt::new(types::Fd(libc::AT_FDCWD), path.as_ptr()).build();
+    let (result, path) = submit(path, entry).await;
+    path.reuse();
+    result.map(drop)
+}
+
+/// renameat2(RENAME_NOREPLACE) through the ring (IORING_OP_RENAMEAT with its flags).
+async fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
+    let paths = (CPath::new(from)?, CPath::new(to)?);
+    let entry = opcode::RenameAt::new(
+        types::Fd(libc::AT_FDCWD),
+        paths.0.as_ptr(),
+        types::Fd(libc::AT_FDCWD),
+        paths.1.as_ptr(),
+    )
+    .flags(libc::RENAME_NOREPLACE)
+    .build();
+    let (result, (from, to)) = submit(paths, entry).await;
+    from.reuse();
+    to.reuse();
+    result.map(drop)
 }
 
 impl Driver for Uring {
     type Listener = tokio_uring::net::TcpListener;
     type Stream = Stream;
-    type File = tokio_uring::fs::File;
+    type File = File;
     const NAME: &'static str = "uring";
 
     fn block_on<F: Future>(ring_entries: u32, future: F) -> io::Result<F::Output> {
@@ -162,28 +226,40 @@ impl Driver for Uring {
     }
 
     fn open_dir(path: &Path) -> io::Result<Self::File> {
-        Ok(tokio_uring::fs::File::from_std(std::fs::File::open(path)?))
+        Ok(File::new(std::fs::File::open(path)?.into()))
     }
 
     async fn create_with(path: &Path, head: Vec<u8>) -> BufResult<Self::File, Vec<u8>> {
-        let created = tokio_uring::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(path)
-            .await;
-        let file = match created {
-            Ok(file) => file,
+        let path = match CPath::new(path) {
+            Ok(path) => path,
             Err(e) => return (Err(e), head),
         };
-        let (written, head) = file.write_all_at(head, 0).await;
-        match written {
-            Ok(()) => (Ok(file), head),
+        let entry = opcode::OpenAt::new(types::Fd(libc::AT_FDCWD), path.as_ptr())
+            .flags(libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC)
+            .mode(0o666)
+            .build();
+        let (opened, path) = submit(path, entry).await;
+        let file = match opened {
+            // SAFETY: the kernel returned a new descriptor that nothing else owns.
+            Ok(fd) => File::new(unsafe { OwnedFd::from_raw_fd(fd as RawFd) }),
             Err(e) => {
-                let _ = file.close().await;
-                let _ = tokio_uring::fs::remove_file(path).await;
-                (Err(e), head)
+                path.reuse();
+                return (Err(e), head);
             }
-        }
+        };
+        let (written, head) = write_all_at(&file, head, 0).await;
+        let result = match written {
+            Ok(()) => Ok(file),
+            Err(e) => {
+                let _ = close(file).await;
+                let entry = opcode::UnlinkAt::new(types::Fd(libc::AT_FDCWD), path.as_ptr()).build();
+                let (_, path) = submit(path, entry).await;
+                path.reuse();
+                return (Err(e), head);
+            }
+        };
+        path.reuse();
+        (result, head)
     }
 
     async fn write_parts_at(
@@ -193,58 +269,72 @@ impl Driver for Uring {
         base: usize,
         offset: u64,
     ) -> BufResult<u64, BytesMut> {
-        let shared = Rc::new(buf);
+        let iovecs = IOVECS
+            .with(|pool| pool.borrow_mut().pop())
+            .unwrap_or_default();
+        let mut data = (file.handle(), buf, iovecs);
         let mut written = 0u64;
         let mut result = Ok(());
-        for chunk in parts.chunks(IOV_MAX) {
-            let mut pieces: Vec<Piece> = chunk
-                .iter()
-                .map(|part| match part {
-                    Part::Input(r) => {
-                        Piece::Shared(Rc::clone(&shared), base + r.start..base + r.end)
-                    }
-                    Part::Static(bytes) => Piece::Static(bytes),
-                })
-                .filter(|piece| !piece.bytes().is_empty())
-                .collect();
+        'chunks: for chunk in parts.chunks(IOV_MAX) {
+            let (_, buf, iovecs) = &mut data;
+            iovecs.clear();
+            for part in chunk {
+                let bytes: &[u8] = match part {
+                    Part::Input(r) => &buf[base + r.start..base + r.end],
+                    Part::Static(bytes) => bytes,
+                };
+                if !bytes.is_empty() {
+                    iovecs.push(libc::iovec {
+                        iov_base: bytes.as_ptr().cast_mut().cast(),
+                        iov_len: bytes.len(),
+                    });
+                }
+            }
             // A short write (a full disk) leaves the rest to write again: drop what was
             // written and go on, until all is written or the kernel reports an error.
-            while !pieces.is_empty() {
-                let (done, back) = file.writev_at(pieces, offset + written).await;
-                pieces = back;
-                let n = match done {
-                    Ok(0) => Err(io::Error::from(io::ErrorKind::WriteZero)),
-                    other => other,
-                };
-                match n {
+            let mut first = 0;
+            while first < data.2.len() {
+                let rest = &data.2[first..];
+                let entry =
+                    opcode::Writev::new(types::Fd(data.0.fd()), rest.as_ptr(), rest.len() as u32)
+                        .offset(offset + written)
+                        .build();
+                // The iovecs point into the receive buffer's heap memory and at constants;
+                // both stay where they are while `data` moves into the operation.
+                let (done, back) = submit(data, entry).await;
+                data = back;
+                match done {
+                    Ok(0) => {
+                        result = Err(io::ErrorKind::WriteZero.into());
+                        break 'chunks;
+                    }
                     Ok(n) => {
-                        written += n as u64;
-                        consume(&mut pieces, n);
+                        written += u64::from(n);
+                        consume(&mut data.2, &mut first, n as usize);
                     }
                     Err(e) => {
                         result = Err(e);
-                        break;
+                        break 'chunks;
                     }
                 }
             }
-            if result.is_err() {
-                break;
-            }
         }
-        // Every piece is dropped: the buffer is ours alone again (the copy cannot happen).
-        let buf = Rc::try_unwrap(shared).unwrap_or_else(|shared| BytesMut::from(&shared[..]));
+        let (_, buf, mut iovecs) = data;
+        // Pointers into the buffer must not outlive this write.
+        iovecs.clear();
+        IOVECS.with(|pool| pool.borrow_mut().push(iovecs));
         (result.map(|()| written), buf)
     }
 
     async fn persist(file: Self::File, sync: bool, from: &Path, to: &Path) -> io::Result<()> {
-        let synced = if sync { file.sync_all().await } else { Ok(()) };
-        let closed = file.close().await;
+        let synced = if sync { fsync(&file).await } else { Ok(()) };
+        let closed = close(file).await;
         let renamed = match synced.and(closed) {
             Ok(()) => rename_noreplace(from, to).await,
             Err(e) => Err(e),
         };
         if matches!(&renamed, Err(e) if e.kind() != io::ErrorKind::AlreadyExists) {
-            let _ = tokio_uring::fs::remove_file(from).await;
+            let _ = remove(from).await;
         }
         renamed
     }
@@ -254,94 +344,48 @@ impl Driver for Uring {
     }
 
     async fn sync_dir(dir: &Self::File) -> io::Result<()> {
-        dir.sync_all().await
+        fsync(dir).await
     }
 
     async fn close(file: Self::File) -> io::Result<()> {
-        file.close().await
+        close(file).await
     }
 
     async fn remove(path: &Path) -> io::Result<()> {
-        tokio_uring::fs::remove_file(path).await
+        remove(path).await
     }
-}
-
-/// The paths a rename in flight points to; the ring reads them until it completes.
-struct RenamePaths {
-    _from: CString,
-    _to: CString,
-}
-
-/// Turns a rename's completion into a result.
-struct RenameDone;
-
-impl tokio_uring::OneshotOutputTransform for RenameDone {
-    type Output = io::Result<()>;
-    type StoredData = RenamePaths;
-
-    fn transform_oneshot_output(
-        self,
-        _paths: RenamePaths,
-        cqe: io_uring::cqueue::Entry,
-    ) -> Self::Output {
-        match cqe.result() {
-            n if n >= 0 => Ok(()),
-            n => Err(io::Error::from_raw_os_error(-n)),
-        }
-    }
-}
-
-/// renameat2(RENAME_NOREPLACE) through the ring (IORING_OP_RENAMEAT with its flags, which
-/// tokio-uring's own rename does not pass).
-async fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
-    use io_uring::{opcode, types};
-    use std::os::unix::ffi::OsStrExt;
-    let from = CString::new(from.as_os_str().as_bytes())?;
-    let to = CString::new(to.as_os_str().as_bytes())?;
-    let entry = opcode::RenameAt::new(
-        types::Fd(libc::AT_FDCWD),
-        from.as_ptr(),
-        types::Fd(libc::AT_FDCWD),
-        to.as_ptr(),
-    )
-    .flags(libc::RENAME_NOREPLACE)
-    .build();
-    // The strings' bytes are on the heap: moving the CStrings into the operation keeps the
-    // pointers above valid until the completion.
-    let paths = RenamePaths {
-        _from: from,
-        _to: to,
-    };
-    tokio_uring::UnsubmittedOneshot::new(paths, RenameDone, entry)
-        .submit()
-        .await
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// The bytes left in `pieces`, concatenated.
-    fn left(pieces: &[Piece]) -> Vec<u8> {
-        pieces.iter().flat_map(|p| p.bytes().to_vec()).collect()
+    /// The bytes left in `iovecs[first..]`, concatenated.
+    fn left(iovecs: &[libc::iovec], first: usize) -> Vec<u8> {
+        iovecs[first..]
+            .iter()
+            // SAFETY: every iovec points into `ALL`, a constant, within its bounds.
+            .flat_map(|v| {
+                unsafe { std::slice::from_raw_parts(v.iov_base.cast::<u8>(), v.iov_len) }.to_vec()
+            })
+            .collect()
     }
 
     #[test]
     fn consume_drops_exactly_what_a_short_write_wrote() {
-        let buf = Rc::new(BytesMut::from(&b"0123456789"[..]));
+        const ALL: &[u8] = b"0123456789";
         let make = || {
-            vec![
-                Piece::Shared(Rc::clone(&buf), 0..4),
-                Piece::Static(b"\r\n"),
-                Piece::Shared(Rc::clone(&buf), 6..10),
-            ]
+            [0..4, 4..6, 6..10].map(|r: std::ops::Range<usize>| libc::iovec {
+                iov_base: ALL[r.clone()].as_ptr().cast_mut().cast(),
+                iov_len: r.len(),
+            })
         };
-        let all = left(&make());
-        for n in 0..=all.len() {
-            let mut pieces = make();
-            consume(&mut pieces, n);
-            assert_eq!(left(&pieces), all[n..], "n = {n}");
-            assert!(pieces.iter().all(|p| !p.bytes().is_empty()), "n = {n}");
+        for n in 0..=ALL.len() {
+            let mut iovecs = make();
+            let mut first = 0;
+            consume(&mut iovecs, &mut first, n);
+            assert_eq!(left(&iovecs, first), ALL[n..], "n = {n}");
+            assert!(iovecs[first..].iter().all(|v| v.iov_len > 0), "n = {n}");
         }
     }
 }
