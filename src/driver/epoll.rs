@@ -1,42 +1,57 @@
 //! The epoll driver: a tokio current-thread runtime per shard. Sockets are non-blocking and
-//! driven by readiness; file work (create, write, fsync, rename) runs on tokio's blocking pool
-//! so that one slow fsync never stalls the shard's other connections. It is the fallback where
+//! driven by readiness; file work (create, write, fsync, rename) runs on the shard's file threads
+//! (`files`) so that one slow fsync never stalls the shard's other connections. It is the fallback where
 //! io_uring is refused, and the baseline that shows what io_uring buys on a kernel.
 
+use std::cell::RefCell;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::sync::Arc;
 
 use bytes::BytesMut;
 
+use super::files::{self, Done, Job};
+use super::reuse::{CPath, File};
 use super::{BufResult, Driver};
 use crate::scan::Part;
 
 /// The epoll backend.
 pub struct Epoll;
 
-/// Runs blocking file work off the shard thread.
-async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
-    match tokio::task::spawn_blocking(work).await {
-        Ok(value) => value,
-        Err(join) => std::panic::resume_unwind(join.into_panic()),
+thread_local! {
+    /// Part lists for file writes, reused.
+    static PARTS: RefCell<Vec<Vec<Part>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// The result of a job that finishes with `Done::Finished`; its paths go back to the pool.
+fn finished(done: Done) -> io::Result<()> {
+    match done {
+        Done::Finished(result, a, b) => {
+            a.into_iter().chain(b).for_each(CPath::reuse);
+            result
+        }
+        _ => unreachable!("a job that finishes without data"),
     }
+}
+
+/// Closes a file on the shard's thread (close(2) of a regular file does no I/O), or leaves it
+/// to the job still holding it.
+fn close_now(file: File) {
+    drop(file.into_fd());
 }
 
 impl Driver for Epoll {
     type Listener = tokio::net::TcpListener;
     type Stream = tokio::net::TcpStream;
-    type File = Arc<std::fs::File>;
+    type File = File;
     const NAME: &'static str = "epoll";
 
     fn block_on<F: Future>(_ring_entries: u32, future: F) -> io::Result<F::Output> {
+        let _files = files::Scope::enter();
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
-            .max_blocking_threads(64)
             .build()?;
         let local = tokio::task::LocalSet::new();
         Ok(local.block_on(&runtime, future))
@@ -96,7 +111,7 @@ impl Driver for Epoll {
     }
 
     fn open_dir(path: &Path) -> io::Result<Self::File> {
-        std::fs::File::open(path).map(Arc::new)
+        Ok(File::new(std::fs::File::open(path)?.into()))
     }
 
     async fn write_parts_at(
@@ -106,82 +121,92 @@ impl Driver for Epoll {
         base: usize,
         offset: u64,
     ) -> BufResult<u64, BytesMut> {
-        // One hand-off to the blocking pool for the whole batch; the parts are small ranges.
-        let file = Arc::clone(file);
-        let parts = parts.to_vec();
-        blocking(move || {
-            let mut written = 0u64;
-            for part in &parts {
-                let bytes = match part {
-                    Part::Input(r) => &buf[base + r.start..base + r.end],
-                    Part::Static(bytes) => bytes,
-                };
-                if let Err(e) = file.write_all_at(bytes, offset + written) {
-                    return (Err(e), buf);
-                }
-                written += bytes.len() as u64;
+        // One hand-off to a file thread for the whole batch; the parts are small ranges.
+        let mut list = PARTS
+            .with(|pool| pool.borrow_mut().pop())
+            .unwrap_or_default();
+        list.clear();
+        list.extend_from_slice(parts);
+        let job = Job::Write {
+            file: file.handle(),
+            buf,
+            parts: list,
+            base,
+            offset,
+        };
+        match files::run(job).await {
+            Done::Written(result, buf, list) => {
+                PARTS.with(|pool| pool.borrow_mut().push(list));
+                (result, buf)
             }
-            (Ok(written), buf)
-        })
-        .await
+            _ => unreachable!("a write job ends written"),
+        }
     }
 
     async fn sync_dir(dir: &Self::File) -> io::Result<()> {
-        let dir = Arc::clone(dir);
-        blocking(move || dir.sync_all()).await
+        finished(files::run(Job::Sync { file: dir.handle() }).await)
     }
 
     async fn close(file: Self::File) -> io::Result<()> {
-        // Dropping a std File closes it; close(2) errors after a successful fsync carry no
-        // information about durability.
-        blocking(move || drop(file)).await;
+        // close(2) errors after a successful fsync carry no information about durability.
+        close_now(file);
         Ok(())
     }
 
     async fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
-        let (from, to) = (from.to_path_buf(), to.to_path_buf());
-        blocking(move || super::rename_noreplace_now(&from, &to)).await
+        let from = CPath::new(from)?;
+        let to = match CPath::new(to) {
+            Ok(to) => to,
+            Err(e) => {
+                from.reuse();
+                return Err(e);
+            }
+        };
+        finished(files::run(Job::Rename { from, to }).await)
     }
 
     async fn remove(path: &Path) -> io::Result<()> {
-        let path = path.to_path_buf();
-        blocking(move || std::fs::remove_file(path)).await
+        let path = CPath::new(path)?;
+        finished(files::run(Job::Remove { path }).await)
     }
 
     async fn create_with(path: &Path, head: Vec<u8>) -> BufResult<Self::File, Vec<u8>> {
-        let path = path.to_path_buf();
-        blocking(move || {
-            let created = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&path);
-            let file = match created {
-                Ok(file) => file,
-                Err(e) => return (Err(e), head),
-            };
-            match file.write_all_at(&head, 0) {
-                Ok(()) => (Ok(Arc::new(file)), head),
-                Err(e) => {
-                    drop(file);
-                    let _ = std::fs::remove_file(&path);
-                    (Err(e), head)
-                }
+        let path = match CPath::new(path) {
+            Ok(path) => path,
+            Err(e) => return (Err(e), head),
+        };
+        match files::run(Job::Create { path, head }).await {
+            Done::Created(result, path, head) => {
+                path.reuse();
+                (result.map(File::new), head)
             }
-        })
-        .await
+            _ => unreachable!("a create job ends created"),
+        }
     }
 
     async fn persist(file: Self::File, sync: bool, from: &Path, to: &Path) -> io::Result<()> {
-        let (from, to) = (from.to_path_buf(), to.to_path_buf());
-        blocking(move || {
-            let synced = if sync { file.sync_all() } else { Ok(()) };
-            drop(file);
-            let renamed = synced.and_then(|()| super::rename_noreplace_now(&from, &to));
-            if matches!(&renamed, Err(e) if e.kind() != io::ErrorKind::AlreadyExists) {
-                let _ = std::fs::remove_file(&from);
+        let paths = CPath::new(from).and_then(|from| match CPath::new(to) {
+            Ok(to) => Ok((from, to)),
+            Err(e) => {
+                from.reuse();
+                Err(e)
             }
-            renamed
-        })
-        .await
+        });
+        let (from, to) = match paths {
+            Ok(paths) => paths,
+            Err(e) => {
+                close_now(file);
+                return Err(e);
+            }
+        };
+        let job = Job::Persist {
+            file: file.handle(),
+            sync,
+            from,
+            to,
+        };
+        let done = files::run(job).await;
+        close_now(file);
+        finished(done)
     }
 }

@@ -6,11 +6,12 @@
 //! operation takes its buffer by value and hands it back with the result (tokio-uring's
 //! `BufResult` shape), because an io_uring operation owns its buffer until the kernel is done.
 //! Two implementations exist: `uring` (tokio-uring) and `epoll` (a tokio current-thread runtime,
-//! with blocking file work on tokio's blocking pool so it never stalls the shard). No module
+//! with blocking file work on file threads of the shard's own so it never stalls the shard). No module
 //! outside this one names tokio-uring or tokio's network types.
 
 pub mod epoll;
 pub mod faulty;
+mod files;
 pub mod reuse;
 pub mod uring;
 
@@ -93,28 +94,6 @@ pub(crate) fn shutdown_fd(fd: RawFd) {
     // frees nothing.
     unsafe {
         libc::shutdown(fd, libc::SHUT_RDWR);
-    }
-}
-
-/// renameat2(2) with RENAME_NOREPLACE: `to` is never replaced.
-pub(crate) fn rename_noreplace_now(from: &Path, to: &Path) -> io::Result<()> {
-    use std::os::unix::ffi::OsStrExt;
-    let from = std::ffi::CString::new(from.as_os_str().as_bytes())?;
-    let to = std::ffi::CString::new(to.as_os_str().as_bytes())?;
-    // SAFETY: both paths are NUL-terminated strings that live across the call.
-    let result = unsafe {
-        libc::renameat2(
-            libc::AT_FDCWD,
-            from.as_ptr(),
-            libc::AT_FDCWD,
-            to.as_ptr(),
-            libc::RENAME_NOREPLACE,
-        )
-    };
-    if result == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
     }
 }
 
