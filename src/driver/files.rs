@@ -170,8 +170,17 @@ pub async fn run(job: Job) -> Done {
         let mut files = files.borrow_mut();
         let files = files.as_mut().expect("file work outside a shard's runtime");
         files.ensure_thread();
-        (files.slot(), files.jobs.clone())
+        (
+            files.slot(),
+            (files.threads > 0).then(|| files.jobs.clone()),
+        )
     });
+    let Some(jobs) = jobs else {
+        // No thread could be started (a resource limit): the shard does the work itself
+        // rather than wait for ever.
+        drop(Waiting(Some(slot)));
+        return execute(job);
+    };
     let _ = jobs.send((job, Arc::clone(&slot)));
     drop(jobs);
     let waiting = Waiting(Some(slot));
@@ -336,4 +345,128 @@ fn rename_noreplace(from: &CPath, to: &CPath) -> io::Result<()> {
 fn unlink(path: &CPath) -> io::Result<()> {
     // SAFETY: `path` is NUL-terminated and lives across the call.
     check(unsafe { libc::unlink(path.as_ptr()) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn block_on<F: std::future::Future>(future: F) -> F::Output {
+        let _files = Scope::enter();
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(future)
+    }
+
+    #[test]
+    fn jobs_run_on_file_threads_and_hand_back_what_they_carried() {
+        let dir = tempfile::tempdir().unwrap();
+        let tmp = dir.path().join("a.tmp");
+        let new = dir.path().join("a");
+        block_on(async {
+            let head = b"head\r\n".to_vec();
+            let Done::Created(fd, path, head) = run(Job::Create {
+                path: CPath::new(&tmp).unwrap(),
+                head,
+            })
+            .await
+            else {
+                panic!("not a create")
+            };
+            path.reuse();
+            assert_eq!(head, b"head\r\n");
+            let file = super::super::reuse::File::new(fd.unwrap());
+            let job = Job::Write {
+                file: file.handle(),
+                buf: BytesMut::from(&b"xxbody"[..]),
+                parts: vec![Part::Input(2..6), Part::Static(b"\r\n")],
+                base: 0,
+                offset: 6,
+            };
+            let Done::Written(written, _, _) = run(job).await else {
+                panic!("not a write")
+            };
+            assert_eq!(written.unwrap(), 6);
+            // Many at once: each waits for its own result.
+            let syncs = (0..20).map(|_| {
+                run(Job::Sync {
+                    file: file.handle(),
+                })
+            });
+            for done in futures_join(syncs).await {
+                assert!(matches!(done, Done::Finished(Ok(()), None, None)));
+            }
+            let job = Job::Persist {
+                file: file.handle(),
+                sync: true,
+                from: CPath::new(&tmp).unwrap(),
+                to: CPath::new(&new).unwrap(),
+            };
+            assert!(matches!(
+                run(job).await,
+                Done::Finished(Ok(()), Some(_), Some(_))
+            ));
+            drop(file.into_fd());
+        });
+        assert_eq!(std::fs::read(&new).unwrap(), b"head\r\nbody\r\n");
+        assert!(!Path::new(&tmp).exists());
+    }
+
+    #[test]
+    fn a_wait_given_up_leaves_its_slot_for_later_reuse() {
+        block_on(async {
+            let dir = tempfile::tempdir().unwrap();
+            let file =
+                super::super::reuse::File::new(std::fs::File::open(dir.path()).unwrap().into());
+            // Polled once, then dropped while the job may still run.
+            let mut first = std::pin::pin!(run(Job::Sync {
+                file: file.handle()
+            }));
+            let _ = futures_poll_once(first.as_mut()).await;
+            drop(first);
+            for _ in 0..10 {
+                assert!(matches!(
+                    run(Job::Sync {
+                        file: file.handle()
+                    })
+                    .await,
+                    Done::Finished(Ok(()), None, None)
+                ));
+            }
+        });
+    }
+
+    /// Runs all `futures` concurrently on this task and returns their outputs in order.
+    async fn futures_join<F: std::future::Future>(
+        futures: impl Iterator<Item = F>,
+    ) -> Vec<F::Output> {
+        let mut futures: Vec<_> = futures.map(|f| Some(Box::pin(f))).collect();
+        let mut outputs: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
+        poll_fn(|cx| {
+            for (future, output) in futures.iter_mut().zip(outputs.iter_mut()) {
+                if let Some(f) = future {
+                    if let Poll::Ready(value) = f.as_mut().poll(cx) {
+                        *output = Some(value);
+                        *future = None;
+                    }
+                }
+            }
+            if futures.iter().all(Option::is_none) {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+        .await;
+        outputs.into_iter().map(Option::unwrap).collect()
+    }
+
+    /// Polls `future` once.
+    async fn futures_poll_once<F: std::future::Future>(
+        mut future: std::pin::Pin<&mut F>,
+    ) -> Poll<F::Output> {
+        poll_fn(|cx| Poll::Ready(future.as_mut().poll(cx))).await
+    }
 }
