@@ -421,8 +421,8 @@ mod tests {
             let file =
                 super::super::reuse::File::new(std::fs::File::open(dir.path()).unwrap().into());
             // Polled once, then dropped while the job may still run.
-            let mut first = std::pin::pin!(run(Job::Sync {
-                file: file.handle()
+            let mut first = Box::pin(run(Job::Sync {
+                file: file.handle(),
             }));
             let _ = futures_poll_once(first.as_mut()).await;
             drop(first);
