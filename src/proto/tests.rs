@@ -1548,14 +1548,7 @@ fn transcript(messages: &[GenMessage], max_message_size: u64) -> (Vec<u8>, Strin
             None => {
                 input.extend_from_slice(b"DATA\r\n");
                 want.push_str(GO_AHEAD);
-                for line in &message.lines {
-                    if line.first() == Some(&b'.') {
-                        input.push(b'.');
-                    }
-                    input.extend_from_slice(line);
-                    input.extend_from_slice(b"\r\n");
-                }
-                input.extend_from_slice(b".\r\n");
+                ringmx_wire::dot_stuff(&mut input, &body);
             }
             Some(cuts) => {
                 let mut bounds: Vec<usize> = cuts.iter().map(|&c| c.min(body.len())).collect();
