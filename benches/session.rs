@@ -9,6 +9,7 @@ use std::time::Instant;
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use ringmx::proto::sim::Sim;
 use ringmx::proto::{Config, Output, Part, Session, Step};
+use ringmx_wire::dot_stuff;
 
 /// Transactions per timed batch (one read each batch, all pipelined).
 const BATCH_1K: usize = 64;
@@ -42,13 +43,7 @@ fn batch(body: &[u8], count: usize, bdat: bool) -> Vec<u8> {
         one.extend_from_slice(body);
     } else {
         one.extend_from_slice(b"DATA\r\n");
-        for line in body.split_inclusive(|&b| b == b'\n') {
-            if line[0] == b'.' {
-                one.push(b'.');
-            }
-            one.extend_from_slice(line);
-        }
-        one.extend_from_slice(b".\r\n");
+        dot_stuff(&mut one, body);
     }
     one.repeat(count)
 }

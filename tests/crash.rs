@@ -20,6 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
+use ringmx_wire::XorShift64Star;
 
 const SENDER: &str = "sender@origin.example";
 const RCPTS: &[&str] = &["rcpt@rcpt.example"];
@@ -155,13 +156,10 @@ fn check_after_crash(server: &Server, seen: &Seen, what: &str) -> usize {
     unacked
 }
 
-/// The delay before the kill for `round`: 20–300 ms, from a fixed seed (xorshift).
+/// The delay before the kill for `round`: 20–300 ms, from a fixed seed (xorshift64*).
 fn kill_delay(round: u64) -> Duration {
-    let mut x = round.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    x ^= x << 13;
-    x ^= x >> 7;
-    x ^= x << 17;
-    Duration::from_millis(20 + x % 281)
+    let ms = XorShift64Star::spread(round).range(20, 300);
+    Duration::from_millis(ms as u64)
 }
 
 #[test]

@@ -10,6 +10,7 @@ use std::time::Instant;
 
 use ringmx::proto::sim::Sim;
 use ringmx::proto::{Config, Output, Part, Session, Step};
+use ringmx_wire::dot_stuff;
 
 mod counting;
 
@@ -45,13 +46,7 @@ fn transaction(bdat: bool) -> Vec<u8> {
         t.extend_from_slice(b);
     } else {
         t.extend_from_slice(b"DATA\r\n");
-        for l in body.split_inclusive(|&b| b == b'\n') {
-            if l[0] == b'.' {
-                t.push(b'.');
-            }
-            t.extend_from_slice(l);
-        }
-        t.extend_from_slice(b".\r\n");
+        dot_stuff(&mut t, &body);
     }
     t
 }

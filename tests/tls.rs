@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
+use ringmx_wire::ReplyReader;
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, ServerName};
 
@@ -112,7 +113,7 @@ fn tls_server(backend: &str, pair: &Pair, extra: &[(&str, &str)], test: &str) ->
 /// A rustls client over one TCP connection, after STARTTLS.
 struct TlsClient {
     tls: rustls::StreamOwned<rustls::ClientConnection, TcpStream>,
-    pending: Vec<u8>,
+    replies: ReplyReader,
 }
 
 /// A rustls client configuration that trusts exactly `ca` (PEM), limited to `versions`.
@@ -162,7 +163,7 @@ impl TlsClient {
         }
         TlsClient {
             tls,
-            pending: Vec::new(),
+            replies: ReplyReader::exact(0),
         }
     }
 
@@ -176,26 +177,23 @@ impl TlsClient {
         self.tls.flush().unwrap();
     }
 
-    /// Reads one whole reply.
+    /// Reads one whole reply, checked to the letter of RFC 5321.
     fn reply(&mut self) -> String {
-        let mut reply = String::new();
         loop {
-            while let Some(nl) = self.pending.iter().position(|&b| b == b'\n') {
-                let line: Vec<u8> = self.pending.drain(..=nl).collect();
-                let line = String::from_utf8_lossy(&line).into_owned();
-                let last = line.as_bytes().get(3) != Some(&b'-');
-                reply.push_str(&line);
-                if last {
-                    return reply;
+            let after = |r: &ReplyReader| String::from_utf8_lossy(r.pending()).into_owned();
+            match self.replies.next_reply() {
+                Ok(Some(reply)) => {
+                    return String::from_utf8_lossy(self.replies.text(&reply)).into_owned()
                 }
+                Ok(None) => {}
+                Err(e) => panic!("bad reply ({e:?}): {:?}", after(&self.replies)),
             }
-            let mut buf = [0u8; 4096];
             let n = self
                 .tls
-                .read(&mut buf)
-                .unwrap_or_else(|e| panic!("read: {e} after {reply:?}"));
-            assert!(n > 0, "closed after {reply:?}");
-            self.pending.extend_from_slice(&buf[..n]);
+                .read(self.replies.spare())
+                .unwrap_or_else(|e| panic!("read: {e} after {:?}", after(&self.replies)));
+            assert!(n > 0, "closed after {:?}", after(&self.replies));
+            self.replies.filled(n);
         }
     }
 

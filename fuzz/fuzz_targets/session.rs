@@ -19,6 +19,7 @@ use libfuzzer_sys::fuzz_target;
 use ringmx::proto::sim::Sim;
 use ringmx::proto::{BareLf, Config};
 use ringmx::scan::naive;
+use ringmx_wire::dot_stuff;
 
 fuzz_target!(|data: &[u8]| {
     let Some((&flags, rest)) = data.split_first() else {
@@ -152,31 +153,14 @@ fn check_recipients(sim: &Sim) {
     }
 }
 
-/// Asserts that `replies` is a sequence of well-formed reply lines.
+/// Asserts that `replies` is a sequence of whole replies written to the letter of RFC 5321.
 fn check_replies(replies: &[u8]) {
-    let mut rest = replies;
-    let mut continued: Option<&[u8]> = None;
-    while !rest.is_empty() {
-        let lf = rest
-            .iter()
-            .position(|&b| b == b'\n')
-            .expect("reply ends with LF");
-        assert!(lf >= 5 && rest[lf - 1] == b'\r', "reply without CRLF");
-        let line = &rest[..lf - 1];
-        assert!((b'2'..=b'5').contains(&line[0]), "reply class {line:?}");
-        assert!(
-            line[1].is_ascii_digit() && line[2].is_ascii_digit(),
-            "{line:?}"
+    if let Err((at, e)) = ringmx_wire::check_replies(replies) {
+        panic!(
+            "bad reply ({e:?}): {:?}",
+            String::from_utf8_lossy(&replies[at..])
         );
-        assert!(line[3] == b' ' || line[3] == b'-', "{line:?}");
-        assert!(!line.contains(&b'\r'), "CR inside a reply {line:?}");
-        if let Some(code) = continued {
-            assert_eq!(code, &line[..3], "multi-line reply changes code");
-        }
-        continued = (line[3] == b'-').then_some(&line[..3]);
-        rest = &rest[lf + 1..];
     }
-    assert!(continued.is_none(), "multi-line reply never ends");
 }
 
 /// Relays `message` as DATA would (CRLF added if missing, dot-stuffed, terminated) and checks
@@ -188,15 +172,7 @@ fn check_relayed(message: &[u8]) {
         body.extend_from_slice(b"\r\n");
     }
     let mut wire = Vec::with_capacity(body.len() + 16);
-    let mut line_start = true;
-    for (i, &b) in body.iter().enumerate() {
-        if line_start && b == b'.' {
-            wire.push(b'.');
-        }
-        wire.push(b);
-        line_start = b == b'\n' && i > 0 && body[i - 1] == b'\r';
-    }
-    wire.extend_from_slice(b".\r\n");
+    dot_stuff(&mut wire, &body);
     let read = naive::unstuff(&wire, BareLf::Normalize);
     assert_eq!(
         read.end,

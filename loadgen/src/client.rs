@@ -14,14 +14,14 @@
 //! socket, read with recvmsg), not when this thread got around to reading it: on a busy host the
 //! client's own wake-up delay is not the server's latency. Without a timestamp it is the time the
 //! read returned.
-use crate::message::{write_id, Rng, ID_DIGITS};
+use crate::message::{write_id, ID_DIGITS};
 use crate::pacer::Pacer;
 use crate::plan::Plan;
-use crate::reply::ReplyReader;
 use crate::stats::{micros, micros_ceil, ThreadStats};
 use crate::tls::Stream;
 use nix::sys::socket::sockopt::ReceiveTimestampns;
 use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+use ringmx_wire::{ReplyReader, XorShift64Star};
 use std::cell::RefCell;
 use std::io::{IoSlice, IoSliceMut};
 use std::os::fd::AsRawFd;
@@ -105,7 +105,7 @@ pub struct Slot {
     pacer: Option<Pacer>,
     /// Messages started by this slot (Message-ID, address and variant choice).
     seq: u64,
-    rng: Rng,
+    rng: XorShift64Star,
     /// Measured messages started but without an outcome yet (failed if the session breaks).
     inflight: u64,
     /// When the kernel received the bytes of the last read (which completed the last reply).
@@ -134,7 +134,7 @@ impl Slot {
             next_due: first_due,
             pacer: first_due.and_then(|_| Pacer::new(plan.paced_per_thread_per_s).ok()),
             seq: 0,
-            rng: Rng::new(id as u64 + 1),
+            rng: XorShift64Star::spread(id as u64 + 1),
             inflight: 0,
             reply_at: Instant::now(),
             cmsg: nix::cmsg_space!(nix::sys::time::TimeSpec),

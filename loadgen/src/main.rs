@@ -15,7 +15,6 @@ mod pacer;
 mod plan;
 mod probe;
 mod proxy;
-mod reply;
 mod report;
 mod run;
 mod stats;

@@ -5,6 +5,8 @@
 //! Message-ID holds a fixed-width run of digits that the sender overwrites in its own copy, so a
 //! unique ID per message costs no allocation.
 
+use ringmx_wire::{DotStuffer, XorShift64Star};
+
 /// Width of the per-message number inside the Message-ID (a u64 in decimal).
 pub const ID_DIGITS: usize = 20;
 /// Envelope addresses precomputed per template with `{n}`: 0..ADDRESS_POOL.
@@ -27,30 +29,6 @@ pub struct Variant {
 /// The pregenerated messages of a run.
 pub struct MessageSet {
     pub variants: Vec<Variant>,
-}
-
-/// Small deterministic PRNG (xorshift64*) so runs are reproducible and need no dependency.
-#[derive(Clone)]
-pub struct Rng(u64);
-
-impl Rng {
-    /// Seeds the generator; a zero seed is replaced since xorshift would stay at zero.
-    pub fn new(seed: u64) -> Rng {
-        Rng(seed.max(1).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-    /// Next pseudo-random 64-bit value.
-    pub fn next_u64(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    /// Uniform value in lo..=hi.
-    pub fn range(&mut self, lo: usize, hi: usize) -> usize {
-        lo + (self.next_u64() % ((hi - lo) as u64 + 1)) as usize
-    }
 }
 
 /// Writes `n` as ID_DIGITS zero-padded decimal digits into `dst`.
@@ -98,7 +76,7 @@ pub fn generate(
     to: &str,
     run_tag: u64,
 ) -> MessageSet {
-    let mut rng = Rng::new(0x5EED ^ size_min as u64 ^ ((size_max as u64) << 20));
+    let mut rng = XorShift64Star::spread(0x5EED ^ size_min as u64 ^ ((size_max as u64) << 20));
     let mut sizes: Vec<usize> = if size_min == size_max {
         vec![size_min]
     } else {
@@ -129,7 +107,7 @@ fn build_variant(
     to: &str,
     date: &str,
     run_tag: u64,
-    rng: &mut Rng,
+    rng: &mut XorShift64Star,
 ) -> Variant {
     let id_prefix = format!("Message-ID: <{run_tag:016x}.");
     let mut raw = Vec::with_capacity(size + 512);
@@ -191,21 +169,13 @@ fn build_variant(
             message_bytes,
         };
     }
-    // Dot-stuff: every line that starts with '.' gets one more (RFC 5321 4.5.2).
+    // Dot-stuffed in two pieces, to learn where the Message-ID digits land.
     let mut wire = Vec::with_capacity(raw.len() + raw.len() / 20 + 8);
-    let mut id_offset = 0;
-    let mut at_line_start = true;
-    for (i, &b) in raw.iter().enumerate() {
-        if i == id_raw_offset {
-            id_offset = wire.len();
-        }
-        if at_line_start && b == b'.' {
-            wire.push(b'.');
-        }
-        wire.push(b);
-        at_line_start = b == b'\n';
-    }
-    wire.extend_from_slice(b".\r\n");
+    let mut stuffer = DotStuffer::new();
+    stuffer.push(&mut wire, &raw[..id_raw_offset]);
+    let id_offset = wire.len();
+    stuffer.push(&mut wire, &raw[id_raw_offset..]);
+    stuffer.finish(&mut wire);
     Variant {
         wire: wire.into_boxed_slice(),
         id_offset,

@@ -3,7 +3,7 @@
 //! result, decides whether pipelining is used, and fails early when `--bdat` needs CHUNKING the
 //! server does not offer. It is not counted in any statistic.
 use crate::proxy::{header, ProxyVersion};
-use crate::reply::{lines, ReplyReader};
+use ringmx_wire::reply::{lines, ReplyReader};
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::time::Duration;

@@ -16,6 +16,7 @@
 //! load generator run under SCHED_FIFO (else at nice -10), so other work on the machine delays
 //! them less: what is validated is the instrument, not the scheduler of a shared machine.
 use hdrhistogram::Histogram;
+use ringmx_wire::XorShift64Star;
 use serde_json::Value;
 use std::collections::VecDeque;
 use std::io::Write;
@@ -202,7 +203,7 @@ fn serve(
         base: 0,
         reads: VecDeque::new(),
     };
-    let mut rng = conn_no.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut rng = XorShift64Star::spread(conn_no);
     let mut out: Vec<u8> = b"220 validation ESMTP\r\n".to_vec();
     w.write_all(&out)?;
     out.clear();
@@ -254,12 +255,8 @@ fn serve(
             // Replies queued before this one go out first, at once.
             w.write_all(&out)?;
             out.clear();
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            let slow = service
-                .slow
-                .is_some_and(|(p, _)| (rng % 1_000_000) as f64 / 1e6 < p);
+            let roll = rng.next_u64() % 1_000_000;
+            let slow = service.slow.is_some_and(|(p, _)| roll as f64 / 1e6 < p);
             let t = if slow {
                 service.slow.unwrap().1
             } else {

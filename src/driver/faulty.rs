@@ -17,6 +17,7 @@ use std::path::Path;
 use std::sync::Mutex;
 
 use bytes::BytesMut;
+use ringmx_wire::XorShift64Star;
 
 use super::{BufResult, Driver};
 use crate::scan::Part;
@@ -60,7 +61,7 @@ pub struct Counts {
 
 struct State {
     plan: Plan,
-    rng: u64,
+    rng: XorShift64Star,
     counts: Counts,
 }
 
@@ -68,11 +69,7 @@ static STATE: Mutex<Option<State>> = Mutex::new(None);
 
 /// Installs a plan for every `Faulty` driver in the process (and resets the counts).
 pub fn set_plan(plan: Plan) {
-    let rng = if plan.seed == 0 {
-        0x9E37_79B9_7F4A_7C15
-    } else {
-        plan.seed
-    };
+    let rng = XorShift64Star::new(plan.seed);
     *STATE.lock().unwrap_or_else(|e| e.into_inner()) = Some(State {
         plan,
         rng,
@@ -101,11 +98,8 @@ fn inject(op: FileOp) -> io::Result<()> {
         .plan
         .nth
         .is_some_and(|(o, n)| o == op && n == state.counts.calls[i]);
-    // xorshift64*: enough randomness to vary the failure points from seed to seed.
-    state.rng ^= state.rng >> 12;
-    state.rng ^= state.rng << 25;
-    state.rng ^= state.rng >> 27;
-    let roll = (state.rng.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 33) % 1000;
+    // Enough randomness to vary the failure points from seed to seed.
+    let roll = (state.rng.next_u64() >> 33) % 1000;
     if nth || roll < u64::from(state.plan.per_mille[i]) {
         state.counts.failed[i] += 1;
         let errno = if state.plan.eio {

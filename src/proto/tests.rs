@@ -1548,14 +1548,7 @@ fn transcript(messages: &[GenMessage], max_message_size: u64) -> (Vec<u8>, Strin
             None => {
                 input.extend_from_slice(b"DATA\r\n");
                 want.push_str(GO_AHEAD);
-                for line in &message.lines {
-                    if line.first() == Some(&b'.') {
-                        input.push(b'.');
-                    }
-                    input.extend_from_slice(line);
-                    input.extend_from_slice(b"\r\n");
-                }
-                input.extend_from_slice(b".\r\n");
+                ringmx_wire::dot_stuff(&mut input, &body);
             }
             Some(cuts) => {
                 let mut bounds: Vec<usize> = cuts.iter().map(|&c| c.min(body.len())).collect();
@@ -1584,34 +1577,17 @@ fn transcript(messages: &[GenMessage], max_message_size: u64) -> (Vec<u8>, Strin
     (input, want)
 }
 
-/// Checks that `replies` is a sequence of well-formed reply lines: three digits (2xx to 5xx),
-/// a space or a hyphen, text without CR or LF, then CRLF; a hyphen line is followed by a line
-/// of the same code.
+/// Checks that `replies` is a sequence of whole replies written to the letter of RFC 5321:
+/// three digits (2xx to 5xx), a space or a hyphen, text without CR or LF, then CRLF; a hyphen
+/// line is followed by a line of the same code.
 fn check_replies(replies: &[u8]) -> Result<(), TestCaseError> {
-    let mut rest = replies;
-    let mut continued: Option<&[u8]> = None;
-    while !rest.is_empty() {
-        let lf = rest.iter().position(|&b| b == b'\n');
-        prop_assert!(lf.is_some(), "unterminated reply {:?}", rest);
-        let lf = lf.unwrap_or_default();
-        prop_assert!(lf >= 5 && rest[lf - 1] == b'\r', "no CRLF: {:?}", rest);
-        let line = &rest[..lf - 1];
-        prop_assert!(
-            (b'2'..=b'5').contains(&line[0])
-                && line[1].is_ascii_digit()
-                && line[2].is_ascii_digit()
-                && (line[3] == b' ' || line[3] == b'-')
-                && !line.contains(&b'\r'),
-            "bad reply line {:?}",
-            String::from_utf8_lossy(line)
-        );
-        if let Some(code) = continued {
-            prop_assert_eq!(code, &line[..3], "multi-line reply changes code");
-        }
-        continued = (line[3] == b'-').then_some(&line[..3]);
-        rest = &rest[lf + 1..];
-    }
-    prop_assert!(continued.is_none(), "multi-line reply never ends");
+    let checked = ringmx_wire::check_replies(replies);
+    prop_assert!(
+        checked.is_ok(),
+        "{:?} in {:?}",
+        checked,
+        String::from_utf8_lossy(replies)
+    );
     Ok(())
 }
 

@@ -22,6 +22,8 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use ringmx_wire::{dot_stuff, ReplyReader};
+
 /// How long the server may take to print its "listening on" line.
 pub const START_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a client waits for any one reply.
@@ -355,7 +357,7 @@ pub fn exited_with(status: ExitStatus, code: i32) -> bool {
 /// A raw SMTP client on one TCP connection.
 pub struct Client {
     stream: TcpStream,
-    reader: BufReader<TcpStream>,
+    replies: ReplyReader,
 }
 
 impl Client {
@@ -366,12 +368,18 @@ impl Client {
 
     /// Connects, or returns the error.
     pub fn try_connect(addr: SocketAddr) -> io::Result<Client> {
-        let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+        Client::on(TcpStream::connect_timeout(&addr, Duration::from_secs(5))?)
+    }
+
+    /// A client over an already connected stream, with the same timeouts and TCP_NODELAY.
+    pub fn on(stream: TcpStream) -> io::Result<Client> {
         stream.set_read_timeout(Some(READ_TIMEOUT))?;
         stream.set_write_timeout(Some(READ_TIMEOUT))?;
         stream.set_nodelay(true)?;
-        let reader = BufReader::new(stream.try_clone()?);
-        Ok(Client { stream, reader })
+        Ok(Client {
+            stream,
+            replies: ReplyReader::exact(0),
+        })
     }
 
     /// Connects and reads the 220 greeting.
@@ -415,38 +423,38 @@ impl Client {
         }
     }
 
-    /// Reads one whole reply (every line up to one whose fourth byte is a space), with the
-    /// line ends. `Ok(None)` when the connection closed before any byte of it.
+    /// Reads one whole reply, with the line ends, checked to the letter of RFC 5321 (see
+    /// `ringmx_wire::Strictness::Exact`). `Ok(None)` when the connection closed before any
+    /// byte of it.
     pub fn try_read_reply(&mut self) -> io::Result<Option<String>> {
-        let mut reply = String::new();
         loop {
-            let mut line = String::new();
-            let n = self.reader.read_line(&mut line)?;
+            let invalid = |what: String| io::Error::new(io::ErrorKind::InvalidData, what);
+            match self.replies.next_reply() {
+                Ok(Some(reply)) => {
+                    let text = self.replies.text(&reply);
+                    return match std::str::from_utf8(text) {
+                        Ok(text) => Ok(Some(text.to_string())),
+                        Err(_) => Err(invalid(format!("reply not UTF-8: {text:?}"))),
+                    };
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    let text = String::from_utf8_lossy(self.replies.pending());
+                    return Err(invalid(format!("bad reply ({e:?}): {text:?}")));
+                }
+            }
+            let n = self.stream.read(self.replies.spare())?;
             if n == 0 {
-                if reply.is_empty() {
+                if self.replies.is_empty() {
                     return Ok(None);
                 }
+                let text = String::from_utf8_lossy(self.replies.pending());
                 return Err(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
-                    format!("connection closed inside a reply: {reply:?}"),
+                    format!("connection closed inside a reply: {text:?}"),
                 ));
             }
-            reply.push_str(&line);
-            if !line.ends_with("\r\n") {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!("reply line not ended by CRLF: {line:?}"),
-                ));
-            }
-            if line.as_bytes().get(3) == Some(&b' ') {
-                return Ok(Some(reply));
-            }
-            if line.as_bytes().get(3) != Some(&b'-') {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!("malformed reply line: {line:?}"),
-                ));
-            }
+            self.replies.filled(n);
         }
     }
 
@@ -478,10 +486,11 @@ impl Client {
     /// Reads until the server closes the connection (bounded by the read timeout); returns
     /// what came before the close. A reset counts as a close.
     pub fn read_until_closed(&mut self) -> String {
-        let mut rest = Vec::new();
+        let mut rest = self.replies.pending().to_vec();
+        self.replies.reset();
         let mut chunk = [0u8; 4096];
         loop {
-            match self.reader.read(&mut chunk) {
+            match self.stream.read(&mut chunk) {
                 Ok(0) => break,
                 Ok(n) => rest.extend_from_slice(&chunk[..n]),
                 Err(e) if e.kind() == io::ErrorKind::ConnectionReset => break,
@@ -530,15 +539,7 @@ pub fn queue_id(reply: &str) -> Option<String> {
 pub fn dot_stuffed(body: &[u8]) -> Vec<u8> {
     assert!(body.ends_with(b"\r\n"), "test bodies end with CRLF");
     let mut out = Vec::with_capacity(body.len() + 8);
-    let mut line_start = true;
-    for &b in body {
-        if line_start && b == b'.' {
-            out.push(b'.');
-        }
-        out.push(b);
-        line_start = b == b'\n';
-    }
-    out.extend_from_slice(b".\r\n");
+    dot_stuff(&mut out, body);
     out
 }
 

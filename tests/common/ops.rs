@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::{find_program, run_bounded, Client, Server, READ_TIMEOUT};
+use super::{find_program, run_bounded, Client, Server};
 
 /// How long a peer may take to come up.
 const PEER_START_TIMEOUT: Duration = Duration::from_secs(10);
@@ -242,11 +242,7 @@ pub fn connect_from(from: &str, to: SocketAddr) -> TcpStream {
 
 /// A `Client` over an already connected stream (such as one from `connect_from`).
 pub fn client_on(stream: TcpStream) -> Client {
-    stream.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
-    stream.set_write_timeout(Some(READ_TIMEOUT)).unwrap();
-    stream.set_nodelay(true).unwrap();
-    let reader = std::io::BufReader::new(stream.try_clone().unwrap());
-    Client { stream, reader }
+    Client::on(stream).unwrap()
 }
 
 /// The `Received:` header of a stored message, unfolded onto one line.
