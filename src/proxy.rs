@@ -113,19 +113,24 @@ fn parse_v1(input: &[u8]) -> Parsed {
         return Parsed::Malformed("not a PROXY v1 or v2 header");
     }
     let window = &input[..input.len().min(V1_BYTES_MAX)];
-    // A CR may only come right before the final LF.
-    if let Some(cr) = memchr::memchr(b'\r', window) {
-        if window.get(cr + 1).is_some_and(|&b| b != b'\n') {
-            return Parsed::Malformed("malformed PROXY v1 header");
-        }
+    // Only the line is looked at: the bytes after it are the client's and decide nothing.
+    let lf = memchr::memchr(b'\n', window);
+    let line_end = lf.unwrap_or(window.len());
+    // A CR may only come right before the final LF (or be the last byte so far).
+    let cr = memchr::memchr(b'\r', &window[..line_end]);
+    if cr.is_some_and(|cr| cr + 1 != line_end) {
+        return Parsed::Malformed("malformed PROXY v1 header");
     }
-    let Some(lf) = memchr::memchr(b'\n', window) else {
+    let Some(lf) = lf else {
         return if input.len() >= V1_BYTES_MAX {
             Parsed::Malformed("PROXY v1 header longer than 107 bytes")
         } else {
             Parsed::Incomplete
         };
     };
+    if cr.is_none() {
+        return Parsed::Malformed("PROXY v1 header not ended by CRLF");
+    }
     let line = &input[..=lf];
     let Ok(header) = ppp::v1::Header::try_from(line) else {
         return Parsed::Malformed("malformed PROXY v1 header");
@@ -259,6 +264,33 @@ mod tests {
                 client: None
             }
         );
+    }
+
+    #[test]
+    fn v1_line_must_end_in_crlf_and_what_follows_it_decides_nothing() {
+        // A bare LF does not end a header, whatever comes after it.
+        for input in [
+            &b"PROXY UNKNOWN  K \n"[..],
+            b"PROXY UNKNOWN  K \n\r-\n",
+            b"PROXY UNKNOWN\nQUIT\r\n",
+        ] {
+            assert!(matches!(parse(input), Parsed::Malformed(_)), "{input:?}");
+        }
+        // A CR (even one not followed by LF) in the client's bytes after the header.
+        let input = b"PROXY UNKNOWN\r\n\r-\r\n";
+        assert_eq!(
+            parse(input),
+            Parsed::Header {
+                len: 15,
+                client: None
+            }
+        );
+        // A CR inside the line is malformed; one at the end of the bytes so far waits.
+        assert!(matches!(
+            parse(b"PROXY UNK\rNOWN\r\n"),
+            Parsed::Malformed(_)
+        ));
+        assert_eq!(parse(b"PROXY UNKNOWN\r"), Parsed::Incomplete);
     }
 
     #[test]
