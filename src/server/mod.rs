@@ -651,13 +651,16 @@ async fn accept_loop<D: Driver>(listener: D::Listener, shard: Rc<Shard<D>>) {
             Ok((stream, peer)) => {
                 let shard = Rc::clone(&shard);
                 shard.active.set(shard.active.get() + 1);
-                D::spawn(async move {
+                // Boxed: a connection's future is several KiB, and the runtime moves a task's
+                // future by value when it spawns it and each time the task changes stage; a
+                // box makes each of those moves a pointer.
+                D::spawn(Box::pin(async move {
                     conn::serve(stream, peer, &shard).await;
                     shard.active.set(shard.active.get() - 1);
                     if shard.active.get() == 0 {
                         shard.idle.notify_waiters();
                     }
-                });
+                }));
             }
             Err(e) => {
                 // EMFILE and friends: back off briefly rather than spin.
