@@ -188,18 +188,8 @@ pub(crate) async fn serve<D: Driver>(
 
     let mut session = Session::new(Arc::clone(&shard.session_config), started);
     let mut out = Output::new();
-    let mut phase = shard.phase.clone();
     let early_input = !buf.is_empty();
-    if let Some(end) = greet::<D>(
-        &stream,
-        shard,
-        &mut phase,
-        &mut session,
-        &mut out,
-        early_input,
-    )
-    .await
-    {
+    if let Some(end) = greet::<D>(&stream, shard, &mut session, &mut out, early_input).await {
         if !out.replies.is_empty() {
             if let Some(metrics) = metrics {
                 metrics.replies(&out.replies);
@@ -227,7 +217,6 @@ pub(crate) async fn serve<D: Driver>(
         small: BytesMut::new(),
         scratch: Vec::with_capacity(REPLY_BUFFER_IDLE),
         message: Message::Idle,
-        phase,
         phase_seen: Phase::Running,
         bytes: bytes_in,
         tls: None,
@@ -338,13 +327,13 @@ async fn proxy_header<D: Driver>(
 async fn greet<D: Driver>(
     stream: &D::Stream,
     shard: &Shard<D>,
-    phase: &mut tokio::sync::watch::Receiver<Phase>,
     session: &mut Session,
     out: &mut Output,
     early_input: bool,
 ) -> Option<End> {
     let config = &shard.config;
     if !config.greet_delay.is_zero() {
+        let mut phase = shard.phase.clone();
         let delay = tokio::time::sleep(config.greet_delay);
         tokio::pin!(delay);
         while *phase.borrow_and_update() == Phase::Running {
@@ -383,7 +372,6 @@ struct Conn<'a, D: Driver> {
     /// The reply buffer not in use by the session: replies in flight, or trace headers.
     scratch: Vec<u8>,
     message: Message<<AnySink<D> as Sink>::Message>,
-    phase: tokio::sync::watch::Receiver<Phase>,
     /// The last shutdown phase acted on.
     phase_seen: Phase,
     bytes: u64,
@@ -418,7 +406,7 @@ impl<D: Driver> Conn<'_, D> {
         // The time the timer is set to; None once it has fired (or before it is first set).
         let mut armed: Option<tokio::time::Instant> = None;
         // The shutdown phase, watched by one future for the whole connection.
-        let mut phase_change = pin!(phase_after(self.phase.clone(), self.phase_seen));
+        let mut phase_change = pin!(self.shard.local_phase.after(self.phase_seen));
         let mut write_deadline: Option<tokio::time::Instant> = None;
         // Once the shutdown grace is over, no write may take longer than this.
         let mut stop_by: Option<tokio::time::Instant> = None;
@@ -537,7 +525,7 @@ impl<D: Driver> Conn<'_, D> {
                 }
                 Event::Phase(phase) => {
                     self.phase_seen = phase;
-                    phase_change.set(phase_after(self.phase.clone(), phase));
+                    phase_change.set(self.shard.local_phase.after(phase));
                     match phase {
                         Phase::Running => {}
                         Phase::Draining => {
@@ -646,7 +634,7 @@ impl<D: Driver> Conn<'_, D> {
         let timeout = self.shard.config.tls_handshake_timeout;
         let accept = TlsStream::accept::<D>(self.stream, store.current(), &mut self.buf, timeout);
         // The end of the shutdown grace does not wait for a handshake.
-        let mut phase = self.phase.clone();
+        let mut phase = self.shard.phase.clone();
         let stopping = async move {
             while *phase.borrow_and_update() != Phase::Stopping {
                 if phase.changed().await.is_err() {
@@ -916,19 +904,5 @@ fn earliest(
     match (a, b) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
-    }
-}
-
-/// Completes with the shutdown phase once it is other than `seen` (`Stopping` when the
-/// sender is gone).
-async fn phase_after(mut phase: tokio::sync::watch::Receiver<Phase>, seen: Phase) -> Phase {
-    loop {
-        let now = *phase.borrow_and_update();
-        if now != seen {
-            return now;
-        }
-        if phase.changed().await.is_err() {
-            return Phase::Stopping;
-        }
     }
 }
