@@ -449,31 +449,54 @@ fn domain(text: &str, utf8: bool) -> bool {
         return false;
     }
     // One pass over the labels: each is 1 to 63 letters, digits or hyphens, and begins and
-    // ends with a letter or digit.
-    let ok_char = |b: u8| b.is_ascii_alphanumeric() || (b >= 0x80 && utf8);
+    // ends with a letter or digit (a non-ASCII byte counts as a letter in a U-label).
     let mut label_len = 0;
-    let mut last = 0u8;
+    // The byte before is a letter or digit (so the label so far may end here).
+    let mut after_letter = false;
     for &b in text.as_bytes() {
-        if b == b'.' {
-            if label_len == 0 || !ok_char(last) {
-                return false;
-            }
-            label_len = 0;
-            continue;
-        }
-        let ok = if label_len == 0 {
-            ok_char(b)
+        let class = if b < 0x80 {
+            DOMAIN_CLASS[usize::from(b)]
+        } else if utf8 {
+            LETTER
         } else {
-            ok_char(b) || b == b'-'
+            OTHER
         };
+        match class {
+            LETTER => after_letter = true,
+            HYPHEN if label_len > 0 => after_letter = false,
+            DOT if after_letter => {
+                label_len = 0;
+                after_letter = false;
+                continue;
+            }
+            _ => return false,
+        }
         label_len += 1;
-        if !ok || label_len > 63 {
+        if label_len > 63 {
             return false;
         }
-        last = b;
     }
-    label_len > 0 && ok_char(last)
+    after_letter
 }
+
+/// Classes of ASCII bytes in a domain: `LETTER` (letters and digits), `HYPHEN`, `DOT`, `OTHER`.
+const DOMAIN_CLASS: [u8; 128] = {
+    let mut class = [OTHER; 128];
+    let mut b = 0;
+    while b < 128 {
+        if (b as u8).is_ascii_alphanumeric() {
+            class[b] = LETTER;
+        }
+        b += 1;
+    }
+    class[b'-' as usize] = HYPHEN;
+    class[b'.' as usize] = DOT;
+    class
+};
+const OTHER: u8 = 0;
+const LETTER: u8 = 1;
+const HYPHEN: u8 = 2;
+const DOT: u8 = 3;
 
 /// True when every non-ASCII label of `domain` is a valid IDNA2008 U-label (RFC 5890,
 /// RFC 5891 5.4): UTS 46 processing (non-transitional, STD3 rules, the bidi and joiner rules)
