@@ -181,7 +181,17 @@ fn hello_name(args: &[u8]) -> Option<&str> {
     if name.is_empty() || !name.iter().all(|&b| (0x21..0x7f).contains(&b)) {
         return None;
     }
-    std::str::from_utf8(name).ok()
+    text(name)
+}
+
+/// `bytes` as text, if they are UTF-8. ASCII, the common case, is checked a word at a time
+/// (`from_utf8` walks a short string byte by byte).
+fn text(bytes: &[u8]) -> Option<&str> {
+    if bytes.is_ascii() {
+        // SAFETY: ASCII bytes are valid UTF-8.
+        return Some(unsafe { std::str::from_utf8_unchecked(bytes) });
+    }
+    std::str::from_utf8(bytes).ok()
 }
 
 /// Strips a case-insensitive keyword such as `FROM:` and the blanks after it.
@@ -196,7 +206,7 @@ fn keyword<'a>(args: &'a [u8], word: &[u8]) -> Option<&'a [u8]> {
 /// Parses `MAIL FROM:<path> [params]`; without `extensions`, any parameter is refused.
 fn parse_mail(args: &[u8], extensions: bool) -> Result<Command<'_>, Bad> {
     let rest = keyword(args, b"FROM:").ok_or(Bad::Syntax(USAGE_MAIL))?;
-    let rest = std::str::from_utf8(rest).map_err(|_| Bad::Sender)?;
+    let rest = text(rest).ok_or(Bad::Sender)?;
     let (inner, params) = split_path(rest).ok_or(Bad::Sender)?;
     if !extensions && !params.trim_matches(' ').is_empty() {
         return Err(Bad::Parameter);
@@ -213,7 +223,7 @@ fn parse_mail(args: &[u8], extensions: bool) -> Result<Command<'_>, Bad> {
 /// Parses `RCPT TO:<path>`; no RCPT parameter is supported.
 fn parse_rcpt(args: &[u8]) -> Result<Command<'_>, Bad> {
     let rest = keyword(args, b"TO:").ok_or(Bad::Syntax(USAGE_RCPT))?;
-    let rest = std::str::from_utf8(rest).map_err(|_| Bad::Recipient)?;
+    let rest = text(rest).ok_or(Bad::Recipient)?;
     let (inner, params) = split_path(rest).ok_or(Bad::Recipient)?;
     if !params.trim_matches(' ').is_empty() {
         return Err(Bad::Parameter);
@@ -269,8 +279,13 @@ fn split_path(rest: &str) -> Option<(&str, &str)> {
     if bytes.first() != Some(&b'<') {
         return None;
     }
+    // A `>` before any quote ends the path: no quoted string can hide it.
+    let mut i = match memchr::memchr2(b'>', b'"', &bytes[1..]) {
+        Some(at) if bytes[1 + at] == b'>' => 1 + at,
+        Some(_) => 1,
+        None => return None,
+    };
     let mut quoted = false;
-    let mut i = 1;
     while i < bytes.len() {
         match bytes[i] {
             b'\\' if quoted => i += 1,
@@ -358,9 +373,8 @@ fn local_part_end(text: &str, utf8: bool) -> Option<usize> {
             }
         }
     } else {
-        let end = bytes.iter().position(|&b| b == b'@').unwrap_or(bytes.len());
-        let local = &text[..end];
-        if local.is_empty() || local.split('.').any(|atom| !is_atom(atom, utf8)) {
+        let end = memchr::memchr(b'@', bytes).unwrap_or(bytes.len());
+        if !is_dot_string(&bytes[..end], utf8) {
             return None;
         }
         end
@@ -368,12 +382,43 @@ fn local_part_end(text: &str, utf8: bool) -> Option<usize> {
     (end <= LOCAL_PART_MAX).then_some(end)
 }
 
-/// RFC 5321 Atom: one or more atext characters.
-fn is_atom(atom: &str, utf8: bool) -> bool {
-    !atom.is_empty()
-        && atom.bytes().all(|b| {
-            b.is_ascii_alphanumeric() || b"!#$%&'*+-/=?^_`{|}~".contains(&b) || (b >= 0x80 && utf8)
-        })
+/// RFC 5321 Dot-string: atoms (one or more atext characters) joined by single dots.
+fn is_dot_string(local: &[u8], utf8: bool) -> bool {
+    // True at the start and after a dot: an atom must begin here.
+    let mut atom_due = true;
+    for &b in local {
+        if b == b'.' {
+            if atom_due {
+                return false;
+            }
+            atom_due = true;
+        } else if is_atext(b) || (b >= 0x80 && utf8) {
+            atom_due = false;
+        } else {
+            return false;
+        }
+    }
+    !atom_due
+}
+
+/// RFC 5322 atext among ASCII bytes: letters, digits and ``!#$%&'*+-/=?^_`{|}~``.
+fn is_atext(b: u8) -> bool {
+    /// Bit `b` set for each atext byte `b` (ASCII only).
+    const ATEXT: [u64; 2] = {
+        let mut set = [0u64; 2];
+        let mut b = 0;
+        while b < 128 {
+            let c = b as u8;
+            if c.is_ascii_alphanumeric()
+                || matches!(c, b'!' | b'#'..=b'\'' | b'*' | b'+' | b'-' | b'/' | b'=' | b'?' | b'^'..=b'`' | b'{'..=b'~')
+            {
+                set[b / 64] |= 1 << (b % 64);
+            }
+            b += 1;
+        }
+        set
+    };
+    b < 128 && ATEXT[usize::from(b) / 64] & (1 << (b % 64)) != 0
 }
 
 /// Characters refused anywhere in an SMTPUTF8 address (SPEC §4.1): C0 and C1 controls and
@@ -403,20 +448,55 @@ fn domain(text: &str, utf8: bool) -> bool {
     if !labels_ok {
         return false;
     }
-    text.split('.').all(|label| {
-        let bytes = label.as_bytes();
-        let ok_char = |b: u8| b.is_ascii_alphanumeric() || (b >= 0x80 && utf8);
-        match (bytes.first(), bytes.last()) {
-            (Some(&first), Some(&last)) => {
-                ok_char(first)
-                    && ok_char(last)
-                    && bytes.len() <= 63
-                    && bytes.iter().all(|&b| ok_char(b) || b == b'-')
+    // One pass over the labels: each is 1 to 63 letters, digits or hyphens, and begins and
+    // ends with a letter or digit (a non-ASCII byte counts as a letter in a U-label).
+    let mut label_len = 0;
+    // The byte before is a letter or digit (so the label so far may end here).
+    let mut after_letter = false;
+    for &b in text.as_bytes() {
+        let class = if b < 0x80 {
+            DOMAIN_CLASS[usize::from(b)]
+        } else if utf8 {
+            LETTER
+        } else {
+            OTHER
+        };
+        match class {
+            LETTER => after_letter = true,
+            HYPHEN if label_len > 0 => after_letter = false,
+            DOT if after_letter => {
+                label_len = 0;
+                after_letter = false;
+                continue;
             }
-            _ => false,
+            _ => return false,
         }
-    })
+        label_len += 1;
+        if label_len > 63 {
+            return false;
+        }
+    }
+    after_letter
 }
+
+/// Classes of ASCII bytes in a domain: `LETTER` (letters and digits), `HYPHEN`, `DOT`, `OTHER`.
+const DOMAIN_CLASS: [u8; 128] = {
+    let mut class = [OTHER; 128];
+    let mut b = 0;
+    while b < 128 {
+        if (b as u8).is_ascii_alphanumeric() {
+            class[b] = LETTER;
+        }
+        b += 1;
+    }
+    class[b'-' as usize] = HYPHEN;
+    class[b'.' as usize] = DOT;
+    class
+};
+const OTHER: u8 = 0;
+const LETTER: u8 = 1;
+const HYPHEN: u8 = 2;
+const DOT: u8 = 3;
 
 /// True when every non-ASCII label of `domain` is a valid IDNA2008 U-label (RFC 5890,
 /// RFC 5891 5.4): UTS 46 processing (non-transitional, STD3 rules, the bidi and joiner rules)
@@ -857,5 +937,103 @@ mod tests {
         assert_eq!(domain_of("u@x.example"), "x.example");
         assert_eq!(domain_of("\"a@b\"@x.example"), "x.example");
         assert_eq!(domain_of("Postmaster"), "");
+    }
+
+    /// Oracles: the path, local-part and domain checks written plainly, one rule at a time.
+    mod naive {
+        use super::super::{u_labels_valid, DOMAIN_MAX, LOCAL_PART_MAX, PATH_MAX};
+
+        pub fn split_path(rest: &str) -> Option<(&str, &str)> {
+            let bytes = rest.as_bytes();
+            if bytes.first() != Some(&b'<') {
+                return None;
+            }
+            let mut quoted = false;
+            let mut i = 1;
+            while i < bytes.len() {
+                match bytes[i] {
+                    b'\\' if quoted => i += 1,
+                    b'"' => quoted = !quoted,
+                    b'>' if !quoted => {
+                        if i + 1 > PATH_MAX {
+                            return None;
+                        }
+                        let params = &rest[i + 1..];
+                        if !params.is_empty() && !params.starts_with(' ') {
+                            return None;
+                        }
+                        return Some((&rest[1..i], params));
+                    }
+                    _ => {}
+                }
+                i += 1;
+            }
+            None
+        }
+
+        fn is_atom(atom: &str, utf8: bool) -> bool {
+            !atom.is_empty()
+                && atom.bytes().all(|b| {
+                    b.is_ascii_alphanumeric()
+                        || b"!#$%&'*+-/=?^_`{|}~".contains(&b)
+                        || (b >= 0x80 && utf8)
+                })
+        }
+
+        /// The dot-atom form only (the quoted form has one implementation).
+        pub fn dot_local_part_end(text: &str, utf8: bool) -> Option<usize> {
+            let end = text.find('@').unwrap_or(text.len());
+            let local = &text[..end];
+            if local.is_empty() || local.split('.').any(|atom| !is_atom(atom, utf8)) {
+                return None;
+            }
+            (end <= LOCAL_PART_MAX).then_some(end)
+        }
+
+        pub fn domain(text: &str, utf8: bool) -> bool {
+            if text.is_empty() || text.len() > DOMAIN_MAX {
+                return false;
+            }
+            if !(text.is_ascii() || (utf8 && u_labels_valid(text))) {
+                return false;
+            }
+            text.split('.').all(|label| {
+                let bytes = label.as_bytes();
+                let ok_char = |b: u8| b.is_ascii_alphanumeric() || (b >= 0x80 && utf8);
+                match (bytes.first(), bytes.last()) {
+                    (Some(&first), Some(&last)) => {
+                        ok_char(first)
+                            && ok_char(last)
+                            && bytes.len() <= 63
+                            && bytes.iter().all(|&b| ok_char(b) || b == b'-')
+                    }
+                    _ => false,
+                }
+            })
+        }
+    }
+
+    /// Text made of the bytes that matter to paths, local parts and domains.
+    fn address_text() -> impl proptest::strategy::Strategy<Value = String> {
+        proptest::string::string_regex(
+            "[a-c0-9.@<>\"\\\\ _!=-]{0,12}(\u{e9}|x{60,70}|[.-]){0,2}[a-c0-9.@<>\"-]{0,12}",
+        )
+        .expect("regex")
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2048))]
+
+        #[test]
+        fn fast_checks_agree_with_the_oracles(text in address_text(), utf8: bool) {
+            proptest::prop_assert_eq!(split_path(&text), naive::split_path(&text));
+            proptest::prop_assert_eq!(domain(&text, utf8), naive::domain(&text, utf8));
+            if !text.starts_with('"') {
+                proptest::prop_assert_eq!(
+                    local_part_end(&text, utf8),
+                    naive::dot_local_part_end(&text, utf8)
+                );
+            }
+        }
     }
 }

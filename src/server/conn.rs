@@ -132,8 +132,8 @@ enum Fed {
 enum Event {
     Read(std::io::Result<usize>, BytesMut),
     Written(std::io::Result<()>, Vec<u8>),
-    WriteTimeout,
-    Deadline,
+    /// The connection's timer fired: the write deadline or the session's may have passed.
+    Timer,
     Phase(Phase),
 }
 
@@ -188,18 +188,8 @@ pub(crate) async fn serve<D: Driver>(
 
     let mut session = Session::new(Arc::clone(&shard.session_config), started);
     let mut out = Output::new();
-    let mut phase = shard.phase.clone();
     let early_input = !buf.is_empty();
-    if let Some(end) = greet::<D>(
-        &stream,
-        shard,
-        &mut phase,
-        &mut session,
-        &mut out,
-        early_input,
-    )
-    .await
-    {
+    if let Some(end) = greet::<D>(&stream, shard, &mut session, &mut out, early_input).await {
         if !out.replies.is_empty() {
             if let Some(metrics) = metrics {
                 metrics.replies(&out.replies);
@@ -227,10 +217,10 @@ pub(crate) async fn serve<D: Driver>(
         small: BytesMut::new(),
         scratch: Vec::with_capacity(REPLY_BUFFER_IDLE),
         message: Message::Idle,
-        phase,
         phase_seen: Phase::Running,
         bytes: bytes_in,
         tls: None,
+        clock: None,
     };
     let end = conn.run().await;
     if let Message::Open(message, _) = std::mem::replace(&mut conn.message, Message::Idle) {
@@ -337,13 +327,13 @@ async fn proxy_header<D: Driver>(
 async fn greet<D: Driver>(
     stream: &D::Stream,
     shard: &Shard<D>,
-    phase: &mut tokio::sync::watch::Receiver<Phase>,
     session: &mut Session,
     out: &mut Output,
     early_input: bool,
 ) -> Option<End> {
     let config = &shard.config;
     if !config.greet_delay.is_zero() {
+        let mut phase = shard.phase.clone();
         let delay = tokio::time::sleep(config.greet_delay);
         tokio::pin!(delay);
         while *phase.borrow_and_update() == Phase::Running {
@@ -382,15 +372,21 @@ struct Conn<'a, D: Driver> {
     /// The reply buffer not in use by the session: replies in flight, or trace headers.
     scratch: Vec<u8>,
     message: Message<<AnySink<D> as Sink>::Message>,
-    phase: tokio::sync::watch::Receiver<Phase>,
     /// The last shutdown phase acted on.
     phase_seen: Phase,
     bytes: u64,
     /// The TLS layer, once STARTTLS succeeded.
     tls: Option<TlsStream>,
+    /// The time read for the event being handled (`now`), if it was needed yet.
+    clock: Option<Instant>,
 }
 
 impl<D: Driver> Conn<'_, D> {
+    /// The time of the event being handled: read once, when first needed.
+    fn now(&mut self) -> Instant {
+        *self.clock.get_or_insert_with(Instant::now)
+    }
+
     /// The event loop. Returns how the session ended.
     async fn run(&mut self) -> End {
         let stream = self.stream;
@@ -399,6 +395,18 @@ impl<D: Driver> Conn<'_, D> {
         // buffer until it completes; the write owns `scratch`.
         let mut read = pin!(idle(|| D::read(stream, BytesMut::new())));
         let mut write = pin!(idle(|| D::write_all(stream, Vec::new())));
+        // One timer serves both deadlines, armed lazily: it is moved only when a deadline
+        // falls before the time it is set to. A later deadline (the session's, refreshed by
+        // every command) leaves it as it is; when it fires early, the deadlines are checked
+        // and it is armed again. Registering a timer per command would cost more than the
+        // command itself.
+        let mut timer = pin!(tokio::time::sleep_until(tokio::time::Instant::from_std(
+            self.now()
+        )));
+        // The time the timer is set to; None once it has fired (or before it is first set).
+        let mut armed: Option<tokio::time::Instant> = None;
+        // The shutdown phase, watched by one future for the whole connection.
+        let mut phase_change = pin!(self.shard.local_phase.after(self.phase_seen));
         let mut write_deadline: Option<tokio::time::Instant> = None;
         // Once the shutdown grace is over, no write may take longer than this.
         let mut stop_by: Option<tokio::time::Instant> = None;
@@ -415,7 +423,7 @@ impl<D: Driver> Conn<'_, D> {
                     return End::WriteError;
                 };
                 write.set(Some(D::write_all(stream, wire)));
-                let by = tokio::time::Instant::now() + write_timeout;
+                let by = tokio::time::Instant::from_std(self.now()) + write_timeout;
                 write_deadline = Some(stop_by.map_or(by, |stop| stop.min(by)));
             }
             match fed {
@@ -423,7 +431,9 @@ impl<D: Driver> Conn<'_, D> {
                 Fed::StartTls if write.is_none() => {
                     // The 220 is out and no read is in flight: the next bytes are the
                     // client's handshake.
-                    fed = match self.start_tls().await {
+                    let started = self.start_tls().await;
+                    self.clock = None;
+                    fed = match started {
                         Ok(()) if self.buf.is_empty() => Fed::NeedInput,
                         Ok(()) => self.feed().await,
                         Err(end) => return end,
@@ -447,16 +457,24 @@ impl<D: Driver> Conn<'_, D> {
                 Fed::Over(_) => None,
                 _ => self.session.deadline().map(tokio::time::Instant::from_std),
             };
+            let wake = earliest(write_deadline, deadline);
+            if let Some(wake) = wake {
+                if armed.is_none_or(|at| wake < at) {
+                    timer.as_mut().reset(wake);
+                    armed = Some(wake);
+                }
+            }
             let event = tokio::select! {
                 biased;
                 (result, sent) = in_slot(write.as_mut()) => Event::Written(result, sent),
                 (result, buf) = in_slot(read.as_mut()) => Event::Read(result, buf),
-                () = sleep_until(write_deadline) => Event::WriteTimeout,
-                () = sleep_until(deadline) => Event::Deadline,
-                changed = self.phase.changed(), if self.phase_seen != Phase::Stopping => {
-                    Event::Phase(if changed.is_ok() { *self.phase.borrow() } else { Phase::Stopping })
+                () = timer.as_mut(), if wake.is_some() => Event::Timer,
+                phase = phase_change.as_mut(), if self.phase_seen != Phase::Stopping => {
+                    Event::Phase(phase)
                 }
             };
+            // Time is read at most once per event, when something needs it.
+            self.clock = None;
 
             match event {
                 Event::Written(result, sent) => {
@@ -493,15 +511,21 @@ impl<D: Driver> Conn<'_, D> {
                         Err(end) => Fed::Over(end),
                     };
                 }
-                Event::WriteTimeout => return End::WriteError,
-                Event::Deadline => {
-                    if self.session.handle_timeout(Instant::now(), &mut self.out) == Step::Close {
+                Event::Timer => {
+                    armed = None;
+                    let now = self.now();
+                    if write_deadline.is_some_and(|by| tokio::time::Instant::from_std(now) >= by) {
+                        return End::WriteError;
+                    }
+                    let passed = deadline.is_some_and(|d| tokio::time::Instant::from_std(now) >= d);
+                    if passed && self.session.handle_timeout(now, &mut self.out) == Step::Close {
                         log_debug!("{}: timeout", self.peer);
                         fed = Fed::Over(End::Timeout);
                     }
                 }
                 Event::Phase(phase) => {
                     self.phase_seen = phase;
+                    phase_change.set(self.shard.local_phase.after(phase));
                     match phase {
                         Phase::Running => {}
                         Phase::Draining => {
@@ -515,7 +539,7 @@ impl<D: Driver> Conn<'_, D> {
                                 self.session.handle_stop(&mut self.out);
                                 fed = Fed::Over(End::Shutdown);
                             }
-                            let soon = tokio::time::Instant::now() + STOP_FLUSH;
+                            let soon = tokio::time::Instant::from_std(self.now()) + STOP_FLUSH;
                             stop_by = Some(soon);
                             write_deadline = write_deadline.map(|d| d.min(soon));
                         }
@@ -610,7 +634,7 @@ impl<D: Driver> Conn<'_, D> {
         let timeout = self.shard.config.tls_handshake_timeout;
         let accept = TlsStream::accept::<D>(self.stream, store.current(), &mut self.buf, timeout);
         // The end of the shutdown grace does not wait for a handshake.
-        let mut phase = self.phase.clone();
+        let mut phase = self.shard.phase.clone();
         let stopping = async move {
             while *phase.borrow_and_update() != Phase::Stopping {
                 if phase.changed().await.is_err() {
@@ -668,7 +692,7 @@ impl<D: Driver> Conn<'_, D> {
     /// Feeds the received bytes to the session and carries out its steps.
     async fn feed(&mut self) -> Fed {
         let mut pos = 0;
-        let now = Instant::now();
+        let now = self.now();
         let fed = loop {
             let (n, step) = self
                 .session
@@ -676,12 +700,16 @@ impl<D: Driver> Conn<'_, D> {
             if !self.out.body.is_empty() {
                 self.append(pos).await;
                 self.out.body.clear();
+                self.sink_waited();
             }
             pos += n;
             match step {
                 Step::Read if self.out.replies_full() => break Fed::RepliesFull,
                 Step::Read => break Fed::NeedInput,
-                Step::Begin => self.begin().await,
+                Step::Begin => {
+                    self.begin().await;
+                    self.sink_waited();
+                }
                 Step::Store => {
                     // Timed from the read that brought the end of data (the feed's `now`: no
                     // extra clock read) to the verdict.
@@ -691,6 +719,7 @@ impl<D: Driver> Conn<'_, D> {
                         .as_ref()
                         .map(|_| (now, self.session.envelope().recipient_count()));
                     let stored = self.store().await;
+                    self.sink_waited();
                     if let (Some(metrics), Some((started, recipients)), Ok(_)) =
                         (&self.shard.metrics, timing, &stored)
                     {
@@ -702,7 +731,10 @@ impl<D: Driver> Conn<'_, D> {
                         break Fed::Over(End::Shutdown);
                     }
                 }
-                Step::Discard => self.discard().await,
+                Step::Discard => {
+                    self.discard().await;
+                    self.sink_waited();
+                }
                 Step::StartTls => break Fed::StartTls,
                 Step::Close => {
                     let end = if self.phase_seen == Phase::Running {
@@ -716,6 +748,14 @@ impl<D: Driver> Conn<'_, D> {
         };
         self.buf.advance(pos);
         fed
+    }
+
+    /// After a sink operation: one that may have waited (an fsync, a JetStream ack) makes the
+    /// time read before it stale. The discard sink answers at once.
+    fn sink_waited(&mut self) {
+        if !matches!(self.shard.sink, AnySink::Discard) {
+            self.clock = None;
+        }
     }
 
     /// Begins the session's message in the sink, with its trace headers.
@@ -856,10 +896,13 @@ fn in_slot<F: Future>(mut slot: Pin<&mut Option<F>>) -> impl Future<Output = F::
     })
 }
 
-/// Sleeps until `deadline`, or forever when there is none.
-async fn sleep_until(deadline: Option<tokio::time::Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
-        None => std::future::pending().await,
+/// The earlier of two optional deadlines.
+fn earliest(
+    a: Option<tokio::time::Instant>,
+    b: Option<tokio::time::Instant>,
+) -> Option<tokio::time::Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
     }
 }

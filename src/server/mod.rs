@@ -12,12 +12,14 @@ mod conn;
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::process::ExitCode;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
 use bytes::BytesMut;
@@ -126,6 +128,8 @@ pub(crate) struct Shard<D: Driver> {
     /// The STARTTLS certificate store, when TLS is offered.
     pub tls: Option<Arc<crate::tls::CertStore>>,
     pub phase: watch::Receiver<Phase>,
+    /// This shard's copy of `phase`, which its connections and accept loops wait on.
+    pub local_phase: LocalPhase,
     /// This shard's counters, when `RINGMX_METRICS_LISTEN` is set (written only here).
     pub metrics: Option<Arc<ShardMetrics>>,
     pool: RefCell<Vec<BytesMut>>,
@@ -168,6 +172,134 @@ impl<D: Driver> Shard<D> {
             if buf.capacity() >= LARGE_BUFFER {
                 pool.push(buf);
             }
+        }
+    }
+}
+
+/// The shutdown phase as one shard's tasks see it. One task per shard follows the server's
+/// `watch` channel and copies each change here (`follow_phase`); connections and accept loops
+/// wait on the copy, which takes no lock and no atomic. (Waiting on the channel itself takes
+/// its lock to register, on every poll after that, and to deregister: several times per
+/// message on a busy connection.)
+pub(crate) struct LocalPhase {
+    phase: Cell<Phase>,
+    waiters: RefCell<Waiters>,
+}
+
+/// The wakers of the tasks waiting for a phase change, in slots reused once freed (at most
+/// one per task waiting: bounded by the connection limit).
+#[derive(Default)]
+struct Waiters {
+    slots: Vec<Option<Waker>>,
+    free: Vec<usize>,
+}
+
+impl LocalPhase {
+    fn new(phase: Phase) -> LocalPhase {
+        LocalPhase {
+            phase: Cell::new(phase),
+            waiters: RefCell::new(Waiters::default()),
+        }
+    }
+
+    /// Sets the phase and wakes every waiter when it changed.
+    fn set(&self, phase: Phase) {
+        if phase == self.phase.get() {
+            return;
+        }
+        self.phase.set(phase);
+        // Taken out first: a waker may run code that polls a waiter.
+        let wakers: Vec<Waker> = self
+            .waiters
+            .borrow_mut()
+            .slots
+            .iter_mut()
+            .filter_map(Option::take)
+            .collect();
+        for waker in wakers {
+            waker.wake();
+        }
+    }
+
+    /// The phase now.
+    pub fn get(&self) -> Phase {
+        self.phase.get()
+    }
+
+    /// Completes with the phase once it is other than `seen`.
+    pub fn after(&self, seen: Phase) -> PhaseAfter<'_> {
+        PhaseAfter {
+            local: self,
+            seen,
+            slot: None,
+        }
+    }
+}
+
+/// The future of `LocalPhase::after`.
+pub(crate) struct PhaseAfter<'a> {
+    local: &'a LocalPhase,
+    seen: Phase,
+    /// Its slot among the waiters, once it has waited.
+    slot: Option<usize>,
+}
+
+impl Future for PhaseAfter<'_> {
+    type Output = Phase;
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Phase> {
+        let this = self.get_mut();
+        let now = this.local.phase.get();
+        if now != this.seen {
+            return Poll::Ready(now);
+        }
+        let mut waiters = this.local.waiters.borrow_mut();
+        match this.slot {
+            Some(slot) => match &mut waiters.slots[slot] {
+                Some(waker) if waker.will_wake(cx.waker()) => {}
+                waker => *waker = Some(cx.waker().clone()),
+            },
+            None => {
+                let waker = Some(cx.waker().clone());
+                let slot = match waiters.free.pop() {
+                    Some(slot) => {
+                        waiters.slots[slot] = waker;
+                        slot
+                    }
+                    None => {
+                        waiters.slots.push(waker);
+                        waiters.slots.len() - 1
+                    }
+                };
+                this.slot = Some(slot);
+            }
+        }
+        Poll::Pending
+    }
+}
+
+impl Drop for PhaseAfter<'_> {
+    fn drop(&mut self) {
+        if let Some(slot) = self.slot {
+            let mut waiters = self.local.waiters.borrow_mut();
+            waiters.slots[slot] = None;
+            waiters.free.push(slot);
+        }
+    }
+}
+
+/// Copies the server's phase into the shard's `local_phase` until it is `Stopping`.
+async fn follow_phase<D: Driver>(shard: Rc<Shard<D>>) {
+    let mut phase = shard.phase.clone();
+    loop {
+        let now = *phase.borrow_and_update();
+        shard.local_phase.set(now);
+        if now == Phase::Stopping {
+            return;
+        }
+        if phase.changed().await.is_err() {
+            shard.local_phase.set(Phase::Stopping);
+            return;
         }
     }
 }
@@ -577,6 +709,7 @@ fn run_shard<D: Driver>(
             Delivery::Discard => AnySink::Discard,
         };
         let tls = shared.tls.clone();
+        let initial_phase = *phase.borrow();
         let shard = Rc::new(Shard {
             id,
             session_config: Arc::new(config.session.clone()),
@@ -584,6 +717,7 @@ fn run_shard<D: Driver>(
             shared,
             sink,
             tls,
+            local_phase: LocalPhase::new(initial_phase),
             phase,
             metrics,
             pool: RefCell::new(Vec::new()),
@@ -592,6 +726,7 @@ fn run_shard<D: Driver>(
             active: Cell::new(0),
             idle: Notify::new(),
         });
+        D::spawn(follow_phase(Rc::clone(&shard)));
         let mut accepting = Vec::new();
         for listener in listeners {
             let listener = D::listener(listener)?;
@@ -620,9 +755,9 @@ fn run_shard<D: Driver>(
 
 /// Accepts connections until shutdown begins, then shuts the listener down.
 async fn accept_loop<D: Driver>(listener: D::Listener, shard: Rc<Shard<D>>) {
-    let mut phase = shard.phase.clone();
+    let phase = &shard.local_phase;
     loop {
-        if *phase.borrow() != Phase::Running {
+        if phase.get() != Phase::Running {
             D::shutdown_listener(&listener);
             return;
         }
@@ -631,7 +766,7 @@ async fn accept_loop<D: Driver>(listener: D::Listener, shard: Rc<Shard<D>>) {
         let accepted = tokio::select! {
             biased;
             accepted = &mut accept => accepted,
-            _ = phase.changed() => {
+            _ = phase.after(Phase::Running) => {
                 // Dropping the accept is not enough on io_uring: the socket stays open while
                 // the accept is in the kernel, and a connection it takes then is never closed.
                 // Shut the listener down, which ends the accept, and close what it returns.
@@ -642,7 +777,7 @@ async fn accept_loop<D: Driver>(listener: D::Listener, shard: Rc<Shard<D>>) {
         };
         match accepted {
             // Accepted as shutdown began: dropping the stream closes it unanswered.
-            Ok(_) if *phase.borrow() != Phase::Running => {
+            Ok(_) if phase.get() != Phase::Running => {
                 if let Some(metrics) = &shard.metrics {
                     metrics.connection(crate::metrics::Connection::RefusedShutdown);
                 }
@@ -651,13 +786,16 @@ async fn accept_loop<D: Driver>(listener: D::Listener, shard: Rc<Shard<D>>) {
             Ok((stream, peer)) => {
                 let shard = Rc::clone(&shard);
                 shard.active.set(shard.active.get() + 1);
-                D::spawn(async move {
+                // Boxed: a connection's future is several KiB, and the runtime moves a task's
+                // future by value when it spawns it and each time the task changes stage; a
+                // box makes each of those moves a pointer.
+                D::spawn(Box::pin(async move {
                     conn::serve(stream, peer, &shard).await;
                     shard.active.set(shard.active.get() - 1);
                     if shard.active.get() == 0 {
                         shard.idle.notify_waiters();
                     }
-                });
+                }));
             }
             Err(e) => {
                 // EMFILE and friends: back off briefly rather than spin.
@@ -713,6 +851,43 @@ mod tests {
         let a = shared.admit(&config, ip("2001:db8::1")).ok().unwrap();
         let b = shared.admit(&config, ip("2001:db8::2")).ok().unwrap();
         drop((a, b));
+    }
+
+    #[test]
+    fn local_phase_wakes_its_waiters_and_reuses_their_slots() {
+        struct Count(AtomicUsize);
+        impl std::task::Wake for Count {
+            fn wake(self: Arc<Self>) {
+                self.0.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        let waker = Waker::from(Arc::clone(&count));
+        let mut cx = Context::from_waker(&waker);
+        let local = LocalPhase::new(Phase::Running);
+        let mut a = Box::pin(local.after(Phase::Running));
+        let mut b = Box::pin(local.after(Phase::Running));
+        assert!(a.as_mut().poll(&mut cx).is_pending());
+        assert!(b.as_mut().poll(&mut cx).is_pending());
+        assert!(a.as_mut().poll(&mut cx).is_pending());
+        drop(b);
+        let mut c = Box::pin(local.after(Phase::Running));
+        assert!(c.as_mut().poll(&mut cx).is_pending());
+        assert_eq!(
+            local.waiters.borrow().slots.len(),
+            2,
+            "a freed slot is reused"
+        );
+        local.set(Phase::Draining);
+        assert_eq!(count.0.load(Ordering::Relaxed), 2, "each waiter woken once");
+        assert_eq!(a.as_mut().poll(&mut cx), Poll::Ready(Phase::Draining));
+        assert_eq!(c.as_mut().poll(&mut cx), Poll::Ready(Phase::Draining));
+        let mut d = Box::pin(local.after(Phase::Draining));
+        assert!(d.as_mut().poll(&mut cx).is_pending());
+        local.set(Phase::Stopping);
+        assert_eq!(d.as_mut().poll(&mut cx), Poll::Ready(Phase::Stopping));
+        drop((a, c, d));
+        assert_eq!(local.waiters.borrow().free.len(), 3);
     }
 
     #[test]
