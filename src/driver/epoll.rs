@@ -66,10 +66,8 @@ impl Driver for Epoll {
     }
 
     async fn accept(listener: &Self::Listener) -> io::Result<(Self::Stream, SocketAddr)> {
-        let (stream, peer) = listener.accept().await?;
-        // Replies are whole and flushed on purpose; Nagle would hold them for an ACK.
-        stream.set_nodelay(true)?;
-        Ok((stream, peer))
+        // TCP_NODELAY comes from the listener (see `Driver::accept`).
+        listener.accept().await
     }
 
     fn shutdown_listener(listener: &Self::Listener) {

@@ -46,7 +46,9 @@ pub trait Driver: Sized + 'static {
     fn spawn<F: Future<Output = ()> + 'static>(future: F);
     /// Wraps a bound, listening, non-blocking socket built by the caller.
     fn listener(listener: std::net::TcpListener) -> io::Result<Self::Listener>;
-    /// Accepts one connection.
+    /// Accepts one connection. Its socket has TCP_NODELAY (replies are whole and flushed on
+    /// purpose; Nagle would hold them for an ACK) because the listener has it and Linux copies
+    /// a listener's TCP options to the connections it accepts: no setsockopt per connection.
     async fn accept(listener: &Self::Listener) -> io::Result<(Self::Stream, SocketAddr)>;
     /// Shuts a listener down (shutdown(2)): an accept in flight ends, and no connection is
     /// taken any more. The descriptor stays open until the listener is dropped.

@@ -2,7 +2,7 @@
 //! that owns its buffer until completion. tokio-uring has no active maintainer, which is why
 //! it is confined to this file.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::io;
 use std::marker::PhantomData;
@@ -44,18 +44,37 @@ fn runtime(ring_entries: u32) -> io::Result<tokio_uring::Runtime> {
     }
 }
 
-/// A connected socket that is shut down when dropped. tokio-uring closes a descriptor only
-/// once no operation holds it, and a read cancelled by a timeout or by shutdown stays in the
-/// kernel until the peer sends or closes: a silent peer would keep the connection (and the
+/// A connected socket that is shut down when dropped with an operation still in flight.
+/// tokio-uring closes a descriptor only once no operation holds it, and a read (or a write
+/// to a peer that does not read) cancelled by a timeout or by shutdown stays in the kernel
+/// until the peer sends, reads or closes: a silent peer would keep the connection (and the
 /// descriptor) open for ever after our 421. shutdown(2) completes such operations at once, so
-/// the descriptor is closed and the peer sees the close.
-pub struct Stream(tokio_uring::net::TcpStream);
+/// the descriptor is closed and the peer sees the close. A connection that ends with nothing
+/// in flight (the usual end: QUIT, 221) is simply closed.
+pub struct Stream {
+    socket: tokio_uring::net::TcpStream,
+    /// Reads and writes started and not seen to complete.
+    in_flight: Cell<u8>,
+}
+
+impl Stream {
+    /// Runs `operation` on the socket, counted as in flight until it completes (a dropped
+    /// operation stays counted).
+    async fn counted<T>(&self, operation: impl Future<Output = T>) -> T {
+        self.in_flight.set(self.in_flight.get() + 1);
+        let done = operation.await;
+        self.in_flight.set(self.in_flight.get() - 1);
+        done
+    }
+}
 
 impl Drop for Stream {
     fn drop(&mut self) {
-        // SAFETY: shutdown(2) on the descriptor this stream still owns; it frees nothing.
-        unsafe {
-            libc::shutdown(self.0.as_raw_fd(), libc::SHUT_RDWR);
+        if self.in_flight.get() > 0 {
+            // SAFETY: shutdown(2) on the descriptor this stream still owns; it frees nothing.
+            unsafe {
+                libc::shutdown(self.socket.as_raw_fd(), libc::SHUT_RDWR);
+            }
         }
     }
 }
@@ -197,10 +216,13 @@ impl Driver for Uring {
     }
 
     async fn accept(listener: &Self::Listener) -> io::Result<(Self::Stream, SocketAddr)> {
-        let (stream, peer) = listener.accept().await?;
-        // Replies are whole and flushed on purpose; Nagle would hold them for an ACK.
-        stream.set_nodelay(true)?;
-        Ok((Stream(stream), peer))
+        // TCP_NODELAY comes from the listener (see `Driver::accept`).
+        let (socket, peer) = listener.accept().await?;
+        let stream = Stream {
+            socket,
+            in_flight: Cell::new(0),
+        };
+        Ok((stream, peer))
     }
 
     fn shutdown_listener(listener: &Self::Listener) {
@@ -208,7 +230,7 @@ impl Driver for Uring {
     }
 
     fn peer_has_sent(stream: &Self::Stream) -> bool {
-        super::peek_fd(stream.0.as_raw_fd())
+        super::peek_fd(stream.socket.as_raw_fd())
     }
 
     async fn read(stream: &Self::Stream, mut buf: BytesMut) -> BufResult<usize, BytesMut> {
@@ -217,12 +239,14 @@ impl Driver for Uring {
             buf.reserve(1);
         }
         let cap = cap.max(buf.capacity());
-        let (result, slice) = stream.0.read(buf.slice(len..cap)).await;
+        let (result, slice) = stream
+            .counted(stream.socket.read(buf.slice(len..cap)))
+            .await;
         (result, slice.into_inner())
     }
 
     async fn write_all(stream: &Self::Stream, buf: Vec<u8>) -> BufResult<(), Vec<u8>> {
-        stream.0.write_all(buf).await
+        stream.counted(stream.socket.write_all(buf)).await
     }
 
     fn open_dir(path: &Path) -> io::Result<Self::File> {

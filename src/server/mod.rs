@@ -651,6 +651,9 @@ fn bind(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
         // `[::]` must not also take IPv4: `0.0.0.0` is listed separately when wanted.
         socket.set_only_v6(true)?;
     }
+    // Accepted connections inherit it: replies go out at once, with no setsockopt per
+    // connection.
+    socket.set_nodelay(true)?;
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     socket.listen(LISTEN_BACKLOG)?;
@@ -809,6 +812,15 @@ async fn accept_loop<D: Driver>(listener: D::Listener, shard: Rc<Shard<D>>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn accepted_connections_inherit_nodelay_from_the_listener() {
+        let listener = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        listener.set_nonblocking(false).unwrap();
+        let _client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (accepted, _) = listener.accept().unwrap();
+        assert!(accepted.nodelay().unwrap());
+    }
 
     fn config(vars: &[(&str, &str)]) -> ServerConfig {
         let vars = vars.iter().map(|(n, v)| (n.to_string(), v.to_string()));
