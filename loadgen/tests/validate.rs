@@ -30,8 +30,11 @@ use std::time::{Duration, Instant};
 const TOLERANCE_REL: f64 = 0.05;
 /// Absolute part of the allowed error, in µs.
 const TOLERANCE_ABS_US: f64 = 50.0;
-/// How many times a validation runs before it fails (the first run plus one retry).
-const ATTEMPTS: usize = 2;
+/// How many times a validation runs before it fails (the first run plus two retries): on a
+/// shared 2-vCPU machine the pacer alone misses its 50 µs p99 in a run now and then (another
+/// tenant's burst), with the latencies still within bounds; the bounds themselves are never
+/// widened.
+const ATTEMPTS: usize = 3;
 
 /// Service time of the validation server.
 #[derive(Clone, Copy, Debug)]
