@@ -779,8 +779,10 @@ async fn accept_loop<D: Driver>(listener: D::Listener, shard: Rc<Shard<D>>) {
             }
         };
         match accepted {
-            // Accepted as shutdown began: dropping the stream closes it unanswered.
-            Ok(_) if phase.get() != Phase::Running => {
+            // Accepted as shutdown began: dropping the stream closes it unanswered. The shared
+            // phase decides, not the shard's copy: that copy is updated by a task of this
+            // shard that may not have run yet when the accept completes in the same turn.
+            Ok(_) if *shard.phase.borrow() != Phase::Running => {
                 if let Some(metrics) = &shard.metrics {
                     metrics.connection(crate::metrics::Connection::RefusedShutdown);
                 }
