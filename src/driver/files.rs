@@ -6,19 +6,21 @@
 //! channel whose slots exist from the start, each job's result comes back in a completion slot
 //! taken from a per-shard pool, and the buffers a job carries (paths, the head, the part list)
 //! come back with its result for reuse. Threads are started as the work needs them, up to
-//! `MAX_THREADS`, and end with the shard.
+//! `MAX_THREADS`; one that found no work for `IDLE_EXIT` ends (as tokio's blocking pool does),
+//! and all end with the shard.
 
 use std::cell::RefCell;
 use std::future::poll_fn;
 use std::io;
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::FileExt;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{fence, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Poll, Waker};
+use std::time::Duration;
 
 use bytes::BytesMut;
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use super::reuse::{CPath, Handle};
 use crate::scan::Part;
@@ -29,6 +31,12 @@ pub const MAX_THREADS: usize = 64;
 const QUEUE: usize = 1024;
 /// Completion slots kept for reuse.
 const SLOTS_KEPT: usize = 4096;
+/// A file thread with no work for this long ends (shorter in unit tests, which watch it).
+const IDLE_EXIT: Duration = if cfg!(test) {
+    Duration::from_millis(100)
+} else {
+    Duration::from_secs(10)
+};
 
 /// A piece of file work.
 pub enum Job {
@@ -83,13 +91,18 @@ struct SlotState {
 struct Files {
     jobs: Sender<(Job, Arc<Slot>)>,
     receiver: Receiver<(Job, Arc<Slot>)>,
-    threads: usize,
-    /// Threads waiting for a job.
-    idle: Arc<AtomicUsize>,
+    counts: Arc<Counts>,
     free: Vec<Arc<Slot>>,
     /// Slots whose job's thread may still hold them (a result just delivered, or a task that
     /// stopped waiting): reusable once it let go.
     pending: Vec<Arc<Slot>>,
+}
+
+/// How many file threads a shard has, and how many of them wait for a job.
+#[derive(Default)]
+struct Counts {
+    threads: AtomicUsize,
+    idle: AtomicUsize,
 }
 
 thread_local! {
@@ -106,8 +119,7 @@ impl Scope {
             *files.borrow_mut() = Some(Files {
                 jobs,
                 receiver,
-                threads: 0,
-                idle: Arc::new(AtomicUsize::new(0)),
+                counts: Arc::default(),
                 free: Vec::new(),
                 pending: Vec::new(),
             });
@@ -146,43 +158,49 @@ impl Files {
         }
     }
 
-    /// Starts a thread when every waiting one already has a job queued for it and the limit
-    /// allows.
+    /// Starts a thread, after a job was queued, when every waiting one already has a job
+    /// queued for it and the limit allows. Checked after the send, against a thread that
+    /// ends for idleness at the same moment: either that thread sees the job, or this sees it
+    /// gone (see `work`).
     fn ensure_thread(&mut self) {
-        if self.jobs.len() < self.idle.load(Ordering::Acquire) || self.threads >= MAX_THREADS {
+        fence(Ordering::SeqCst);
+        let counts = &self.counts;
+        if self.jobs.len() <= counts.idle.load(Ordering::SeqCst)
+            || counts.threads.load(Ordering::SeqCst) >= MAX_THREADS
+        {
             return;
         }
         let receiver = self.receiver.clone();
-        let idle = Arc::clone(&self.idle);
+        let shared = Arc::clone(counts);
+        counts.threads.fetch_add(1, Ordering::SeqCst);
         let started = std::thread::Builder::new()
             .name("ringmx-file".into())
-            .spawn(move || work(receiver, idle));
-        // Without a new thread the ones running take the job in turn.
-        if started.is_ok() {
-            self.threads += 1;
+            .spawn(move || work(receiver, shared));
+        if started.is_err() {
+            // The ones running take the job in turn; with none, `run` does it.
+            counts.threads.fetch_sub(1, Ordering::SeqCst);
         }
     }
 }
 
 /// Runs `job` on a file thread and waits for its result.
 pub async fn run(job: Job) -> Done {
-    let (slot, jobs) = FILES.with(|files| {
+    let slot = FILES.with(|files| {
         let mut files = files.borrow_mut();
         let files = files.as_mut().expect("file work outside a shard's runtime");
+        let slot = files.slot();
+        // Never blocks long: the threads are taking jobs (or there are none, below).
+        let _ = files.jobs.send((job, Arc::clone(&slot)));
         files.ensure_thread();
-        (
-            files.slot(),
-            (files.threads > 0).then(|| files.jobs.clone()),
-        )
+        if files.counts.threads.load(Ordering::SeqCst) == 0 {
+            // No thread could be started (a resource limit): the shard does the queued work
+            // itself rather than wait for ever.
+            while let Ok((job, slot)) = files.receiver.try_recv() {
+                deliver(slot, execute(job));
+            }
+        }
+        slot
     });
-    let Some(jobs) = jobs else {
-        // No thread could be started (a resource limit): the shard does the work itself
-        // rather than wait for ever.
-        drop(Waiting(Some(slot)));
-        return execute(job);
-    };
-    let _ = jobs.send((job, Arc::clone(&slot)));
-    drop(jobs);
     let waiting = Waiting(Some(slot));
     poll_fn(|cx| {
         let slot = waiting.0.as_ref().expect("polled after completion");
@@ -201,6 +219,20 @@ pub async fn run(job: Job) -> Done {
     .await
 }
 
+/// Hands a job's result to the task waiting in `slot`, letting go of the slot before waking
+/// it (so that the task finds the slot free for reuse).
+fn deliver(slot: Arc<Slot>, done: Done) {
+    let waker = {
+        let mut state = slot.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.done = Some(done);
+        state.waker.take()
+    };
+    drop(slot);
+    if let Some(waker) = waker {
+        waker.wake();
+    }
+}
+
 /// The slot of a job being waited for; back to the pool when the wait ends, also when the
 /// waiting task is dropped (the slot is then reused once the job is done with it).
 struct Waiting(Option<Arc<Slot>>);
@@ -217,26 +249,30 @@ impl Drop for Waiting {
     }
 }
 
-/// A file thread: takes jobs until the shard is gone.
-fn work(receiver: Receiver<(Job, Arc<Slot>)>, idle: Arc<AtomicUsize>) {
+/// A file thread: takes jobs until the shard is gone, or until it had none for `IDLE_EXIT`.
+fn work(receiver: Receiver<(Job, Arc<Slot>)>, counts: Arc<Counts>) {
     loop {
-        idle.fetch_add(1, Ordering::AcqRel);
-        let next = receiver.recv();
-        idle.fetch_sub(1, Ordering::AcqRel);
-        let Ok((job, slot)) = next else {
-            return;
+        counts.idle.fetch_add(1, Ordering::SeqCst);
+        let next = receiver.recv_timeout(IDLE_EXIT);
+        counts.idle.fetch_sub(1, Ordering::SeqCst);
+        let (job, slot) = match next {
+            Ok(next) => next,
+            Err(RecvTimeoutError::Disconnected) => break,
+            Err(RecvTimeoutError::Timeout) => {
+                // Leave, unless a job came in meanwhile: a submitter that counted this thread
+                // as waiting before it stopped waiting started no other (`ensure_thread`).
+                counts.threads.fetch_sub(1, Ordering::SeqCst);
+                fence(Ordering::SeqCst);
+                if receiver.is_empty() {
+                    return;
+                }
+                counts.threads.fetch_add(1, Ordering::SeqCst);
+                continue;
+            }
         };
-        let done = execute(job);
-        let waker = {
-            let mut state = slot.state.lock().unwrap_or_else(|e| e.into_inner());
-            state.done = Some(done);
-            state.waker.take()
-        };
-        drop(slot);
-        if let Some(waker) = waker {
-            waker.wake();
-        }
+        deliver(slot, execute(job));
     }
+    counts.threads.fetch_sub(1, Ordering::SeqCst);
 }
 
 fn execute(job: Job) -> Done {
@@ -434,6 +470,53 @@ mod tests {
                     .await,
                     Done::Finished(Ok(()), None, None)
                 ));
+            }
+        });
+    }
+
+    /// This shard's file threads now.
+    fn threads() -> usize {
+        FILES.with(|files| {
+            let files = files.borrow();
+            files
+                .as_ref()
+                .unwrap()
+                .counts
+                .threads
+                .load(Ordering::SeqCst)
+        })
+    }
+
+    #[test]
+    fn idle_threads_end_and_new_work_starts_one_again() {
+        block_on(async {
+            let dir = tempfile::tempdir().unwrap();
+            let file =
+                super::super::reuse::File::new(std::fs::File::open(dir.path()).unwrap().into());
+            let syncs = (0..8).map(|_| {
+                run(Job::Sync {
+                    file: file.handle(),
+                })
+            });
+            futures_join(syncs).await;
+            assert!(threads() >= 1);
+            // Idle past IDLE_EXIT: every thread ends.
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            while threads() > 0 && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            assert_eq!(threads(), 0);
+            // Work after that starts a thread again; a job queued while a thread leaves is
+            // never stranded.
+            for _ in 0..20 {
+                assert!(matches!(
+                    run(Job::Sync {
+                        file: file.handle()
+                    })
+                    .await,
+                    Done::Finished(Ok(()), None, None)
+                ));
+                std::thread::sleep(IDLE_EXIT - Duration::from_millis(2));
             }
         });
     }
