@@ -60,3 +60,14 @@ pub fn allocations_during(f: impl FnOnce()) -> u64 {
     COUNTING.with(|on| on.set(false));
     ALLOCATIONS.with(|n| n.get())
 }
+
+/// Runs in every test binary that installs the allocator: a count of zero there means
+/// something only if an allocation on this thread is seen.
+#[test]
+fn the_counter_counts() {
+    let count = allocations_during(|| {
+        let v: Vec<u8> = Vec::with_capacity(std::hint::black_box(10));
+        std::hint::black_box(v);
+    });
+    assert_eq!(count, 1);
+}
