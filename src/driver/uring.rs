@@ -44,6 +44,24 @@ fn runtime(ring_entries: u32) -> io::Result<tokio_uring::Runtime> {
     }
 }
 
+/// Lets the kernel run up to `max` blocking file operations of this thread's rings at once
+/// (IORING_REGISTER_IOWQ_MAX_WORKERS, Linux 5.15), as many as the epoll backend's file threads.
+///
+/// The kernel does an open with O_CREAT, an fsync and a rename on its io-wq workers, and by
+/// default a thread gets at most four of those per CPU: with two CPUs and fifty connections in
+/// the middle of a durable 250, at most eight fsyncs wait on the journal together, where the
+/// epoll backend has fifty, and a journal commit serves all fsyncs waiting on it. The limit
+/// belongs to the thread (one io-wq serves all of a thread's rings), and tokio-uring does not
+/// expose its ring, so it is set through a one-entry ring of our own, dropped right after. On a
+/// kernel without the call the default stays.
+fn raise_file_workers(max: u32) {
+    let raised = io_uring::IoUring::new(1)
+        .and_then(|ring| ring.submitter().register_iowq_max_workers(&mut [max, 0]));
+    if let Err(e) = raised {
+        crate::log_debug!("io-wq worker limit left at the kernel's default: {e}");
+    }
+}
+
 /// A connected socket that is shut down when dropped with an operation still in flight.
 /// tokio-uring closes a descriptor only once no operation holds it, and a read (or a write
 /// to a peer that does not read) cancelled by a timeout or by shutdown stays in the kernel
@@ -204,7 +222,9 @@ impl Driver for Uring {
     const NAME: &'static str = "uring";
 
     fn block_on<F: Future>(ring_entries: u32, future: F) -> io::Result<F::Output> {
-        Ok(runtime(ring_entries)?.block_on(future))
+        let runtime = runtime(ring_entries)?;
+        raise_file_workers(super::files::MAX_THREADS as u32);
+        Ok(runtime.block_on(future))
     }
 
     fn spawn<F: Future<Output = ()> + 'static>(future: F) {
@@ -383,6 +403,25 @@ impl Driver for Uring {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The thread's io-wq limits for blocking work (bounded, unbounded), read back through a
+    /// ring of its own: the call with zeros changes nothing and answers the limits in force.
+    fn file_worker_limits() -> io::Result<[u32; 2]> {
+        let mut limits = [0, 0];
+        io_uring::IoUring::new(1)?
+            .submitter()
+            .register_iowq_max_workers(&mut limits)?;
+        Ok(limits)
+    }
+
+    #[test]
+    fn a_shard_may_run_as_many_blocking_file_operations_as_epoll_has_file_threads() {
+        // The kernel's default is four per CPU (eight on two CPUs), raised on the shard's thread.
+        let limits = Uring::block_on(64, async { file_worker_limits() })
+            .unwrap()
+            .expect("IORING_REGISTER_IOWQ_MAX_WORKERS (Linux 5.15)");
+        assert_eq!(limits[0], crate::driver::files::MAX_THREADS as u32);
+    }
 
     /// The bytes left in `iovecs[first..]`, concatenated.
     fn left(iovecs: &[libc::iovec], first: usize) -> Vec<u8> {
