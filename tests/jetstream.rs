@@ -114,7 +114,7 @@ async fn begin(sink: &Jetstream, s: &Sample, head: &[u8]) -> Publication {
 async fn deliver(sink: &Jetstream, s: &Sample) -> Result<(), DeliveryError> {
     let mut m = begin(sink, s, &s.head).await;
     for (buf, parts, base) in &s.chunks {
-        let back = sink.append(&mut m, buf.clone(), parts, *base).await;
+        let back = sink.append(&mut m, buf.clone(), parts, *base, false).await;
         assert_eq!(&back, buf, "append gives the buffer back untouched");
     }
     sink.commit(m).await
@@ -247,7 +247,9 @@ fn a_message_larger_than_max_payload_is_refused_whole_and_never_published() {
                 .sum::<usize>();
         let fill = 128 * 1024 - headers - s.head.len();
         let body = BytesMut::from(&vec![b'x'; fill][..]);
-        let body = sink.append(&mut m, body, &[Part::Input(0..fill)], 0).await;
+        let body = sink
+            .append(&mut m, body, &[Part::Input(0..fill)], 0, false)
+            .await;
         assert_eq!(m.len(), 128 * 1024 - headers);
         sink.commit(m)
             .await
@@ -263,6 +265,7 @@ fn a_message_larger_than_max_payload_is_refused_whole_and_never_published() {
                 body,
                 &[Part::Input(0..fill), Part::Static(b"\r\n")],
                 0,
+                true,
             )
             .await;
         assert_eq!(m.len(), 0, "the copy stops and its memory is freed");

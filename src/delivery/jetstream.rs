@@ -484,6 +484,7 @@ impl Sink for Jetstream {
         buf: BytesMut,
         parts: &[Part],
         base: usize,
+        _last: bool,
     ) -> BytesMut {
         self.copy_parts(message, &buf, parts, base);
         buf

@@ -155,6 +155,9 @@ pub struct Draft<D: Driver> {
     id: QueueId,
     /// The first write error; the draft is then doomed and its commit fails.
     failed: bool,
+    /// When the last write began, if the driver was allowed to fsync with it: the fsync metric
+    /// then runs from there (the fsync may be done by the time `persist` starts).
+    sync_started: Option<Instant>,
 }
 
 impl<D: Driver> Maildir<D> {
@@ -210,16 +213,23 @@ impl<D: Driver> Maildir<D> {
     /// Moves a synced, closed file from `tmp/` to a free name in `new/`: the first name is
     /// tried by `persist` (with the fsync); a taken name is never replaced, a fresh one is
     /// tried instead.
-    async fn publish(&self, file: D::File, tmp_path: &Path, id: &str) -> io::Result<PathBuf> {
+    async fn publish(
+        &self,
+        file: D::File,
+        tmp_path: &Path,
+        id: &str,
+        sync_started: Option<Instant>,
+    ) -> io::Result<PathBuf> {
         let mut new_path = self.new_path(id, 0);
         let started = self
             .metrics
             .as_ref()
             .filter(|_| self.fsync)
-            .map(|_| Instant::now());
+            .map(|_| sync_started.unwrap_or_else(Instant::now));
         let mut result = D::persist(file, self.fsync, tmp_path, &new_path).await;
         if let (Some(metrics), Some(started)) = (&self.metrics, started) {
-            // The file's fsync with its rename (one step for the driver).
+            // The file's fsync with its rename (one step for the driver), and with the last
+            // write when the driver could fsync there.
             metrics.fsync_latency(started.elapsed());
         }
         let mut attempt = 0;
@@ -307,6 +317,7 @@ impl<D: Driver> Sink for Maildir<D> {
             tmp_path,
             id,
             failed: false,
+            sync_started: None,
         };
         (Ok(draft), head)
     }
@@ -317,11 +328,17 @@ impl<D: Driver> Sink for Maildir<D> {
         buf: BytesMut,
         parts: &[Part],
         base: usize,
+        last: bool,
     ) -> BytesMut {
         if draft.failed {
             return buf;
         }
-        let (written, buf) = D::write_parts_at(&draft.file, buf, parts, base, draft.offset).await;
+        let sync = last && self.fsync;
+        if sync && self.metrics.is_some() {
+            draft.sync_started = Some(Instant::now());
+        }
+        let (written, buf) =
+            D::write_parts_at(&draft.file, buf, parts, base, draft.offset, sync).await;
         match written {
             Ok(len) => draft.offset += len,
             Err(_) => draft.failed = true,
@@ -335,6 +352,7 @@ impl<D: Driver> Sink for Maildir<D> {
             tmp_path,
             id,
             failed,
+            sync_started,
             ..
         } = draft;
         if failed {
@@ -345,7 +363,9 @@ impl<D: Driver> Sink for Maildir<D> {
                 "spool write failed",
             )));
         }
-        let published = self.publish(file, &tmp_path, id.as_str()).await;
+        let published = self
+            .publish(file, &tmp_path, id.as_str(), sync_started)
+            .await;
         self.reuse(tmp_path);
         let new_path = published.map_err(DeliveryError::Temporary)?;
         let synced = if self.fsync {

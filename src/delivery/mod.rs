@@ -61,14 +61,16 @@ pub trait Sink {
         head: Vec<u8>,
     ) -> (io::Result<Self::Message>, Vec<u8>);
 
-    /// Appends message data: `parts` are ranges of `buf` offset by `base`, and constants. The
-    /// buffer always comes back; a failure dooms the message (its commit fails).
+    /// Appends message data: `parts` are ranges of `buf` offset by `base`, and constants;
+    /// `last`: the message ends with them (its commit comes next). The buffer always comes
+    /// back; a failure dooms the message (its commit fails).
     async fn append(
         &self,
         message: &mut Self::Message,
         buf: BytesMut,
         parts: &[Part],
         base: usize,
+        last: bool,
     ) -> BytesMut;
 
     /// Makes the message durable. On error nothing of it is left for a reader to find.
@@ -124,13 +126,14 @@ impl<D: Driver> Sink for AnySink<D> {
         buf: BytesMut,
         parts: &[Part],
         base: usize,
+        last: bool,
     ) -> BytesMut {
         match (self, message) {
             (AnySink::Maildir(sink), AnyMessage::Maildir(draft)) => {
-                sink.append(draft, buf, parts, base).await
+                sink.append(draft, buf, parts, base, last).await
             }
             (AnySink::Jetstream(sink), AnyMessage::Jetstream(publication)) => {
-                sink.append(publication, buf, parts, base).await
+                sink.append(publication, buf, parts, base, last).await
             }
             _ => buf,
         }

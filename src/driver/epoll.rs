@@ -118,8 +118,10 @@ impl Driver for Epoll {
         parts: &[Part],
         base: usize,
         offset: u64,
+        _sync: bool,
     ) -> BufResult<u64, BytesMut> {
-        // One hand-off to a file thread for the whole batch; the parts are small ranges.
+        // One hand-off to a file thread for the whole batch; the parts are small ranges. The
+        // fsync stays with `persist`, in the same hand-off as the close and the rename.
         let mut list = PARTS
             .with(|pool| pool.borrow_mut().pop())
             .unwrap_or_default();

@@ -182,11 +182,12 @@ impl<D: Driver> Driver for Faulty<D> {
         parts: &[Part],
         base: usize,
         offset: u64,
+        sync: bool,
     ) -> BufResult<u64, BytesMut> {
         if let Err(e) = inject(FileOp::Write) {
             return (Err(e), buf);
         }
-        D::write_parts_at(file, buf, parts, base, offset).await
+        D::write_parts_at(file, buf, parts, base, offset, sync).await
     }
 
     async fn persist(file: Self::File, sync: bool, from: &Path, to: &Path) -> io::Result<()> {

@@ -61,19 +61,24 @@ pub trait Driver: Sized + 'static {
     async fn write_all(stream: &Self::Stream, buf: Vec<u8>) -> BufResult<(), Vec<u8>>;
     /// Opens a directory so that it can be fsync'd.
     fn open_dir(path: &Path) -> io::Result<Self::File>;
-    /// Creates a new file (it must not exist yet) and writes `head` at its start, as one step
-    /// for drivers that pay per operation (epoll's hand-off to a blocking thread). On error
-    /// nothing is left at `path`.
+    /// Creates a new file (it must not exist yet) that starts with `head`, as one step for
+    /// drivers that pay per operation (epoll's hand-off to a blocking thread). A driver may
+    /// instead keep the head and write it with the first `write_parts_at` (io_uring: one write
+    /// fewer); either way it is in the file, durable, once `persist` returns. On error nothing
+    /// is left at `path`.
     async fn create_with(path: &Path, head: Vec<u8>) -> BufResult<Self::File, Vec<u8>>;
     /// Writes message parts (ranges of `buf` offset by `base`, and constants) back to back at
     /// `offset`; returns the bytes written. Backends with vectored writes do it in one
-    /// operation (a message body split by dot-unstuffing is many parts).
+    /// operation (a message body split by dot-unstuffing is many parts). `sync`: these are the
+    /// file's last bytes, and `persist` will be asked to fsync it; a driver may make the whole
+    /// file durable with this write, so that `persist` has no fsync left to do.
     async fn write_parts_at(
         file: &Self::File,
         buf: BytesMut,
         parts: &[Part],
         base: usize,
         offset: u64,
+        sync: bool,
     ) -> BufResult<u64, BytesMut>;
     /// Finishes a file written in place: fsync (when `sync`), close, then move `from` to `to`
     /// without ever replacing an existing `to` (renameat2 RENAME_NOREPLACE), as one step. If

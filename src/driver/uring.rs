@@ -97,6 +97,58 @@ impl Drop for Stream {
     }
 }
 
+/// A file of this backend: the descriptor, and the head given to `create_with` until it goes
+/// out as the first piece of the first write (one write, and one hand-off to the kernel's
+/// workers, fewer per message), and whether everything written so far is known to be on disk
+/// (the last write was a whole-file write with RWF_SYNC), so `persist` need not fsync again.
+pub struct SpoolFile {
+    file: File,
+    /// The head not yet written (empty once written, and for a directory).
+    head: Cell<Vec<u8>>,
+    /// Every byte written is durable: the file's only write was made with RWF_SYNC.
+    synced: Cell<bool>,
+}
+
+impl SpoolFile {
+    fn new(file: File, head: Vec<u8>) -> SpoolFile {
+        SpoolFile {
+            file,
+            head: Cell::new(head),
+            synced: Cell::new(false),
+        }
+    }
+}
+
+thread_local! {
+    /// Buffers for heads waiting to be written, reused.
+    static HEADS: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Heads kept for reuse.
+const HEADS_KEPT: usize = 1024;
+
+/// A copy of `head` in a reused buffer.
+fn copy_head(head: &[u8]) -> Vec<u8> {
+    let mut copy = HEADS
+        .with(|pool| pool.borrow_mut().pop())
+        .unwrap_or_default();
+    copy.extend_from_slice(head);
+    copy
+}
+
+/// Gives a head buffer back for reuse.
+fn reuse_head(mut head: Vec<u8>) {
+    if head.capacity() > 0 {
+        head.clear();
+        HEADS.with(|pool| {
+            let mut pool = pool.borrow_mut();
+            if pool.len() < HEADS_KEPT {
+                pool.push(head);
+            }
+        });
+    }
+}
+
 /// Most pieces one vectored write takes (the kernel's IOV_MAX).
 const IOV_MAX: usize = 1024;
 
@@ -218,7 +270,7 @@ async fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
 impl Driver for Uring {
     type Listener = tokio_uring::net::TcpListener;
     type Stream = Stream;
-    type File = File;
+    type File = SpoolFile;
     const NAME: &'static str = "uring";
 
     fn block_on<F: Future>(ring_entries: u32, future: F) -> io::Result<F::Output> {
@@ -270,7 +322,8 @@ impl Driver for Uring {
     }
 
     fn open_dir(path: &Path) -> io::Result<Self::File> {
-        Ok(File::new(std::fs::File::open(path)?.into()))
+        let dir = File::new(std::fs::File::open(path)?.into());
+        Ok(SpoolFile::new(dir, Vec::new()))
     }
 
     async fn create_with(path: &Path, head: Vec<u8>) -> BufResult<Self::File, Vec<u8>> {
@@ -291,19 +344,9 @@ impl Driver for Uring {
                 return (Err(e), head);
             }
         };
-        let (written, head) = write_all_at(&file, head, 0).await;
-        let result = match written {
-            Ok(()) => Ok(file),
-            Err(e) => {
-                let _ = close(file).await;
-                let entry = opcode::UnlinkAt::new(types::Fd(libc::AT_FDCWD), path.as_ptr()).build();
-                let (_, path) = submit(path, entry).await;
-                path.reuse();
-                return (Err(e), head);
-            }
-        };
         path.reuse();
-        (result, head)
+        // The head goes out with the first write (or with `persist`, if no write comes).
+        (Ok(SpoolFile::new(file, copy_head(&head))), head)
     }
 
     async fn write_parts_at(
@@ -312,27 +355,51 @@ impl Driver for Uring {
         parts: &[Part],
         base: usize,
         offset: u64,
+        sync: bool,
     ) -> BufResult<u64, BytesMut> {
+        // A head still waiting goes first, at the file's start: the caller's offset counts it.
+        let head = file.head.take();
+        let start = offset - head.len() as u64;
+        // The file's first write that is also its last: written with RWF_SYNC (an fsync of
+        // the range written, made by the same kernel worker right after the write), it leaves
+        // nothing for `persist` to fsync. Each vectored write below covers its own range, so
+        // together they sync every byte of the file.
+        let sync = sync && !head.is_empty();
         let iovecs = IOVECS
             .with(|pool| pool.borrow_mut().pop())
             .unwrap_or_default();
-        let mut data = (file.handle(), buf, iovecs);
+        let mut data = (file.file.handle(), buf, iovecs, head);
         let mut written = 0u64;
         let mut result = Ok(());
-        'chunks: for chunk in parts.chunks(IOV_MAX) {
-            let (_, buf, iovecs) = &mut data;
+        let mut head_taken = false;
+        let mut next = 0;
+        'batches: loop {
+            let (_, buf, iovecs, head) = &mut data;
             iovecs.clear();
-            for part in chunk {
-                let bytes: &[u8] = match part {
+            if !head_taken {
+                head_taken = true;
+                if !head.is_empty() {
+                    iovecs.push(libc::iovec {
+                        iov_base: head.as_ptr().cast_mut().cast(),
+                        iov_len: head.len(),
+                    });
+                }
+            }
+            while next < parts.len() && iovecs.len() < IOV_MAX {
+                let bytes: &[u8] = match &parts[next] {
                     Part::Input(r) => &buf[base + r.start..base + r.end],
                     Part::Static(bytes) => bytes,
                 };
+                next += 1;
                 if !bytes.is_empty() {
                     iovecs.push(libc::iovec {
                         iov_base: bytes.as_ptr().cast_mut().cast(),
                         iov_len: bytes.len(),
                     });
                 }
+            }
+            if iovecs.is_empty() {
+                break;
             }
             // A short write (a full disk) leaves the rest to write again: drop what was
             // written and go on, until all is written or the kernel reports an error.
@@ -341,16 +408,17 @@ impl Driver for Uring {
                 let rest = &data.2[first..];
                 let entry =
                     opcode::Writev::new(types::Fd(data.0.fd()), rest.as_ptr(), rest.len() as u32)
-                        .offset(offset + written)
+                        .offset(start + written)
+                        .rw_flags(if sync { libc::RWF_SYNC } else { 0 })
                         .build();
-                // The iovecs point into the receive buffer's heap memory and at constants;
-                // both stay where they are while `data` moves into the operation.
+                // The iovecs point into the receive buffer's and the head's heap memory and
+                // at constants; all stay where they are while `data` moves into the operation.
                 let (done, back) = submit(data, entry).await;
                 data = back;
                 match done {
                     Ok(0) => {
                         result = Err(io::ErrorKind::WriteZero.into());
-                        break 'chunks;
+                        break 'batches;
                     }
                     Ok(n) => {
                         written += u64::from(n);
@@ -358,21 +426,35 @@ impl Driver for Uring {
                     }
                     Err(e) => {
                         result = Err(e);
-                        break 'chunks;
+                        break 'batches;
                     }
                 }
             }
         }
-        let (_, buf, mut iovecs) = data;
-        // Pointers into the buffer must not outlive this write.
+        let (_, buf, mut iovecs, head) = data;
+        let head_len = head.len() as u64;
+        reuse_head(head);
+        // Pointers into the buffers must not outlive this write.
         iovecs.clear();
         IOVECS.with(|pool| pool.borrow_mut().push(iovecs));
-        (result.map(|()| written), buf)
+        file.synced.set(sync && result.is_ok());
+        (result.map(|()| written - head_len), buf)
     }
 
     async fn persist(file: Self::File, sync: bool, from: &Path, to: &Path) -> io::Result<()> {
-        let synced = if sync { fsync(&file).await } else { Ok(()) };
-        let closed = close(file).await;
+        // A message with no body still has its head to write.
+        let head = file.head.take();
+        let mut written = Ok(());
+        if !head.is_empty() {
+            let (done, head) = write_all_at(&file.file, head, 0).await;
+            reuse_head(head);
+            written = done;
+        }
+        let synced = match written {
+            Ok(()) if sync && !file.synced.get() => fsync(&file.file).await,
+            done => done,
+        };
+        let closed = close(file.file).await;
         let renamed = match synced.and(closed) {
             Ok(()) => rename_noreplace(from, to).await,
             Err(e) => Err(e),
@@ -388,11 +470,12 @@ impl Driver for Uring {
     }
 
     async fn sync_dir(dir: &Self::File) -> io::Result<()> {
-        fsync(dir).await
+        fsync(&dir.file).await
     }
 
     async fn close(file: Self::File) -> io::Result<()> {
-        close(file).await
+        reuse_head(file.head.take());
+        close(file.file).await
     }
 
     async fn remove(path: &Path) -> io::Result<()> {
@@ -421,6 +504,68 @@ mod tests {
             .unwrap()
             .expect("IORING_REGISTER_IOWQ_MAX_WORKERS (Linux 5.15)");
         assert_eq!(limits[0], crate::driver::files::MAX_THREADS as u32);
+    }
+
+    /// Creates `name` in `dir` with `head`, writes `writes` (each a list of parts of one
+    /// buffer, and whether it is the last, synced write), persists it into `done`, and
+    /// returns the file's bytes and whether `persist` found the file already synced.
+    fn round_trip(head: &[u8], writes: &[(Vec<&'static [u8]>, bool)]) -> (Vec<u8>, bool) {
+        let dir = tempfile::tempdir().unwrap();
+        let (tmp, new) = (dir.path().join("tmp-file"), dir.path().join("new-file"));
+        let writes = writes.to_vec();
+        let head = head.to_vec();
+        let synced = Uring::block_on(64, async move {
+            let (file, head) = Uring::create_with(&tmp, head).await;
+            let file = file.unwrap();
+            let mut offset = head.len() as u64;
+            for (pieces, sync) in writes {
+                let parts: Vec<Part> = pieces.iter().map(|p| Part::Static(p)).collect();
+                let (written, _) =
+                    Uring::write_parts_at(&file, BytesMut::new(), &parts, 0, offset, sync).await;
+                let len: usize = pieces.iter().map(|p| p.len()).sum();
+                assert_eq!(written.unwrap(), len as u64);
+                offset += len as u64;
+            }
+            let synced = file.synced.get();
+            Uring::persist(file, true, &tmp, &new).await.unwrap();
+            synced
+        })
+        .unwrap();
+        (std::fs::read(dir.path().join("new-file")).unwrap(), synced)
+    }
+
+    #[test]
+    fn the_head_goes_out_with_the_first_write_and_a_last_first_write_is_synced() {
+        // One write that ends the message: head and body in one synced write.
+        let (bytes, synced) = round_trip(b"Head: 1\r\n", &[(vec![b"body\r\n"], true)]);
+        assert_eq!(bytes, b"Head: 1\r\nbody\r\n");
+        assert!(synced);
+        // The same write, not the last: persist fsyncs.
+        let (bytes, synced) = round_trip(b"Head: 1\r\n", &[(vec![b"body\r\n"], false)]);
+        assert_eq!(bytes, b"Head: 1\r\nbody\r\n");
+        assert!(!synced);
+        // Two writes: the last one alone does not cover the head, so persist fsyncs.
+        let (bytes, synced) = round_trip(
+            b"H\r\n",
+            &[(vec![b"a", b"b"], false), (vec![b"c\r\n"], true)],
+        );
+        assert_eq!(bytes, b"H\r\nabc\r\n");
+        assert!(!synced);
+        // No body: persist writes the head itself.
+        let (bytes, synced) = round_trip(b"Head: only\r\n", &[]);
+        assert_eq!(bytes, b"Head: only\r\n");
+        assert!(!synced);
+    }
+
+    #[test]
+    fn a_head_and_more_parts_than_one_vectored_write_takes_all_arrive_in_order() {
+        const DIGITS: [&[u8]; 10] = [b"0", b"1", b"2", b"3", b"4", b"5", b"6", b"7", b"8", b"9"];
+        let pieces: Vec<&'static [u8]> = (0..IOV_MAX * 2 + 5).map(|i| DIGITS[i % 10]).collect();
+        let mut want = b"Head\r\n".to_vec();
+        want.extend(pieces.iter().flat_map(|p| p.iter()));
+        let (bytes, synced) = round_trip(b"Head\r\n", &[(pieces, true)]);
+        assert_eq!(bytes, want);
+        assert!(synced, "every vectored write of the batch was synced");
     }
 
     /// The bytes left in `iovecs[first..]`, concatenated.

@@ -698,7 +698,7 @@ impl<D: Driver> Conn<'_, D> {
                 .session
                 .handle_input(&self.buf[pos..], now, &mut self.out);
             if !self.out.body.is_empty() {
-                self.append(pos).await;
+                self.append(pos, step == Step::Store).await;
                 self.out.body.clear();
                 self.sink_waited();
             }
@@ -796,14 +796,15 @@ impl<D: Driver> Conn<'_, D> {
         };
     }
 
-    /// Appends the parts the session just produced (ranges of `buf[base..]`) to the message.
-    async fn append(&mut self, base: usize) {
+    /// Appends the parts the session just produced (ranges of `buf[base..]`) to the message;
+    /// `last`: they end it.
+    async fn append(&mut self, base: usize, last: bool) {
         if let Message::Open(message, _) = &mut self.message {
             let buf = std::mem::take(&mut self.buf);
             self.buf = self
                 .shard
                 .sink
-                .append(message, buf, &self.out.body, base)
+                .append(message, buf, &self.out.body, base, last)
                 .await;
         }
     }
