@@ -359,7 +359,8 @@ impl Driver for Uring {
     ) -> BufResult<u64, BytesMut> {
         // A head still waiting goes first, at the file's start: the caller's offset counts it.
         let head = file.head.take();
-        let start = offset - head.len() as u64;
+        debug_assert!(head.is_empty() || offset == head.len() as u64);
+        let start = offset.saturating_sub(head.len() as u64);
         // The file's first write that is also its last: written with RWF_SYNC (an fsync of
         // the range written, made by the same kernel worker right after the write), it leaves
         // nothing for `persist` to fsync. Each vectored write below covers its own range, so
