@@ -523,7 +523,7 @@ impl Collector for Scrape {
         encode_histogram(
             e,
             "ringmx_fsync_seconds",
-            "Time each fsync of the spool took.",
+            "Time each fsync of the spool took, with the rename into new/ (from the last write when that write carried the fsync).",
             m.histogram(|s| &s.fsync_seconds),
         )?;
         if let Some(spool) = &m.spool {
