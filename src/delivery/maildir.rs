@@ -155,8 +155,8 @@ pub struct Draft<D: Driver> {
     id: QueueId,
     /// The first write error; the draft is then doomed and its commit fails.
     failed: bool,
-    /// When the last write began, if the driver was allowed to fsync with it: the fsync metric
-    /// then runs from there (the fsync may be done by the time `persist` starts).
+    /// When the last write began, if the driver made the file durable with it: the fsync
+    /// metric then runs from there (the fsync is done by the time `persist` starts).
     sync_started: Option<Instant>,
 }
 
@@ -334,11 +334,14 @@ impl<D: Driver> Sink for Maildir<D> {
             return buf;
         }
         let sync = last && self.fsync;
-        if sync && self.metrics.is_some() {
-            draft.sync_started = Some(Instant::now());
-        }
+        let started = self
+            .metrics
+            .as_ref()
+            .filter(|_| sync)
+            .map(|_| Instant::now());
         let (written, buf) =
             D::write_parts_at(&draft.file, buf, parts, base, draft.offset, sync).await;
+        draft.sync_started = started.filter(|_| D::synced(&draft.file));
         match written {
             Ok(len) => draft.offset += len,
             Err(_) => draft.failed = true,

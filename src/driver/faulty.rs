@@ -166,8 +166,9 @@ impl<D: Driver> Driver for Faulty<D> {
             Ok(file) => file,
             Err(e) => return (Err(e), head),
         };
-        // A failed head write: the backend's file is closed and removed as its own failure
-        // path would.
+        // A failed head write (for a backend that writes the head here; io_uring writes it with
+        // the first write, where `write_parts_at` injects): the backend's file is closed and
+        // removed as its own failure path would.
         if let Err(e) = inject(FileOp::Write) {
             let _ = D::close(file).await;
             let _ = D::remove(path).await;
@@ -208,6 +209,10 @@ impl<D: Driver> Driver for Faulty<D> {
             return D::persist(file, sync, from, from).await;
         }
         D::persist(file, sync, from, to).await
+    }
+
+    fn synced(file: &Self::File) -> bool {
+        D::synced(file)
     }
 
     async fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {

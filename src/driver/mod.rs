@@ -64,8 +64,8 @@ pub trait Driver: Sized + 'static {
     /// Creates a new file (it must not exist yet) that starts with `head`, as one step for
     /// drivers that pay per operation (epoll's hand-off to a blocking thread). A driver may
     /// instead keep the head and write it with the first `write_parts_at` (io_uring: one write
-    /// fewer); either way it is in the file, durable, once `persist` returns. On error nothing
-    /// is left at `path`.
+    /// fewer); either way it is in the file once `persist` returns (and durable when `persist`
+    /// was asked to fsync). On error nothing is left at `path`.
     async fn create_with(path: &Path, head: Vec<u8>) -> BufResult<Self::File, Vec<u8>>;
     /// Writes message parts (ranges of `buf` offset by `base`, and constants) back to back at
     /// `offset`; returns the bytes written. Backends with vectored writes do it in one
@@ -85,6 +85,11 @@ pub trait Driver: Sized + 'static {
     /// `to` exists the error is `AlreadyExists` and `from` is kept (closed) for another name;
     /// on any other error nothing is left at `from` or `to`.
     async fn persist(file: Self::File, sync: bool, from: &Path, to: &Path) -> io::Result<()>;
+    /// True when the last `write_parts_at` (asked to `sync`) made the whole file durable, so
+    /// that `persist` has no fsync left to do.
+    fn synced(_file: &Self::File) -> bool {
+        false
+    }
     /// Moves `from` to `to` unless `to` exists (`AlreadyExists`); `from` is kept on error.
     async fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()>;
     /// Flushes a directory opened with `open_dir` (its entries: renames into it).

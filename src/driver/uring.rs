@@ -48,9 +48,10 @@ fn runtime(ring_entries: u32) -> io::Result<tokio_uring::Runtime> {
 /// (IORING_REGISTER_IOWQ_MAX_WORKERS, Linux 5.15), as many as the epoll backend's file threads.
 ///
 /// The kernel does an open with O_CREAT, an fsync and a rename on its io-wq workers, and by
-/// default a thread gets at most four of those per CPU: with two CPUs and fifty connections in
-/// the middle of a durable 250, at most eight fsyncs wait on the journal together, where the
-/// epoll backend has fifty, and a journal commit serves all fsyncs waiting on it. The limit
+/// default a thread gets at most min(its first ring's entries, four per CPU) of those: with two
+/// CPUs and fifty connections in the middle of a durable 250, at most eight fsyncs wait on the
+/// journal together, where the epoll backend has fifty, and a journal commit serves all fsyncs
+/// waiting on it. The limit
 /// belongs to the thread (one io-wq serves all of a thread's rings), and tokio-uring does not
 /// expose its ring, so it is set through a one-entry ring of our own, dropped right after. On a
 /// kernel without the call the default stays.
@@ -359,13 +360,19 @@ impl Driver for Uring {
     ) -> BufResult<u64, BytesMut> {
         // A head still waiting goes first, at the file's start: the caller's offset counts it.
         let head = file.head.take();
-        debug_assert!(head.is_empty() || offset == head.len() as u64);
-        let start = offset.saturating_sub(head.len() as u64);
-        // The file's first write that is also its last: written with RWF_SYNC (an fsync of
-        // the range written, made by the same kernel worker right after the write), it leaves
-        // nothing for `persist` to fsync. Each vectored write below covers its own range, so
-        // together they sync every byte of the file.
-        let sync = sync && !head.is_empty();
+        if !head.is_empty() && offset != head.len() as u64 {
+            reuse_head(head);
+            file.synced.set(false);
+            let wrong = io::Error::new(io::ErrorKind::InvalidInput, "first write not after head");
+            return (Err(wrong), buf);
+        }
+        let start = offset - head.len() as u64;
+        // The file's first write that is also its last, and fits one vectored write: written
+        // with RWF_SYNC (an fsync of the range written, here the whole file, made by the same
+        // kernel worker right after the write), it leaves nothing for `persist` to fsync. If
+        // the write comes back short, what is left goes without the flag and `persist` fsyncs:
+        // one fsync per message either way.
+        let mut sync = sync && !head.is_empty() && parts.len() < IOV_MAX;
         let iovecs = IOVECS
             .with(|pool| pool.borrow_mut().pop())
             .unwrap_or_default();
@@ -424,6 +431,9 @@ impl Driver for Uring {
                     Ok(n) => {
                         written += u64::from(n);
                         consume(&mut data.2, &mut first, n as usize);
+                        if first < data.2.len() {
+                            sync = false;
+                        }
                     }
                     Err(e) => {
                         result = Err(e);
@@ -466,6 +476,10 @@ impl Driver for Uring {
         renamed
     }
 
+    fn synced(file: &Self::File) -> bool {
+        file.synced.get()
+    }
+
     async fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
         rename_noreplace(from, to).await
     }
@@ -500,8 +514,9 @@ mod tests {
 
     #[test]
     fn a_shard_may_run_as_many_blocking_file_operations_as_epoll_has_file_threads() {
-        // The kernel's default is four per CPU (eight on two CPUs), raised on the shard's thread.
-        let limits = Uring::block_on(64, async { file_worker_limits() })
+        // The kernel's default is min(ring entries, four per CPU): 8 with an 8-entry ring on any
+        // machine, raised on the shard's thread.
+        let limits = Uring::block_on(8, async { file_worker_limits() })
             .unwrap()
             .expect("IORING_REGISTER_IOWQ_MAX_WORKERS (Linux 5.15)");
         assert_eq!(limits[0], crate::driver::files::MAX_THREADS as u32);
@@ -559,6 +574,24 @@ mod tests {
     }
 
     #[test]
+    fn a_first_write_that_does_not_follow_the_head_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("file");
+        Uring::block_on(8, async move {
+            let (file, _) = Uring::create_with(&path, b"Head\r\n".to_vec()).await;
+            let file = file.unwrap();
+            let parts = [Part::Static(b"body")];
+            let (wrote, _) =
+                Uring::write_parts_at(&file, BytesMut::new(), &parts, 0, 0, true).await;
+            assert_eq!(wrote.unwrap_err().kind(), io::ErrorKind::InvalidInput);
+            assert!(!Uring::synced(&file));
+            Uring::close(file).await.unwrap();
+            assert_eq!(std::fs::read(&path).unwrap(), b"", "nothing was written");
+        })
+        .unwrap();
+    }
+
+    #[test]
     fn a_head_and_more_parts_than_one_vectored_write_takes_all_arrive_in_order() {
         const DIGITS: [&[u8]; 10] = [b"0", b"1", b"2", b"3", b"4", b"5", b"6", b"7", b"8", b"9"];
         let pieces: Vec<&'static [u8]> = (0..IOV_MAX * 2 + 5).map(|i| DIGITS[i % 10]).collect();
@@ -566,7 +599,14 @@ mod tests {
         want.extend(pieces.iter().flat_map(|p| p.iter()));
         let (bytes, synced) = round_trip(b"Head\r\n", &[(pieces, true)]);
         assert_eq!(bytes, want);
-        assert!(synced, "every vectored write of the batch was synced");
+        assert!(
+            !synced,
+            "several writes: one fsync in persist, not one per write"
+        );
+        // The most parts that still fit one write with the head.
+        let pieces: Vec<&'static [u8]> = (0..IOV_MAX - 1).map(|i| DIGITS[i % 10]).collect();
+        let (_, synced) = round_trip(b"Head\r\n", &[(pieces, true)]);
+        assert!(synced);
     }
 
     /// The bytes left in `iovecs[first..]`, concatenated.
