@@ -229,7 +229,7 @@ impl<D: Driver> Maildir<D> {
         let mut result = D::persist(file, self.fsync, tmp_path, &new_path).await;
         if let (Some(metrics), Some(started)) = (&self.metrics, started) {
             // The file's fsync with its rename (one step for the driver), and with the last
-            // write when the driver could fsync there.
+            // write when the driver fsynced there.
             metrics.fsync_latency(started.elapsed());
         }
         let mut attempt = 0;
