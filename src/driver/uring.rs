@@ -9,10 +9,10 @@ use std::marker::PhantomData;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::path::Path;
+use std::rc::Rc;
 
 use bytes::BytesMut;
 use io_uring::{opcode, types};
-use tokio_uring::buf::BoundedBuf;
 
 use super::reuse::{CPath, File};
 use super::{BufResult, Driver};
@@ -64,14 +64,18 @@ fn raise_file_workers(max: u32) {
 }
 
 /// A connected socket that is shut down when dropped with an operation still in flight.
-/// tokio-uring closes a descriptor only once no operation holds it, and a read (or a write
+/// Reads and writes are IORING_OP_RECV and IORING_OP_SEND (the socket layer directly, not the
+/// file read and write path), and each holds the socket (an `Rc`) until its completion, so the
+/// descriptor is closed only once no operation holds it: never while a submission that names
+/// it may still be waiting in the ring, where a reused number would name another connection.
+/// A read (or a write
 /// to a peer that does not read) cancelled by a timeout or by shutdown stays in the kernel
 /// until the peer sends, reads or closes: a silent peer would keep the connection (and the
 /// descriptor) open for ever after our 421. shutdown(2) completes such operations at once, so
 /// the descriptor is closed and the peer sees the close. A connection that ends with nothing
 /// in flight (the usual end: QUIT, 221) is simply closed.
 pub struct Stream {
-    socket: tokio_uring::net::TcpStream,
+    socket: Rc<tokio_uring::net::TcpStream>,
     /// Reads and writes started and not seen to complete.
     in_flight: Cell<u8>,
 }
@@ -292,7 +296,7 @@ impl Driver for Uring {
         // TCP_NODELAY comes from the listener (see `Driver::accept`).
         let (socket, peer) = listener.accept().await?;
         let stream = Stream {
-            socket,
+            socket: Rc::new(socket),
             in_flight: Cell::new(0),
         };
         Ok((stream, peer))
@@ -312,14 +316,47 @@ impl Driver for Uring {
             buf.reserve(1);
         }
         let cap = cap.max(buf.capacity());
-        let (result, slice) = stream
-            .counted(stream.socket.read(buf.slice(len..cap)))
+        let spare = buf.spare_capacity_mut();
+        let entry = opcode::Recv::new(
+            types::Fd(stream.socket.as_raw_fd()),
+            spare.as_mut_ptr().cast(),
+            (cap - len).min(u32::MAX as usize) as u32,
+        )
+        .build();
+        let (result, (_, mut buf)) = stream
+            .counted(submit((Rc::clone(&stream.socket), buf), entry))
             .await;
-        (result, slice.into_inner())
+        match result {
+            Ok(n) => {
+                // SAFETY: the kernel wrote `n` bytes into the spare capacity after `len`.
+                unsafe { buf.set_len(len + n as usize) };
+                (Ok(n as usize), buf)
+            }
+            Err(e) => (Err(e), buf),
+        }
     }
 
     async fn write_all(stream: &Self::Stream, buf: Vec<u8>) -> BufResult<(), Vec<u8>> {
-        stream.counted(stream.socket.write_all(buf)).await
+        let mut data = (Rc::clone(&stream.socket), buf);
+        let mut done = 0usize;
+        while done < data.1.len() {
+            let rest = &data.1[done..];
+            let entry = opcode::Send::new(
+                types::Fd(data.0.as_raw_fd()),
+                rest.as_ptr(),
+                rest.len().min(u32::MAX as usize) as u32,
+            )
+            .flags(libc::MSG_NOSIGNAL)
+            .build();
+            let (result, back) = stream.counted(submit(data, entry)).await;
+            data = back;
+            match result {
+                Ok(0) => return (Err(io::ErrorKind::WriteZero.into()), data.1),
+                Ok(n) => done += n as usize,
+                Err(e) => return (Err(e), data.1),
+            }
+        }
+        (Ok(()), data.1)
     }
 
     fn open_dir(path: &Path) -> io::Result<Self::File> {
