@@ -4,16 +4,19 @@
 //! a rename that refuses to overwrite, and `new/` is fsync'd, all before the session may say
 //! 250 (SPEC §4.4). Directory fsyncs are shared: a message whose rename is done waits for one
 //! directory fsync that *started* after its rename (group commit), so messages finishing
-//! together in a shard pay for one. Any failure removes what was written — nothing half-written
+//! together pay for one, whichever shards they came through. Any failure removes what was written — nothing half-written
 //! ever appears in `new/` — and the session answers 451.
 //!
 //! tmp names carry the writer's PID so that start-up (`prepare`) removes only the files of
 //! writers that are gone (or older than 36 hours, the Maildir rule): a second ringmx started on
 //! the same spool never deletes the first one's messages in progress.
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
+use std::future::Future;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::pin::pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -137,11 +140,8 @@ pub struct Maildir<D: Driver> {
     new_dir: D::File,
     /// Path buffers for reuse: a message's paths allocate nothing once the shard is warm.
     paths: RefCell<Vec<PathBuf>>,
-    renames: Cell<u64>,
-    synced: Cell<u64>,
-    failed_through: Cell<u64>,
-    syncing: Cell<bool>,
-    sync_done: Notify,
+    /// The fsync of `new/` that all shards share.
+    dir_sync: Arc<DirSync>,
     /// The shard's counters, for fsync latency (None: metrics off).
     metrics: Option<Arc<ShardMetrics>>,
 }
@@ -166,6 +166,7 @@ impl<D: Driver> Maildir<D> {
         root: &Path,
         fsync: bool,
         hostname: &str,
+        dir_sync: Arc<DirSync>,
         metrics: Option<Arc<ShardMetrics>>,
     ) -> io::Result<Maildir<D>> {
         let new = root.join("new");
@@ -179,11 +180,7 @@ impl<D: Driver> Maildir<D> {
             new_suffix: format!(".{host}"),
             new_dir,
             paths: RefCell::new(Vec::new()),
-            renames: Cell::new(0),
-            synced: Cell::new(0),
-            failed_through: Cell::new(0),
-            syncing: Cell::new(false),
-            sync_done: Notify::new(),
+            dir_sync,
             metrics,
         })
     }
@@ -257,37 +254,92 @@ impl<D: Driver> Maildir<D> {
         }
     }
 
-    /// Waits until a fsync of `new/` that started after this call's rename has completed.
+    /// Waits until a fsync of `new/` that started after this call's rename has completed
+    /// (shared with the other shards: see `DirSync`).
     async fn sync_new_dir(&self) -> io::Result<()> {
-        let mine = self.renames.get() + 1;
-        self.renames.set(mine);
+        self.dir_sync
+            .after_rename(|| async {
+                let started = self.metrics.as_ref().map(|_| Instant::now());
+                let result = D::sync_dir(&self.new_dir).await;
+                if let (Some(metrics), Some(started)) = (&self.metrics, started) {
+                    metrics.fsync_latency(started.elapsed());
+                }
+                result
+            })
+            .await
+    }
+}
+
+/// The fsync of `new/`, shared by the shards of one process. Every message's rename must be
+/// made durable by a directory fsync begun after it; one fsync covers all the renames before
+/// it, so the shards take turns: while one runs, renames queue up for the next. A fsync per
+/// shard instead would be as many journal commits at a time as there are shards.
+#[derive(Default)]
+pub struct DirSync {
+    /// Renames done (each takes the next number).
+    renames: AtomicU64,
+    /// Every rename up to this number is durable.
+    synced: AtomicU64,
+    /// A fsync covering renames up to this number failed.
+    failed_through: AtomicU64,
+    /// A fsync is running.
+    syncing: AtomicBool,
+    /// Wakes the waiters when a fsync ends.
+    done: Notify,
+}
+
+impl DirSync {
+    /// Called once a rename into the directory is done: returns once a fsync of the
+    /// directory that began after this call has succeeded (the rename is durable), or with
+    /// the error of the one that failed. One fsync runs at a time, made by `sync` of the
+    /// caller that finds none running; it covers every rename counted before it began.
+    pub async fn after_rename<F>(&self, mut sync: impl FnMut() -> F) -> io::Result<()>
+    where
+        F: Future<Output = io::Result<()>>,
+    {
+        let mine = self.renames.fetch_add(1, Ordering::SeqCst) + 1;
         loop {
-            if self.synced.get() >= mine {
+            // Registered before the checks, so that a fsync ending between them and the wait
+            // still wakes this one.
+            let done = self.done.notified();
+            let mut done = pin!(done);
+            done.as_mut().enable();
+            if self.synced.load(Ordering::SeqCst) >= mine {
                 return Ok(());
             }
-            if self.failed_through.get() >= mine {
+            if self.failed_through.load(Ordering::SeqCst) >= mine {
                 return Err(io::Error::other("spool directory fsync failed"));
             }
-            if self.syncing.get() {
-                let done = self.sync_done.notified();
+            if self
+                .syncing
+                .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
+                .is_err()
+            {
                 done.await;
                 continue;
             }
-            self.syncing.set(true);
-            let target = self.renames.get();
-            let started = self.metrics.as_ref().map(|_| Instant::now());
-            let result = D::sync_dir(&self.new_dir).await;
-            if let (Some(metrics), Some(started)) = (&self.metrics, started) {
-                metrics.fsync_latency(started.elapsed());
-            }
-            self.syncing.set(false);
+            // This call leads the next fsync. The guard hands the lead back (and wakes the
+            // waiters, one of which leads next) even if this future is dropped on the way.
+            let lead = Lead(self);
+            let target = self.renames.load(Ordering::SeqCst);
+            let result = sync().await;
             match &result {
-                Ok(()) => self.synced.set(self.synced.get().max(target)),
-                Err(_) => self.failed_through.set(target),
-            }
-            self.sync_done.notify_waiters();
+                Ok(()) => self.synced.fetch_max(target, Ordering::SeqCst),
+                Err(_) => self.failed_through.fetch_max(target, Ordering::SeqCst),
+            };
+            drop(lead);
             return result;
         }
+    }
+}
+
+/// The lead of a directory fsync: released, with the waiters woken, when dropped.
+struct Lead<'a>(&'a DirSync);
+
+impl Drop for Lead<'_> {
+    fn drop(&mut self) {
+        self.0.syncing.store(false, Ordering::SeqCst);
+        self.0.done.notify_waiters();
     }
 }
 
@@ -394,6 +446,7 @@ impl<D: Driver> Sink for Maildir<D> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::rc::Rc;
 
     fn tmp_name(pid: u32) -> String {
         format!(
@@ -447,5 +500,222 @@ mod tests {
         assert_eq!(writer_pid("foo.42.host"), None);
         assert_eq!(writer_pid(&tmp_name(0)), None);
         assert_eq!(writer_pid("plain"), None);
+    }
+
+    /// A `DirSync` fsync stand-in: counts the fsyncs begun, finishes one each time the test
+    /// adds a permit, and fails the ones listed.
+    struct GatedSync {
+        started: std::cell::Cell<u32>,
+        gate: Arc<tokio::sync::Semaphore>,
+        failing: Vec<u32>,
+    }
+
+    impl GatedSync {
+        fn new(failing: Vec<u32>) -> Rc<GatedSync> {
+            Rc::new(GatedSync {
+                started: std::cell::Cell::new(0),
+                gate: Arc::new(tokio::sync::Semaphore::new(0)),
+                failing,
+            })
+        }
+
+        fn sync(&self) -> impl Future<Output = io::Result<()>> + 'static {
+            let n = self.started.get() + 1;
+            self.started.set(n);
+            let gate = Arc::clone(&self.gate);
+            let fail = self.failing.contains(&n);
+            async move {
+                gate.acquire().await.unwrap().forget();
+                if fail {
+                    Err(io::Error::other("injected"))
+                } else {
+                    Ok(())
+                }
+            }
+        }
+    }
+
+    /// Lets the spawned tasks run until they all wait.
+    async fn settle() {
+        for _ in 0..20 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    /// Runs `test` with its spawned tasks on this thread; a test that hangs fails.
+    fn local(test: impl Future<Output = ()>) {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        tokio::task::LocalSet::new()
+            .block_on(&runtime, async {
+                tokio::time::timeout(Duration::from_secs(10), test).await
+            })
+            .expect("hung waiting for a directory fsync");
+    }
+
+    /// A rename waits for a fsync begun after it; those made while one runs share the next.
+    #[test]
+    fn renames_made_during_a_directory_fsync_share_the_next_one() {
+        local(async {
+            let dir = Arc::new(DirSync::default());
+            let fsync = GatedSync::new(vec![]);
+            let call = |dir: &Arc<DirSync>, fsync: &Rc<GatedSync>| {
+                let (dir, fsync) = (Arc::clone(dir), Rc::clone(fsync));
+                tokio::task::spawn_local(async move { dir.after_rename(|| fsync.sync()).await })
+            };
+            let a = call(&dir, &fsync);
+            settle().await;
+            assert_eq!(fsync.started.get(), 1);
+            let b = call(&dir, &fsync);
+            let c = call(&dir, &fsync);
+            settle().await;
+            // B and C wait: the fsync running began before their renames.
+            assert_eq!(fsync.started.get(), 1);
+            assert!(!b.is_finished() && !c.is_finished());
+            fsync.gate.add_permits(1);
+            settle().await;
+            assert!(a.is_finished());
+            assert!(!b.is_finished() && !c.is_finished());
+            // One fsync for both.
+            assert_eq!(fsync.started.get(), 2);
+            fsync.gate.add_permits(1);
+            for task in [a, b, c] {
+                task.await.unwrap().unwrap();
+            }
+            assert_eq!(fsync.started.get(), 2);
+        });
+    }
+
+    /// A failed fsync fails exactly the renames it covered; later ones get a fsync of their own.
+    #[test]
+    fn a_failed_directory_fsync_fails_the_renames_it_covered_and_no_others() {
+        local(async {
+            let dir = Arc::new(DirSync::default());
+            let fsync = GatedSync::new(vec![2]);
+            let call = |dir: &Arc<DirSync>, fsync: &Rc<GatedSync>| {
+                let (dir, fsync) = (Arc::clone(dir), Rc::clone(fsync));
+                tokio::task::spawn_local(async move { dir.after_rename(|| fsync.sync()).await })
+            };
+            let a = call(&dir, &fsync);
+            settle().await;
+            let (b, c) = (call(&dir, &fsync), call(&dir, &fsync));
+            settle().await;
+            fsync.gate.add_permits(1);
+            settle().await;
+            // The second fsync (B's and C's) is running; D's rename comes after it began.
+            let d = call(&dir, &fsync);
+            settle().await;
+            fsync.gate.add_permits(2);
+            assert!(a.await.unwrap().is_ok());
+            assert!(b.await.unwrap().is_err());
+            assert!(c.await.unwrap().is_err());
+            assert!(d.await.unwrap().is_ok());
+            assert_eq!(fsync.started.get(), 3);
+        });
+    }
+
+    /// A caller dropped while it leads a fsync hands the lead on: the others do not hang.
+    #[test]
+    fn a_dropped_lead_hands_the_directory_fsync_on() {
+        local(async {
+            let dir = Arc::new(DirSync::default());
+            let fsync = GatedSync::new(vec![]);
+            let call = |dir: &Arc<DirSync>, fsync: &Rc<GatedSync>| {
+                let (dir, fsync) = (Arc::clone(dir), Rc::clone(fsync));
+                tokio::task::spawn_local(async move { dir.after_rename(|| fsync.sync()).await })
+            };
+            let a = call(&dir, &fsync);
+            settle().await;
+            let b = call(&dir, &fsync);
+            settle().await;
+            a.abort();
+            settle().await;
+            assert_eq!(fsync.started.get(), 2);
+            fsync.gate.add_permits(1);
+            b.await.unwrap().unwrap();
+        });
+    }
+
+    /// Shards on their own threads: every call returns only after a fsync that began after
+    /// it was made and ended before it returned, never two fsyncs run at once, and calls share
+    /// fsyncs.
+    #[test]
+    fn shards_on_several_threads_share_directory_fsyncs_and_each_waits_for_one_begun_after_it() {
+        use std::sync::atomic::AtomicUsize;
+        use std::sync::Mutex;
+        const THREADS: usize = 3;
+        const TASKS: usize = 6;
+        const CALLS: usize = 15;
+        let dir = Arc::new(DirSync::default());
+        let clock = Arc::new(AtomicU64::new(0));
+        // (began, ended) of each fsync, in logical time.
+        let syncs = Arc::new(Mutex::new(Vec::<(u64, u64)>::new()));
+        let running = Arc::new(AtomicUsize::new(0));
+        let threads: Vec<_> = (0..THREADS)
+            .map(|_| {
+                let (dir, clock, syncs, running) = (
+                    Arc::clone(&dir),
+                    Arc::clone(&clock),
+                    Arc::clone(&syncs),
+                    Arc::clone(&running),
+                );
+                std::thread::spawn(move || {
+                    let runtime = tokio::runtime::Builder::new_current_thread()
+                        .enable_time()
+                        .build()
+                        .unwrap();
+                    let local = tokio::task::LocalSet::new();
+                    for _ in 0..TASKS {
+                        let (dir, clock, syncs, running) = (
+                            Arc::clone(&dir),
+                            Arc::clone(&clock),
+                            Arc::clone(&syncs),
+                            Arc::clone(&running),
+                        );
+                        local.spawn_local(async move {
+                            for _ in 0..CALLS {
+                                let made = clock.fetch_add(1, Ordering::SeqCst);
+                                dir.after_rename(|| {
+                                    let (clock, syncs, running) = (
+                                        Arc::clone(&clock),
+                                        Arc::clone(&syncs),
+                                        Arc::clone(&running),
+                                    );
+                                    async move {
+                                        assert_eq!(running.fetch_add(1, Ordering::SeqCst), 0);
+                                        let began = clock.fetch_add(1, Ordering::SeqCst);
+                                        tokio::time::sleep(Duration::from_millis(1)).await;
+                                        let ended = clock.fetch_add(1, Ordering::SeqCst);
+                                        running.fetch_sub(1, Ordering::SeqCst);
+                                        syncs.lock().unwrap().push((began, ended));
+                                        Ok(())
+                                    }
+                                })
+                                .await
+                                .unwrap();
+                                let returned = clock.fetch_add(1, Ordering::SeqCst);
+                                let covered = syncs
+                                    .lock()
+                                    .unwrap()
+                                    .iter()
+                                    .any(|&(b, e)| b > made && e < returned);
+                                assert!(covered, "returned without a fsync begun after it");
+                            }
+                        });
+                    }
+                    runtime.block_on(local);
+                })
+            })
+            .collect();
+        for thread in threads {
+            thread.join().unwrap();
+        }
+        let syncs = syncs.lock().unwrap().len();
+        assert!(
+            syncs < THREADS * TASKS * CALLS,
+            "{syncs} fsyncs: none shared"
+        );
     }
 }

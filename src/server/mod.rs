@@ -64,6 +64,8 @@ pub(crate) struct Shared {
     per_ip: Mutex<HashMap<IpAddr, usize>>,
     /// The STARTTLS certificate store, when TLS is offered (read once per handshake).
     tls: Option<Arc<crate::tls::CertStore>>,
+    /// The Maildir's `new/` fsync, shared by the shards.
+    dir_sync: Arc<maildir::DirSync>,
 }
 
 /// What a connection holds while it counts against the limits; releases them when dropped.
@@ -519,6 +521,7 @@ pub fn start<D: Driver>(mut config: ServerConfig) -> Result<Running, String> {
         connections: AtomicUsize::new(0),
         per_ip: Mutex::new(HashMap::new()),
         tls,
+        dir_sync: Arc::default(),
     });
     let (phase_tx, phase_rx) = watch::channel(Phase::Running);
     let (done_tx, done_rx) = crossbeam_channel::unbounded::<(usize, io::Result<()>)>();
@@ -700,6 +703,7 @@ fn run_shard<D: Driver>(
                 &config.spool,
                 config.fsync,
                 &config.session.hostname,
+                Arc::clone(&shared.dir_sync),
                 metrics.clone(),
             )?),
             Delivery::Jetstream => {
@@ -834,6 +838,7 @@ mod tests {
             connections: AtomicUsize::new(0),
             per_ip: Mutex::new(HashMap::new()),
             tls: None,
+            dir_sync: Arc::default(),
         }
     }
 
