@@ -45,8 +45,8 @@ impl QueueId {
 /// Makes strictly increasing queue IDs for one shard.
 #[derive(Debug)]
 pub struct IdGenerator {
-    shard: u8,
-    nonce: u64,
+    /// An ID with the shard and nonce digits written, which do not change.
+    template: [u8; QUEUE_ID_LEN],
     last_micros: u64,
     seq: u16,
 }
@@ -55,9 +55,11 @@ impl IdGenerator {
     /// A generator for `shard` whose IDs carry `nonce` (48 bits are used): draw it once per
     /// process with `process_nonce`.
     pub fn new(shard: usize, nonce: u64) -> IdGenerator {
+        let mut template = [b'0'; QUEUE_ID_LEN];
+        template[14..16].copy_from_slice(&hex16((shard % 256) as u64)[14..]);
+        template[20..32].copy_from_slice(&hex16(nonce & 0xFFFF_FFFF_FFFF)[4..]);
         IdGenerator {
-            shard: (shard % 256) as u8,
-            nonce: nonce & 0xFFFF_FFFF_FFFF,
+            template,
             last_micros: 0,
             seq: 0,
         }
@@ -78,22 +80,33 @@ impl IdGenerator {
         } else {
             self.seq += 1;
         }
-        let mut id = [0u8; QUEUE_ID_LEN];
-        put_hex(&mut id[0..14], self.last_micros);
-        put_hex(&mut id[14..16], u64::from(self.shard));
-        put_hex(&mut id[16..20], u64::from(self.seq));
-        put_hex(&mut id[20..32], self.nonce);
+        let mut id = self.template;
+        id[0..14].copy_from_slice(&hex16(self.last_micros)[2..]);
+        id[16..20].copy_from_slice(&hex16(u64::from(self.seq))[12..]);
         QueueId(id)
     }
 }
 
-/// Writes the low digits of `value` into `out` as fixed-width upper-case hex.
-fn put_hex(out: &mut [u8], mut value: u64) {
-    const DIGITS: &[u8; 16] = b"0123456789ABCDEF";
-    for byte in out.iter_mut().rev() {
-        *byte = DIGITS[(value & 0xF) as usize];
-        value >>= 4;
+/// `value` as 16 upper-case hex digits, most significant first, eight digits at a time in
+/// a register (a digit per byte, then '0'-'9' or 'A'-'F' by adding to all eight at once).
+fn hex16(value: u64) -> [u8; 16] {
+    /// Eight nibbles, most significant first, as eight ASCII hex digits.
+    fn eight(nibbles: u32) -> [u8; 8] {
+        // Nibble i (from the least significant) into byte i.
+        let mut v = u64::from(nibbles);
+        v = (v | (v << 16)) & 0x0000_FFFF_0000_FFFF;
+        v = (v | (v << 8)) & 0x00FF_00FF_00FF_00FF;
+        v = (v | (v << 4)) & 0x0F0F_0F0F_0F0F_0F0F;
+        // 1 in each byte whose digit is 10 or more.
+        let letters = ((v + 0x0606_0606_0606_0606) >> 4) & 0x0101_0101_0101_0101;
+        let ascii = v + 0x3030_3030_3030_3030 + letters * 7;
+        // The most significant digit was in the highest byte: first in memory.
+        ascii.to_be_bytes()
     }
+    let mut out = [0u8; 16];
+    out[..8].copy_from_slice(&eight((value >> 32) as u32));
+    out[8..].copy_from_slice(&eight(value as u32));
+    out
 }
 
 /// A random number for this process's IDs, from the kernel's generator (getrandom(2)); the
@@ -149,5 +162,25 @@ mod tests {
             assert!(next > last);
             last = next;
         }
+    }
+
+    #[test]
+    fn hex_digits_match_a_digit_at_a_time() {
+        let mut rng = ringmx_wire::XorShift64Star::new(7);
+        let edges = [0, 1, 9, 10, 15, 16, 0xA0, u64::MAX, 0x0123_4567_89AB_CDEF];
+        for value in edges.into_iter().chain((0..10_000).map(|_| rng.next_u64())) {
+            assert_eq!(
+                std::str::from_utf8(&hex16(value)).unwrap(),
+                format!("{value:016X}")
+            );
+        }
+    }
+
+    #[test]
+    fn an_id_is_time_shard_sequence_and_nonce_in_fixed_width_hex() {
+        let mut ids = IdGenerator::new(0x1AB, 0xFEDC_BA98_7654_3210);
+        let at = UNIX_EPOCH + std::time::Duration::from_micros(0x00AB_CDEF_0123_4567);
+        assert_eq!(ids.next(at).as_str(), "ABCDEF01234567AB0000BA9876543210");
+        assert_eq!(ids.next(at).as_str(), "ABCDEF01234567AB0001BA9876543210");
     }
 }
