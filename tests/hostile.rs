@@ -339,6 +339,73 @@ fn client_that_never_reads_cannot_pin_memory() {
     one_message(server.addr(), "after-hog");
 }
 
+/// Replies that back up past what the socket takes (a client that reads them only later,
+/// through a small receive buffer) all arrive, whole and in order, on both backends: what a
+/// non-blocking send leaves over goes out once the client reads.
+#[test]
+fn replies_that_back_up_past_the_socket_buffer_all_arrive_in_order_on_both_backends() {
+    const NOOPS: usize = 1_000_000;
+    for backend in ["epoll", "uring"] {
+        let Some(server) = start_backend(
+            backend,
+            &[
+                ("RINGMX_SHARDS", "1"),
+                ("RINGMX_MAX_JUNK_COMMANDS", "1000000"),
+                ("RINGMX_MAX_ERRORS", "1000000"),
+            ],
+            "replies_that_back_up_past_the_socket_buffer_all_arrive_in_order_on_both_backends",
+        ) else {
+            continue;
+        };
+        let socket =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        socket.connect(&server.addr().into()).unwrap();
+        let stream: TcpStream = socket.into();
+        let mut writer = stream.try_clone().unwrap();
+        let sender = std::thread::spawn(move || {
+            writer.write_all(b"EHLO backed-up.example\r\n").unwrap();
+            let noops = b"NOOP\r\n".repeat(10_000);
+            for _ in 0..NOOPS / 10_000 {
+                writer.write_all(&noops).unwrap();
+            }
+            writer.write_all(b"QUIT\r\n").unwrap();
+        });
+        // Nothing is read for a while: the replies fill the client's window and the server's
+        // send buffer.
+        std::thread::sleep(Duration::from_millis(500));
+        let mut reader = stream;
+        reader
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        let mut all = Vec::new();
+        reader.read_to_end(&mut all).unwrap();
+        sender.join().unwrap();
+        let text = String::from_utf8(all).expect("replies are text");
+        assert!(text.ends_with("\r\n"), "{backend}: the last reply is cut");
+        let lines: Vec<&str> = text.trim_end_matches("\r\n").split("\r\n").collect();
+        assert!(lines[0].starts_with("220 "), "{backend}: {}", lines[0]);
+        // EHLO's reply: 250- lines, then one 250 line.
+        let ehlo_end = lines
+            .iter()
+            .position(|l| l.starts_with("250 "))
+            .expect("EHLO reply");
+        assert!(lines[1..ehlo_end].iter().all(|l| l.starts_with("250-")));
+        let noops = &lines[ehlo_end + 1..lines.len() - 1];
+        assert_eq!(noops.len(), NOOPS, "{backend}: NOOP replies");
+        assert!(
+            noops.iter().all(|l| l.starts_with("250 ")),
+            "{backend}: a NOOP reply is not a 250: {:?}",
+            noops.iter().find(|l| !l.starts_with("250 "))
+        );
+        assert!(
+            lines[lines.len() - 1].starts_with("221 "),
+            "{backend}: {}",
+            lines[lines.len() - 1]
+        );
+    }
+}
+
 /// An endless command line and an endless message are drained, not buffered: RSS stays
 /// bounded, and the session answers `500 5.5.2` / `552 5.3.4` at their ends and goes on.
 #[test]

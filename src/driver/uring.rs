@@ -1,6 +1,7 @@
-//! The io_uring driver, on tokio-uring: every socket and file operation is a ring submission
-//! that owns its buffer until completion. tokio-uring has no active maintainer, which is why
-//! it is confined to this file.
+//! The io_uring driver, on tokio-uring: accepts, socket reads and file operations are ring
+//! submissions that own their buffers until completion; a write to a socket is first offered
+//! to it with a non-blocking send(2), and the ring takes what its send buffer cannot (see
+//! `write_all`). tokio-uring has no active maintainer, which is why it is confined to this file.
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;
@@ -64,13 +65,12 @@ fn raise_file_workers(max: u32) {
 }
 
 /// A connected socket that is shut down when dropped with an operation still in flight.
-/// Reads and writes are IORING_OP_RECV and IORING_OP_SEND (the socket layer directly, not the
-/// file read and write path), and each holds the socket (an `Rc`) until its completion, so the
-/// descriptor is closed only once no operation holds it: never while a submission that names
-/// it may still be waiting in the ring, where a reused number would name another connection.
-/// A read (or a write
-/// to a peer that does not read) cancelled by a timeout or by shutdown stays in the kernel
-/// until the peer sends, reads or closes: a silent peer would keep the connection (and the
+/// Ring reads and writes are IORING_OP_RECV and IORING_OP_SEND (the socket layer directly, not
+/// the file read and write path), and each holds the socket (an `Rc`) until its completion, so
+/// the descriptor is closed only once no operation holds it: never while a submission that
+/// names it may still be waiting in the ring, where a reused number would name another
+/// connection. A read (or a write to a peer that does not read) cancelled by a timeout or by
+/// shutdown stays in the kernel until the peer sends, reads or closes: a silent peer would keep the connection (and the
 /// descriptor) open for ever after our 421. shutdown(2) completes such operations at once, so
 /// the descriptor is closed and the peer sees the close. A connection that ends with nothing
 /// in flight (the usual end: QUIT, 221) is simply closed.
@@ -337,8 +337,35 @@ impl Driver for Uring {
     }
 
     async fn write_all(stream: &Self::Stream, buf: Vec<u8>) -> BufResult<(), Vec<u8>> {
-        let mut data = (Rc::clone(&stream.socket), buf);
+        // Offered to the socket first: a reply almost always fits its send buffer, and a
+        // non-blocking send(2) then finishes the write with no ring operation, completion and
+        // task wake-up for it. What does not fit goes through the ring, which waits for room.
         let mut done = 0usize;
+        // SAFETY: the buffer is `buf.len()` valid bytes, and the descriptor is this stream's
+        // open socket; send(2) only reads them.
+        let sent = unsafe {
+            libc::send(
+                stream.socket.as_raw_fd(),
+                buf.as_ptr().cast(),
+                buf.len(),
+                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            )
+        };
+        if sent >= 0 {
+            done = sent as usize;
+            if done == buf.len() {
+                return (Ok(()), buf);
+            }
+        } else {
+            let e = io::Error::last_os_error();
+            if !matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+            ) {
+                return (Err(e), buf);
+            }
+        }
+        let mut data = (Rc::clone(&stream.socket), buf);
         while done < data.1.len() {
             let rest = &data.1[done..];
             let entry = opcode::Send::new(
