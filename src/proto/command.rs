@@ -93,6 +93,13 @@ const FOREIGN_VERBS: [&[u8]; 6] = [b"GET", b"POST", b"HEAD", b"PUT", b"CONNECT",
 /// the verb of another protocol: `GET`, `POST`, `HEAD`, `PUT`, `CONNECT` or `OPTIONS`, in any
 /// case, followed by a blank or nothing.
 pub fn is_foreign(line: &[u8]) -> bool {
+    // Each foreign verb starts with one of these letters, and MAIL, RCPT and DATA with none.
+    if !matches!(
+        line.first().map(u8::to_ascii_uppercase),
+        Some(b'G' | b'P' | b'H' | b'C' | b'O')
+    ) {
+        return false;
+    }
     let verb_end = line
         .iter()
         .position(|&b| b == b' ' || b == b'\t')
@@ -373,52 +380,66 @@ fn local_part_end(text: &str, utf8: bool) -> Option<usize> {
             }
         }
     } else {
-        let end = memchr::memchr(b'@', bytes).unwrap_or(bytes.len());
-        if !is_dot_string(&bytes[..end], utf8) {
-            return None;
-        }
-        end
+        dot_string_end(bytes, utf8)?
     };
     (end <= LOCAL_PART_MAX).then_some(end)
 }
 
-/// RFC 5321 Dot-string: atoms (one or more atext characters) joined by single dots.
-fn is_dot_string(local: &[u8], utf8: bool) -> bool {
+/// The end of the RFC 5321 Dot-string (atoms of one or more atext characters joined by single
+/// dots) that `bytes` starts with: the offset of the first `@`, or the length when there is
+/// none. `None` when that part is not a Dot-string. One pass over a byte-class table.
+fn dot_string_end(bytes: &[u8], utf8: bool) -> Option<usize> {
+    let class = &ADDRESS_CLASS[usize::from(utf8)];
     // True at the start and after a dot: an atom must begin here.
     let mut atom_due = true;
-    for &b in local {
-        if b == b'.' {
-            if atom_due {
-                return false;
-            }
-            atom_due = true;
-        } else if is_atext(b) || (b >= 0x80 && utf8) {
+    let mut end = bytes.len();
+    for (i, &b) in bytes.iter().enumerate() {
+        let c = class[usize::from(b)];
+        if c & ATEXT != 0 {
             atom_due = false;
+        } else if c == DOT && !atom_due {
+            atom_due = true;
+        } else if c == AT {
+            end = i;
+            break;
         } else {
-            return false;
+            return None;
         }
     }
-    !atom_due
+    (!atom_due).then_some(end)
 }
 
-/// RFC 5322 atext among ASCII bytes: letters, digits and ``!#$%&'*+-/=?^_`{|}~``.
-fn is_atext(b: u8) -> bool {
-    /// Bit `b` set for each atext byte `b` (ASCII only).
-    const ATEXT: [u64; 2] = {
-        let mut set = [0u64; 2];
-        let mut b = 0;
-        while b < 128 {
-            let c = b as u8;
-            if c.is_ascii_alphanumeric()
-                || matches!(c, b'!' | b'#'..=b'\'' | b'*' | b'+' | b'-' | b'/' | b'=' | b'?' | b'^'..=b'`' | b'{'..=b'~')
-            {
-                set[b / 64] |= 1 << (b % 64);
-            }
-            b += 1;
+/// Byte classes for local parts and domains: a bit set per byte, one table for ASCII-only
+/// addresses and one for SMTPUTF8 ones (where a non-ASCII byte is atext and a domain letter).
+static ADDRESS_CLASS: [[u8; 256]; 2] = [address_classes(false), address_classes(true)];
+/// RFC 5322 atext.
+const ATEXT: u8 = 1;
+/// A letter or digit of a domain label.
+const LETTER_DIGIT: u8 = 2;
+/// `-`: atext, and inside a domain label.
+const HYPHEN_CLASS: u8 = 4;
+/// `.` (only this bit).
+const DOT: u8 = 8;
+/// `@` (only this bit).
+const AT: u8 = 16;
+
+const fn address_classes(utf8: bool) -> [u8; 256] {
+    let mut class = [0u8; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        if c.is_ascii_alphanumeric() || (c >= 0x80 && utf8) {
+            class[b] = ATEXT | LETTER_DIGIT;
+        } else if matches!(c, b'!' | b'#'..=b'\'' | b'*' | b'+' | b'/' | b'=' | b'?' | b'^'..=b'`' | b'{'..=b'~')
+        {
+            class[b] = ATEXT;
         }
-        set
-    };
-    b < 128 && ATEXT[usize::from(b) / 64] & (1 << (b % 64)) != 0
+        b += 1;
+    }
+    class[b'-' as usize] = ATEXT | HYPHEN_CLASS;
+    class[b'.' as usize] = DOT;
+    class[b'@' as usize] = AT;
+    class
 }
 
 /// Characters refused anywhere in an SMTPUTF8 address (SPEC §4.1): C0 and C1 controls and
@@ -450,53 +471,31 @@ fn domain(text: &str, utf8: bool) -> bool {
     }
     // One pass over the labels: each is 1 to 63 letters, digits or hyphens, and begins and
     // ends with a letter or digit (a non-ASCII byte counts as a letter in a U-label).
-    let mut label_len = 0;
-    // The byte before is a letter or digit (so the label so far may end here).
-    let mut after_letter = false;
-    for &b in text.as_bytes() {
-        let class = if b < 0x80 {
-            DOMAIN_CLASS[usize::from(b)]
-        } else if utf8 {
-            LETTER
-        } else {
-            OTHER
-        };
-        match class {
-            LETTER => after_letter = true,
-            HYPHEN if label_len > 0 => after_letter = false,
-            DOT if after_letter => {
-                label_len = 0;
-                after_letter = false;
-                continue;
-            }
-            _ => return false,
+    let class = &ADDRESS_CLASS[usize::from(utf8)];
+    let bytes = text.as_bytes();
+    let mut label_start = 0;
+    // The class of the byte before; a label's start behaves as after a dot.
+    let mut before = DOT;
+    for (i, &b) in bytes.iter().enumerate() {
+        let c = class[usize::from(b)];
+        if c & LETTER_DIGIT != 0 {
+            before = LETTER_DIGIT;
+            continue;
         }
-        label_len += 1;
-        if label_len > 63 {
+        if c & HYPHEN_CLASS != 0 && before != DOT {
+            before = HYPHEN_CLASS;
+        } else if c == DOT && before == LETTER_DIGIT {
+            if i - label_start > 63 {
+                return false;
+            }
+            label_start = i + 1;
+            before = DOT;
+        } else {
             return false;
         }
     }
-    after_letter
+    before == LETTER_DIGIT && bytes.len() - label_start <= 63
 }
-
-/// Classes of ASCII bytes in a domain: `LETTER` (letters and digits), `HYPHEN`, `DOT`, `OTHER`.
-const DOMAIN_CLASS: [u8; 128] = {
-    let mut class = [OTHER; 128];
-    let mut b = 0;
-    while b < 128 {
-        if (b as u8).is_ascii_alphanumeric() {
-            class[b] = LETTER;
-        }
-        b += 1;
-    }
-    class[b'-' as usize] = HYPHEN;
-    class[b'.' as usize] = DOT;
-    class
-};
-const OTHER: u8 = 0;
-const LETTER: u8 = 1;
-const HYPHEN: u8 = 2;
-const DOT: u8 = 3;
 
 /// True when every non-ASCII label of `domain` is a valid IDNA2008 U-label (RFC 5890,
 /// RFC 5891 5.4): UTS 46 processing (non-transitional, STD3 rules, the bidi and joiner rules)
@@ -932,6 +931,25 @@ mod tests {
         assert_eq!(mailbox(&long_label, true), None, "A-label over 63 octets");
     }
 
+    /// A label may hold 63 octets, not 64: first, inside and last, and a local part 64.
+    #[test]
+    fn label_and_local_part_lengths_at_their_limits() {
+        let (ok, long) = ("a".repeat(63), "a".repeat(64));
+        for utf8 in [false, true] {
+            for (at_limit, over) in [
+                (format!("{ok}.example"), format!("{long}.example")),
+                (format!("x.{ok}.example"), format!("x.{long}.example")),
+                (format!("x.{ok}"), format!("x.{long}")),
+                (ok.clone(), long.clone()),
+            ] {
+                assert!(domain(&at_limit, utf8), "{at_limit}");
+                assert!(!domain(&over, utf8), "{over}");
+            }
+            assert_eq!(local_part_end(&format!("{long}@x"), utf8), Some(64));
+            assert_eq!(local_part_end(&format!("{long}a@x"), utf8), None);
+        }
+    }
+
     #[test]
     fn domains_of_mailboxes() {
         assert_eq!(domain_of("u@x.example"), "x.example");
@@ -1016,7 +1034,7 @@ mod tests {
     /// Text made of the bytes that matter to paths, local parts and domains.
     fn address_text() -> impl proptest::strategy::Strategy<Value = String> {
         proptest::string::string_regex(
-            "[a-c0-9.@<>\"\\\\ _!=-]{0,12}(\u{e9}|x{60,70}|[.-]){0,2}[a-c0-9.@<>\"-]{0,12}",
+            "[a-cA-C0-9.@<>\"\\\\ _!=#~-]{0,12}(\u{e9}|x{60,70}|[.-]){0,2}[a-c0-9.@<>\"-]{0,12}",
         )
         .expect("regex")
     }
