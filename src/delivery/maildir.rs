@@ -273,7 +273,9 @@ impl<D: Driver> Maildir<D> {
 /// The fsync of `new/`, shared by the shards of one process. Every message's rename must be
 /// made durable by a directory fsync begun after it; one fsync covers all the renames before
 /// it, so the shards take turns: while one runs, renames queue up for the next. A fsync per
-/// shard instead would be as many journal commits at a time as there are shards.
+/// shard instead would be as many journal commits at a time as there are shards. The price: a
+/// fsync completes on the shard that started it, so a shard that is slow to run its tasks
+/// delays the 250s of the others by as much.
 #[derive(Default)]
 pub struct DirSync {
     /// Renames done (each takes the next number).
@@ -304,11 +306,14 @@ impl DirSync {
             let done = self.done.notified();
             let mut done = pin!(done);
             done.as_mut().enable();
-            if self.synced.load(Ordering::SeqCst) >= mine {
-                return Ok(());
-            }
+            // A failure first: a rename a failed fsync covered is never reported durable,
+            // not even when a later fsync succeeds (the kernel may report a lost write-back to
+            // one fsync only, so the later one proves nothing about it).
             if self.failed_through.load(Ordering::SeqCst) >= mine {
                 return Err(io::Error::other("spool directory fsync failed"));
+            }
+            if self.synced.load(Ordering::SeqCst) >= mine {
+                return Ok(());
             }
             if self
                 .syncing
@@ -320,12 +325,16 @@ impl DirSync {
             }
             // This call leads the next fsync. The guard hands the lead back (and wakes the
             // waiters, one of which leads next) even if this future is dropped on the way.
-            let lead = Lead(self);
-            let target = self.renames.load(Ordering::SeqCst);
+            let mut lead = Lead {
+                dir: self,
+                target: self.renames.load(Ordering::SeqCst),
+                finished: false,
+            };
             let result = sync().await;
+            lead.finished = true;
             match &result {
-                Ok(()) => self.synced.fetch_max(target, Ordering::SeqCst),
-                Err(_) => self.failed_through.fetch_max(target, Ordering::SeqCst),
+                Ok(()) => self.synced.fetch_max(lead.target, Ordering::SeqCst),
+                Err(_) => self.failed_through.fetch_max(lead.target, Ordering::SeqCst),
             };
             drop(lead);
             return result;
@@ -333,13 +342,27 @@ impl DirSync {
     }
 }
 
-/// The lead of a directory fsync: released, with the waiters woken, when dropped.
-struct Lead<'a>(&'a DirSync);
+/// The lead of a directory fsync: released, with the waiters woken, when dropped. A lead
+/// dropped before its fsync finished (its shard is stopping) counts as a failed fsync for the
+/// renames it covered: its outcome is unknown, and an error it may have had is not reported
+/// again to the next one.
+struct Lead<'a> {
+    dir: &'a DirSync,
+    /// Renames up to this number are covered by the fsync.
+    target: u64,
+    /// The fsync's outcome is recorded.
+    finished: bool,
+}
 
 impl Drop for Lead<'_> {
     fn drop(&mut self) {
-        self.0.syncing.store(false, Ordering::SeqCst);
-        self.0.done.notify_waiters();
+        if !self.finished {
+            self.dir
+                .failed_through
+                .fetch_max(self.target, Ordering::SeqCst);
+        }
+        self.dir.syncing.store(false, Ordering::SeqCst);
+        self.dir.done.notify_waiters();
     }
 }
 
@@ -446,6 +469,7 @@ impl<D: Driver> Sink for Maildir<D> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::pin::Pin;
     use std::rc::Rc;
 
     fn tmp_name(pid: u32) -> String {
@@ -535,6 +559,11 @@ mod tests {
         }
     }
 
+    /// Polls `future` once, with a waker that does nothing.
+    fn look<F: Future>(future: Pin<&mut F>) -> std::task::Poll<F::Output> {
+        future.poll(&mut std::task::Context::from_waker(std::task::Waker::noop()))
+    }
+
     /// Lets the spawned tasks run until they all wait.
     async fn settle() {
         for _ in 0..20 {
@@ -613,6 +642,63 @@ mod tests {
             assert!(c.await.unwrap().is_err());
             assert!(d.await.unwrap().is_ok());
             assert_eq!(fsync.started.get(), 3);
+        });
+    }
+
+    /// A rename covered by a fsync that failed is not reported durable, even when a later
+    /// fsync succeeds before it looks; one covered by a lead dropped before its fsync ended
+    /// fails too (that fsync's outcome is unknown).
+    #[test]
+    fn a_rename_covered_by_a_failed_or_abandoned_fsync_is_never_reported_durable() {
+        local(async {
+            let dir = Arc::new(DirSync::default());
+            let fsync = GatedSync::new(vec![2]);
+            let call = |dir: &Arc<DirSync>, fsync: &Rc<GatedSync>| {
+                let (dir, fsync) = (Arc::clone(dir), Rc::clone(fsync));
+                tokio::task::spawn_local(async move { dir.after_rename(|| fsync.sync()).await })
+            };
+            // A leads the first fsync; B waits; so does C, which is polled here by hand only.
+            let a = call(&dir, &fsync);
+            settle().await;
+            let b = call(&dir, &fsync);
+            settle().await;
+            let mut c = Box::pin(dir.after_rename(|| fsync.sync()));
+            assert!(look(c.as_mut()).is_pending());
+            // B leads the second, which covers C, and fails; D, renamed after it began, leads
+            // a third that succeeds: all before C looks again. C still fails.
+            fsync.gate.add_permits(1);
+            settle().await;
+            assert_eq!(fsync.started.get(), 2);
+            let d = call(&dir, &fsync);
+            settle().await;
+            fsync.gate.add_permits(2);
+            assert!(a.await.unwrap().is_ok());
+            assert!(b.await.unwrap().is_err());
+            assert!(d.await.unwrap().is_ok());
+            assert_eq!(fsync.started.get(), 3);
+            match look(c.as_mut()) {
+                std::task::Poll::Ready(result) => assert!(result.is_err(), "covered by a failure"),
+                std::task::Poll::Pending => panic!("C still waits"),
+            }
+
+            // E leads the fourth; F waits; G waits for the fifth, led by F, which is dropped
+            // while its fsync runs: G fails, and H after it gets a fsync of its own.
+            let e = call(&dir, &fsync);
+            settle().await;
+            let (f, g) = (call(&dir, &fsync), call(&dir, &fsync));
+            settle().await;
+            fsync.gate.add_permits(1);
+            settle().await;
+            assert!(e.await.unwrap().is_ok());
+            assert_eq!(fsync.started.get(), 5);
+            f.abort();
+            settle().await;
+            assert!(g.await.unwrap().is_err());
+            let h = call(&dir, &fsync);
+            settle().await;
+            fsync.gate.add_permits(1);
+            assert!(h.await.unwrap().is_ok());
+            assert_eq!(fsync.started.get(), 6);
         });
     }
 
