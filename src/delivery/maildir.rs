@@ -4,8 +4,8 @@
 //! a rename that refuses to overwrite, and `new/` is fsync'd, all before the session may say
 //! 250 (SPEC §4.4). Directory fsyncs are shared: a message whose rename is done waits for one
 //! directory fsync that *started* after its rename (group commit), so messages finishing
-//! together pay for one, whichever shards they came through. Any failure removes what was written — nothing half-written
-//! ever appears in `new/` — and the session answers 451.
+//! together pay for one, whichever shards they came through. Any failure removes what was
+//! written — nothing half-written ever appears in `new/` — and the session answers 451.
 //!
 //! tmp names carry the writer's PID so that start-up (`prepare`) removes only the files of
 //! writers that are gone (or older than 36 hours, the Maildir rule): a second ringmx started on

@@ -70,10 +70,10 @@ fn raise_file_workers(max: u32) {
 /// the descriptor is closed only once no operation holds it: never while a submission that
 /// names it may still be waiting in the ring, where a reused number would name another
 /// connection. A read (or a write to a peer that does not read) cancelled by a timeout or by
-/// shutdown stays in the kernel until the peer sends, reads or closes: a silent peer would keep the connection (and the
-/// descriptor) open for ever after our 421. shutdown(2) completes such operations at once, so
-/// the descriptor is closed and the peer sees the close. A connection that ends with nothing
-/// in flight (the usual end: QUIT, 221) is simply closed.
+/// shutdown stays in the kernel until the peer sends, reads or closes: a silent peer would
+/// keep the connection (and the descriptor) open for ever after our 421. shutdown(2) completes
+/// such operations at once, so the descriptor is closed and the peer sees the close. A
+/// connection that ends with nothing in flight (the usual end: QUIT, 221) is simply closed.
 pub struct Stream {
     socket: Rc<tokio_uring::net::TcpStream>,
     /// Reads and writes started and not seen to complete.
