@@ -443,7 +443,12 @@ impl Client {
                     return Err(invalid(format!("bad reply ({e:?}): {text:?}")));
                 }
             }
-            let n = self.stream.read(self.replies.spare())?;
+            // A read with a timeout ends with EINTR when the thread is notified (a signal, or
+            // io_uring task work for a ring this thread used): read again.
+            let n = match self.stream.read(self.replies.spare()) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                read => read?,
+            };
             if n == 0 {
                 if self.replies.is_empty() {
                     return Ok(None);
@@ -494,6 +499,7 @@ impl Client {
                 Ok(0) => break,
                 Ok(n) => rest.extend_from_slice(&chunk[..n]),
                 Err(e) if e.kind() == io::ErrorKind::ConnectionReset => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => panic!(
                     "waiting for the server to close: {e}; read so far: {:?}",
                     String::from_utf8_lossy(&rest)
