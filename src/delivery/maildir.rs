@@ -559,6 +559,12 @@ mod tests {
         }
     }
 
+    /// A rename's wait for its directory fsync, as a task of its own.
+    fn call(dir: &Arc<DirSync>, fsync: &Rc<GatedSync>) -> tokio::task::JoinHandle<io::Result<()>> {
+        let (dir, fsync) = (Arc::clone(dir), Rc::clone(fsync));
+        tokio::task::spawn_local(async move { dir.after_rename(|| fsync.sync()).await })
+    }
+
     /// Polls `future` once, with a waker that does nothing.
     fn look<F: Future>(future: Pin<&mut F>) -> std::task::Poll<F::Output> {
         future.poll(&mut std::task::Context::from_waker(std::task::Waker::noop()))
@@ -590,10 +596,6 @@ mod tests {
         local(async {
             let dir = Arc::new(DirSync::default());
             let fsync = GatedSync::new(vec![]);
-            let call = |dir: &Arc<DirSync>, fsync: &Rc<GatedSync>| {
-                let (dir, fsync) = (Arc::clone(dir), Rc::clone(fsync));
-                tokio::task::spawn_local(async move { dir.after_rename(|| fsync.sync()).await })
-            };
             let a = call(&dir, &fsync);
             settle().await;
             assert_eq!(fsync.started.get(), 1);
@@ -623,10 +625,6 @@ mod tests {
         local(async {
             let dir = Arc::new(DirSync::default());
             let fsync = GatedSync::new(vec![2]);
-            let call = |dir: &Arc<DirSync>, fsync: &Rc<GatedSync>| {
-                let (dir, fsync) = (Arc::clone(dir), Rc::clone(fsync));
-                tokio::task::spawn_local(async move { dir.after_rename(|| fsync.sync()).await })
-            };
             let a = call(&dir, &fsync);
             settle().await;
             let (b, c) = (call(&dir, &fsync), call(&dir, &fsync));
@@ -653,10 +651,6 @@ mod tests {
         local(async {
             let dir = Arc::new(DirSync::default());
             let fsync = GatedSync::new(vec![2]);
-            let call = |dir: &Arc<DirSync>, fsync: &Rc<GatedSync>| {
-                let (dir, fsync) = (Arc::clone(dir), Rc::clone(fsync));
-                tokio::task::spawn_local(async move { dir.after_rename(|| fsync.sync()).await })
-            };
             // A leads the first fsync; B waits; so does C, which is polled here by hand only.
             let a = call(&dir, &fsync);
             settle().await;
@@ -708,10 +702,6 @@ mod tests {
         local(async {
             let dir = Arc::new(DirSync::default());
             let fsync = GatedSync::new(vec![]);
-            let call = |dir: &Arc<DirSync>, fsync: &Rc<GatedSync>| {
-                let (dir, fsync) = (Arc::clone(dir), Rc::clone(fsync));
-                tokio::task::spawn_local(async move { dir.after_rename(|| fsync.sync()).await })
-            };
             let a = call(&dir, &fsync);
             settle().await;
             let b = call(&dir, &fsync);

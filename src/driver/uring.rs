@@ -207,20 +207,19 @@ async fn submit<T: Unpin + 'static>(
         .await
 }
 
-/// Writes all of `bytes` at `offset`.
-async fn write_all_at(file: &File, bytes: Vec<u8>, offset: u64) -> BufResult<(), Vec<u8>> {
-    let mut data = (file.handle(), bytes);
-    let mut done = 0usize;
+/// Writes `bytes[done..]` through the ring, one operation after another until all is
+/// written or one fails; `entry` builds each operation from `holder` (what keeps the
+/// descriptor open), the bytes left and how many are already written.
+async fn write_rest<H: Unpin + 'static>(
+    holder: H,
+    bytes: Vec<u8>,
+    mut done: usize,
+    entry: impl Fn(&H, &[u8], usize) -> io_uring::squeue::Entry,
+) -> BufResult<(), Vec<u8>> {
+    let mut data = (holder, bytes);
     while done < data.1.len() {
-        let rest = &data.1[done..];
-        let entry = opcode::Write::new(
-            types::Fd(data.0.fd()),
-            rest.as_ptr(),
-            rest.len().min(u32::MAX as usize) as u32,
-        )
-        .offset(offset + done as u64)
-        .build();
-        let (result, back) = submit(data, entry).await;
+        let op = entry(&data.0, &data.1[done..], done);
+        let (result, back) = submit(data, op).await;
         data = back;
         match result {
             Ok(0) => return (Err(io::ErrorKind::WriteZero.into()), data.1),
@@ -229,6 +228,21 @@ async fn write_all_at(file: &File, bytes: Vec<u8>, offset: u64) -> BufResult<(),
         }
     }
     (Ok(()), data.1)
+}
+
+/// At most `u32::MAX` bytes of `rest`, the most one operation takes.
+fn op_len(rest: &[u8]) -> u32 {
+    rest.len().min(u32::MAX as usize) as u32
+}
+
+/// Writes all of `bytes` at `offset`.
+async fn write_all_at(file: &File, bytes: Vec<u8>, offset: u64) -> BufResult<(), Vec<u8>> {
+    write_rest(file.handle(), bytes, 0, |handle, rest, done| {
+        opcode::Write::new(types::Fd(handle.fd()), rest.as_ptr(), op_len(rest))
+            .offset(offset + done as u64)
+            .build()
+    })
+    .await
 }
 
 /// fsync(2) through the ring.
@@ -365,25 +379,13 @@ impl Driver for Uring {
                 return (Err(e), buf);
             }
         }
-        let mut data = (Rc::clone(&stream.socket), buf);
-        while done < data.1.len() {
-            let rest = &data.1[done..];
-            let entry = opcode::Send::new(
-                types::Fd(data.0.as_raw_fd()),
-                rest.as_ptr(),
-                rest.len().min(u32::MAX as usize) as u32,
-            )
-            .flags(libc::MSG_NOSIGNAL)
-            .build();
-            let (result, back) = stream.counted(submit(data, entry)).await;
-            data = back;
-            match result {
-                Ok(0) => return (Err(io::ErrorKind::WriteZero.into()), data.1),
-                Ok(n) => done += n as usize,
-                Err(e) => return (Err(e), data.1),
-            }
-        }
-        (Ok(()), data.1)
+        let socket = Rc::clone(&stream.socket);
+        let rest = write_rest(socket, buf, done, |socket, rest, _| {
+            opcode::Send::new(types::Fd(socket.as_raw_fd()), rest.as_ptr(), op_len(rest))
+                .flags(libc::MSG_NOSIGNAL)
+                .build()
+        });
+        stream.counted(rest).await
     }
 
     fn open_dir(path: &Path) -> io::Result<Self::File> {
