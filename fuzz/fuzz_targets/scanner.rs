@@ -1,7 +1,8 @@
 //! Fuzzes the data scanner against the byte-at-a-time oracle: arbitrary streams cut into reads
 //! at arbitrary points, in both bare-LF modes. The end of data, the unstuffed bytes and the
 //! bare-line-ending flag must be the oracle's; every range must lie inside its own read; with
-//! no terminator, only a CR may be held back.
+//! no terminator, only a CR may be held back. Both kinds of scanner are checked: the baseline
+//! vectors and the widest the CPU has.
 //!
 //! Input layout: byte 0 the number of cuts (mod 16), then two bytes per cut (little-endian
 //! offset, modulo the length), then the stream.
@@ -26,14 +27,15 @@ fuzz_target!(|data: &[u8]| {
         .collect();
     cuts.sort_unstable();
     for mode in [BareLf::Reject, BareLf::Normalize] {
-        check(stream, &cuts, mode);
+        // The baseline vectors and the widest this CPU has.
+        check(DataScanner::baseline(mode), stream, &cuts, mode);
+        check(DataScanner::new(mode), stream, &cuts, mode);
     }
 });
 
 /// Scans `stream` cut at `cuts` and compares with the oracle.
-fn check(stream: &[u8], cuts: &[usize], mode: BareLf) {
+fn check(mut scanner: DataScanner, stream: &[u8], cuts: &[usize], mode: BareLf) {
     let want = naive::unstuff(stream, mode);
-    let mut scanner = DataScanner::new(mode);
     let mut parts = Vec::new();
     let mut data = Vec::new();
     let mut end = None;

@@ -1,10 +1,12 @@
 //! The scanner: finds command lines and the end of message data in the receive buffer.
 //!
 //! Everything here returns ranges into the caller's bytes and copies nothing. Message data is
-//! scanned for `\n` a 64-byte block at a time (`LfFinder`: SSE2 compares into a bit mask, each
-//! block compared once, its LFs handed out with `trailing_zeros`), because a memchr call per
-//! line pays its set-up cost every ~78 bytes and ran at a fifth of a plain memchr pass on
-//! 76-character lines; bare CRs are counted with memchr's count. Dot-unstuffing is a split of
+//! looked at a 64-byte block at a time: each block is compared once for LF, CR and `.` into three
+//! bit masks (`Masks`, SSE2), and the few places that need a byte-at-a-time look — a CRLF
+//! followed by `.` or ending the input, and in normalize mode a bare LF — are picked out of the
+//! masks with shifts and handed out with `trailing_zeros`. A block of ordinary lines costs the
+//! same whatever its number of lines; a memchr call per line paid its set-up every ~78 bytes.
+//! In reject mode bare LFs and bare CRs come out of the same masks. Dot-unstuffing is a split of
 //! ranges (the stuffed `.` is simply left out of the next range), and the only pieces of output
 //! that are not ranges are two constants: the CRLF that replaces a bare LF in normalize mode and
 //! a CR held back across a read boundary.
@@ -59,12 +61,10 @@ enum State {
 pub struct DataScanner {
     state: State,
     mode: BareLf,
-    /// CR bytes seen in this message's data (including the terminator's).
-    cr_count: u64,
-    /// LF bytes seen that were preceded by CR.
-    crlf_count: u64,
-    /// A bare LF was seen.
-    bare_lf: bool,
+    /// Reject mode: a bare LF or a bare CR was seen in the data consumed so far.
+    bare: bool,
+    /// Blocks are compared with AVX2 (32 bytes at a time) rather than the baseline 16.
+    avx2: bool,
 }
 
 /// The result of one `DataScanner::scan` call.
@@ -80,40 +80,45 @@ const CRLF: &[u8] = b"\r\n";
 const CR: &[u8] = b"\r";
 
 impl DataScanner {
-    /// A scanner positioned at the start of message data (a line start).
+    /// A scanner positioned at the start of message data (a line start), comparing with the
+    /// widest vectors the CPU has.
     pub fn new(mode: BareLf) -> DataScanner {
         DataScanner {
-            state: State::LineStart,
-            mode,
-            cr_count: 0,
-            crlf_count: 0,
-            bare_lf: false,
+            avx2: avx2(),
+            ..DataScanner::baseline(mode)
         }
     }
 
-    /// Starts a new message with the same mode.
+    /// A scanner that compares with the instruction set's baseline vectors only (SSE2 on
+    /// x86_64), whatever the CPU has: the same answers as `new`, for tests that check both.
+    pub fn baseline(mode: BareLf) -> DataScanner {
+        DataScanner {
+            state: State::LineStart,
+            mode,
+            bare: false,
+            avx2: false,
+        }
+    }
+
+    /// Starts a new message with the same mode (and vectors).
     pub fn reset(&mut self) {
-        *self = DataScanner::new(self.mode);
+        self.state = State::LineStart;
+        self.bare = false;
     }
 
     /// In reject mode, true when the data so far held a bare LF or a bare CR (a CR at the very
     /// end of the input so far is not yet known to be bare and is not counted). Always false in
     /// normalize mode, where neither is an error.
     pub fn saw_bare_line_ending(&self) -> bool {
-        let pending_cr = matches!(self.state, State::MidCr | State::DotCr) as u64;
-        self.mode == BareLf::Reject
-            && (self.bare_lf || self.cr_count - pending_cr != self.crlf_count)
+        self.mode == BareLf::Reject && self.bare
     }
 
     /// Scans `input`, appending the unstuffed data to `parts` as ranges of `input` offset by
     /// `base`. Stops right after the terminator.
     pub fn scan(&mut self, input: &[u8], base: usize, parts: &mut Vec<Part>) -> Scan {
         let len = input.len();
-        let mut lfs = LfFinder::new(input);
         let mut i = 0; // next byte to examine
         let mut seg = 0; // start of the range of data not yet pushed
-                         // A bare CR never ends anything, so CRs need no per-byte look; in reject mode they are
-                         // counted once per call over the bytes consumed and compared with the CRLFs found.
         let result = loop {
             match self.state {
                 State::LineStart => {
@@ -147,12 +152,12 @@ impl DataScanner {
                         break Scan::More;
                     }
                     if input[i] == b'\n' {
-                        self.crlf_count += 1;
                         i += 1;
                         self.state = State::LineStart;
                         break Scan::End(i);
                     }
                     // The CR after the dot is a bare CR: it is data.
+                    self.bare = true;
                     if i == 0 {
                         parts.push(Part::Static(CR));
                     } else {
@@ -165,14 +170,19 @@ impl DataScanner {
                         break Scan::More;
                     }
                     if input[i] == b'\n' {
-                        self.crlf_count += 1;
                         i += 1;
                         self.state = State::LineStart;
                     } else {
+                        // The CR that ended the last input was bare.
+                        self.bare = true;
                         self.state = State::Mid;
                     }
                 }
-                State::Mid => match lfs.next(i) {
+                State::Mid => match self.mid(input, i, base, &mut seg, parts) {
+                    Some(next) => {
+                        i = next;
+                        self.state = State::LineStart;
+                    }
                     None => {
                         self.state = if input.get(len.wrapping_sub(1)) == Some(&b'\r') && len > i {
                             State::MidCr
@@ -181,145 +191,274 @@ impl DataScanner {
                         };
                         break Scan::More;
                     }
-                    Some(lf) => {
-                        if lf > i && input[lf - 1] == b'\r' {
-                            self.crlf_count += 1;
-                            i = lf + 1;
-                            // The common case, a line that does not start with a dot, stays
-                            // in this state and goes straight on to the next LF.
-                            if i == len || input[i] == b'.' {
-                                self.state = State::LineStart;
-                            }
-                        } else {
-                            self.on_bare_lf(parts, base, &mut seg, lf);
-                            i = lf + 1;
-                        }
-                    }
                 },
             }
         };
-        let consumed = match result {
-            Scan::More => {
-                // Everything not held back is data (a held-back CR set `seg` to the end).
-                push(parts, base, seg, len);
-                len
-            }
+        match result {
+            // Everything not held back is data (a held-back CR set `seg` to the end).
+            Scan::More => push(parts, base, seg, len),
             // The terminator's `.` CR LF is not data, and nothing before it is pending: `seg`
             // sits just after the dropped dot.
-            Scan::End(n) => n,
-        };
-        if self.mode == BareLf::Reject {
-            self.cr_count += memchr::memchr_iter(b'\r', &input[..consumed]).count() as u64;
+            Scan::End(_) => {}
         }
         result
     }
 
-    /// Handles an LF at `lf` that is not preceded by CR.
-    fn on_bare_lf(&mut self, parts: &mut Vec<Part>, base: usize, seg: &mut usize, lf: usize) {
-        match self.mode {
-            BareLf::Reject => self.bare_lf = true,
-            BareLf::Normalize => {
-                push(parts, base, *seg, lf);
-                parts.push(Part::Static(CRLF));
-                *seg = lf + 1;
-            }
-        }
-    }
-}
-
-/// Finds the LFs of one input in order, one 64-byte block at a time: each block is compared
-/// once into a bit mask, and the LFs in it are handed out from the mask.
-struct LfFinder<'a> {
-    input: &'a [u8],
-    /// Offset of the block `mask` describes (a multiple of 64), or `usize::MAX` before the first.
-    block: usize,
-    /// Bit `j` set: `input[block + j]` is LF.
-    mask: u64,
-}
-
-impl<'a> LfFinder<'a> {
-    fn new(input: &'a [u8]) -> LfFinder<'a> {
-        LfFinder {
-            input,
-            block: usize::MAX,
-            mask: 0,
-        }
-    }
-
-    /// The offset of the first LF at or after `from`, if any.
+    /// Scans from `from`, inside a line, a block at a time, to the next line start where a
+    /// byte-at-a-time look is needed (returned): just after a CRLF that is followed by the
+    /// terminator's `.` CR LF, by a `.` too near the input's end to tell, or by the input's end.
+    /// `None`: the input ended inside a line. Other line starts stay inside this loop, and a
+    /// stuffed dot at one is left out of the data on the way. In normalize mode each bare LF
+    /// on the way is replaced by CRLF; in reject mode bare LFs and bare CRs up to the returned
+    /// line start are noted.
+    ///
+    /// Entering here at `from`, the byte before `from` (if any) never forms CRLF with an LF at
+    /// `from`: every state that hands over to `Mid` has either just passed an LF or a `.`, or
+    /// found that the byte at `from` is not LF. So nothing before `from` is looked at, and a
+    /// CR there (always a bare one, already noted) is not carried in.
     #[inline]
-    fn next(&mut self, from: usize) -> Option<usize> {
+    fn mid(
+        &mut self,
+        input: &[u8],
+        from: usize,
+        base: usize,
+        seg: &mut usize,
+        parts: &mut Vec<Part>,
+    ) -> Option<usize> {
+        #[cfg(target_arch = "x86_64")]
+        if self.avx2 {
+            // SAFETY: `avx2` is set only when the CPU has AVX2.
+            return unsafe { self.mid_avx2(input, from, base, seg, parts) };
+        }
+        self.mid_with(input, from, base, seg, parts, Masks::of_64)
+    }
+
+    /// `mid` with the blocks compared by AVX2.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn mid_avx2(
+        &mut self,
+        input: &[u8],
+        from: usize,
+        base: usize,
+        seg: &mut usize,
+        parts: &mut Vec<Part>,
+    ) -> Option<usize> {
+        // SAFETY: this function runs only where the CPU has AVX2.
+        self.mid_with(input, from, base, seg, parts, |block| unsafe {
+            Masks::of_64_avx2(block)
+        })
+    }
+
+    /// `mid`, with the block comparison given (inlined into each caller, so that each
+    /// compiles with its own instruction set).
+    #[inline(always)]
+    fn mid_with(
+        &mut self,
+        input: &[u8],
+        from: usize,
+        base: usize,
+        seg: &mut usize,
+        parts: &mut Vec<Part>,
+        of_64: impl Fn(&[u8; 64]) -> Masks,
+    ) -> Option<usize> {
+        let len = input.len();
         let mut block = from & !63;
-        if block != self.block {
-            self.block = block;
-            self.mask = lf_mask(self.input, block);
-        }
-        // `from - block` < 64, so the shift cannot overflow.
-        let mut mask = self.mask & (u64::MAX << (from - block));
-        loop {
-            if mask != 0 {
-                return Some(block + mask.trailing_zeros() as usize);
+        // Bits of the first block before `from` were already dealt with.
+        let mut live = u64::MAX << (from - block);
+        // From the block before: its last byte was CR; a CRLF ended it (a line starts at bit 0).
+        let (mut cr_in, mut line_in) = (0u64, 0u64);
+        while block < len {
+            let m = Masks::at(input, block, &of_64);
+            let (lf, cr, dot) = (m.lf & live, m.cr & live, m.dot & live);
+            let after_cr = cr << 1 | cr_in;
+            let crlf = lf & after_cr;
+            // Line starts (just after a CRLF) that hold a `.`.
+            let dots = (crlf << 1 | line_in) & dot;
+            // Where a CR is not followed by LF, or an LF not preceded by CR, the two masks
+            // differ.
+            let odd = lf ^ after_cr;
+            if (dots | odd) != 0 {
+                // A CR that is the input's last byte is not known yet: bits past the input are
+                // not compared.
+                let odd = odd & (u64::MAX >> (64 - (len - block).min(64)));
+                let mut stops = match self.mode {
+                    BareLf::Reject => dots,
+                    BareLf::Normalize => dots | (lf & !after_cr),
+                };
+                while stops != 0 {
+                    let bit = stops & stops.wrapping_neg();
+                    let at = block + bit.trailing_zeros() as usize;
+                    if dots & bit != 0 {
+                        if input.get(at + 1..at + 3).is_none_or(|next| next == CRLF) {
+                            // The terminator, or a `.` too near the input's end to tell: the
+                            // byte-at-a-time states take it from this line start.
+                            self.bare |=
+                                self.mode == BareLf::Reject && odd & (bit | (bit - 1)) != 0;
+                            return Some(at);
+                        }
+                        // A stuffed dot: left out of the data.
+                        push(parts, base, *seg, at);
+                    } else {
+                        // A bare LF (normalize mode): stored as CRLF.
+                        push(parts, base, *seg, at);
+                        parts.push(Part::Static(CRLF));
+                    }
+                    *seg = at + 1;
+                    stops ^= bit;
+                }
+                self.bare |= self.mode == BareLf::Reject && odd != 0;
             }
+            cr_in = cr >> 63;
+            line_in = crlf >> 63;
             block += 64;
-            if block >= self.input.len() {
-                return None;
-            }
-            self.block = block;
-            self.mask = lf_mask(self.input, block);
-            mask = self.mask;
+            live = u64::MAX;
         }
+        // A CRLF that ends the input: a line starts where the next input begins.
+        (len > from && input[len - 1] == b'\n' && len >= 2 && input[len - 2] == b'\r')
+            .then_some(len)
     }
 }
 
-/// Bit `j` set when `input[at + j]` is LF, for the (up to) 64 bytes from `at`.
-#[inline]
-fn lf_mask(input: &[u8], at: usize) -> u64 {
-    let rest = input.get(at..).unwrap_or_default();
-    match rest.first_chunk::<64>() {
-        Some(block) => lf_mask_64(block),
-        None => {
-            // The last, partial block: compared from a zero-padded copy (zeros are not LF).
-            let mut padded = [0u8; 64];
-            padded[..rest.len()].copy_from_slice(rest);
-            lf_mask_64(&padded)
-        }
-    }
+/// The bytes of one 64-byte block that the data scanner acts on: bit `j` of each mask is set
+/// when byte `j` of the block is that byte.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Masks {
+    lf: u64,
+    cr: u64,
+    dot: u64,
 }
 
-/// Bit `j` set when `block[j]` is LF.
-#[cfg(target_arch = "x86_64")]
-#[inline]
-fn lf_mask_64(block: &[u8; 64]) -> u64 {
-    use std::arch::x86_64::{_mm_cmpeq_epi8, _mm_loadu_si128, _mm_movemask_epi8, _mm_set1_epi8};
-    let p = block.as_ptr().cast::<std::arch::x86_64::__m128i>();
-    // SAFETY: SSE2 is part of the x86_64 baseline, and the four unaligned 16-byte loads read
-    // bytes 0..64 of a 64-byte array.
-    unsafe {
-        let lf = _mm_set1_epi8(b'\n' as i8);
-        let m = |k: usize| {
-            let v = _mm_loadu_si128(p.add(k));
-            u64::from(_mm_movemask_epi8(_mm_cmpeq_epi8(v, lf)) as u16)
+impl Masks {
+    /// The masks of the (up to) 64 bytes of `input` from `at`; bits past the input are clear.
+    #[inline(always)]
+    fn at(input: &[u8], at: usize, of_64: impl Fn(&[u8; 64]) -> Masks) -> Masks {
+        let rest = input.get(at..).unwrap_or_default();
+        if let Some(block) = rest.first_chunk::<64>() {
+            return of_64(block);
+        }
+        if let (Some(tail), false) = (input.last_chunk::<64>(), rest.is_empty()) {
+            // The last, partial block: the input's last 64 bytes, shifted so that bit 0 is
+            // byte `at` (the shift is 1..=63, and zeros come in from the top).
+            let shift = at + 64 - input.len();
+            let m = of_64(tail);
+            return Masks {
+                lf: m.lf >> shift,
+                cr: m.cr >> shift,
+                dot: m.dot >> shift,
+            };
+        }
+        // A whole input under 64 bytes: compared from a zero-padded copy (a zero byte is none
+        // of LF, CR and `.`).
+        let mut padded = [0u8; 64];
+        padded[..rest.len()].copy_from_slice(rest);
+        of_64(&padded)
+    }
+
+    /// The masks of one whole block.
+    #[cfg(target_arch = "x86_64")]
+    #[inline]
+    fn of_64(block: &[u8; 64]) -> Masks {
+        use std::arch::x86_64::{
+            _mm_cmpeq_epi8, _mm_loadu_si128, _mm_movemask_epi8, _mm_set1_epi8,
         };
-        m(0) | m(1) << 16 | m(2) << 32 | m(3) << 48
+        let p = block.as_ptr().cast::<std::arch::x86_64::__m128i>();
+        // SAFETY: SSE2 is part of the x86_64 baseline, and the four unaligned 16-byte loads
+        // read bytes 0..64 of a 64-byte array.
+        unsafe {
+            let (lf, cr, dot) = (
+                _mm_set1_epi8(b'\n' as i8),
+                _mm_set1_epi8(b'\r' as i8),
+                _mm_set1_epi8(b'.' as i8),
+            );
+            let mut m = Masks {
+                lf: 0,
+                cr: 0,
+                dot: 0,
+            };
+            for k in 0..4 {
+                let v = _mm_loadu_si128(p.add(k));
+                let bits =
+                    |x| u64::from(_mm_movemask_epi8(_mm_cmpeq_epi8(v, x)) as u16) << (16 * k);
+                m.lf |= bits(lf);
+                m.cr |= bits(cr);
+                m.dot |= bits(dot);
+            }
+            m
+        }
+    }
+
+    /// The masks of one whole block, 32 bytes at a time.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    unsafe fn of_64_avx2(block: &[u8; 64]) -> Masks {
+        use std::arch::x86_64::{
+            _mm256_cmpeq_epi8, _mm256_loadu_si256, _mm256_movemask_epi8, _mm256_set1_epi8,
+        };
+        let p = block.as_ptr().cast::<std::arch::x86_64::__m256i>();
+        // SAFETY: the two unaligned 32-byte loads read bytes 0..64 of a 64-byte array; the
+        // caller vouches for AVX2.
+        unsafe {
+            let (lf, cr, dot) = (
+                _mm256_set1_epi8(b'\n' as i8),
+                _mm256_set1_epi8(b'\r' as i8),
+                _mm256_set1_epi8(b'.' as i8),
+            );
+            let (lo, hi) = (_mm256_loadu_si256(p), _mm256_loadu_si256(p.add(1)));
+            let bits = |x| {
+                let mask = |v| u64::from(_mm256_movemask_epi8(_mm256_cmpeq_epi8(v, x)) as u32);
+                mask(lo) | mask(hi) << 32
+            };
+            Masks {
+                lf: bits(lf),
+                cr: bits(cr),
+                dot: bits(dot),
+            }
+        }
+    }
+
+    /// The masks of one whole block (portable; the compiler may vectorize it).
+    #[cfg(not(target_arch = "x86_64"))]
+    #[inline]
+    fn of_64(block: &[u8; 64]) -> Masks {
+        Masks::scalar(block)
+    }
+
+    /// The masks of up to 64 bytes, one byte at a time.
+    #[cfg(any(test, not(target_arch = "x86_64")))]
+    fn scalar(bytes: &[u8]) -> Masks {
+        debug_assert!(bytes.len() <= 64);
+        let bit = |want: u8| {
+            bytes
+                .iter()
+                .enumerate()
+                .fold(0, |m, (j, &b)| m | (u64::from(b == want) << j))
+        };
+        Masks {
+            lf: bit(b'\n'),
+            cr: bit(b'\r'),
+            dot: bit(b'.'),
+        }
     }
 }
 
-/// Bit `j` set when `block[j]` is LF (portable; the compiler may vectorize it).
-#[cfg(not(target_arch = "x86_64"))]
-#[inline]
-fn lf_mask_64(block: &[u8; 64]) -> u64 {
-    lf_mask_scalar(block)
-}
-
-/// Bit `j` set when `bytes[j]` is LF, one byte at a time (at most 64 bytes).
-#[cfg(any(test, not(target_arch = "x86_64")))]
-#[inline]
-fn lf_mask_scalar(bytes: &[u8]) -> u64 {
-    debug_assert!(bytes.len() <= 64);
-    bytes
-        .iter()
-        .enumerate()
-        .fold(0, |m, (j, &b)| m | (u64::from(b == b'\n') << j))
+/// Whether the CPU has AVX2 (the answer is cached by the standard library).
+fn avx2() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx2")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
 }
 
 /// Pushes `input[from..to]` (offset by `base`) unless it is empty.

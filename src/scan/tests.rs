@@ -6,10 +6,30 @@ use super::naive;
 use super::*;
 use proptest::prelude::*;
 
-/// Feeds `stream` to a fresh scanner in pieces cut at `cuts`; returns (end offset in the
-/// stream, stored bytes, bare flag).
+/// Fresh scanners of every kind this CPU runs: the baseline vectors and the widest it has
+/// (the same kind twice where the baseline is the widest).
+fn scanners(mode: BareLf) -> [DataScanner; 2] {
+    [DataScanner::baseline(mode), DataScanner::new(mode)]
+}
+
+/// Feeds `stream` to a fresh scanner of each kind in pieces cut at `cuts`; both must agree;
+/// returns (end offset in the stream, stored bytes, bare flag).
 fn run_split(stream: &[u8], cuts: &[usize], mode: BareLf) -> (Option<usize>, Vec<u8>, bool) {
-    let mut scanner = DataScanner::new(mode);
+    let [baseline, widest] = scanners(mode);
+    let got = run_split_with(baseline, stream, cuts);
+    assert_eq!(
+        got,
+        run_split_with(widest, stream, cuts),
+        "kinds differ on {stream:?}"
+    );
+    got
+}
+
+fn run_split_with(
+    mut scanner: DataScanner,
+    stream: &[u8],
+    cuts: &[usize],
+) -> (Option<usize>, Vec<u8>, bool) {
     let mut data = Vec::new();
     let mut parts = Vec::new();
     let mut bounds: Vec<usize> = cuts.iter().copied().filter(|&c| c < stream.len()).collect();
@@ -145,18 +165,19 @@ fn every_length_and_alignment_of_seeds() {
                 let mut shifted = vec![0u8; offset];
                 shifted.extend_from_slice(&stream);
                 let want = naive::unstuff(&stream, BareLf::Reject);
-                let mut scanner = DataScanner::new(BareLf::Reject);
-                let mut parts = Vec::new();
-                let scan = scanner.scan(&shifted[offset..], offset, &mut parts);
-                assert_eq!(scan, Scan::End(want.end.unwrap()));
-                let mut data = Vec::new();
-                for part in &parts {
-                    match part {
-                        Part::Input(r) => data.extend_from_slice(&shifted[r.clone()]),
-                        Part::Static(s) => data.extend_from_slice(s),
+                for mut scanner in scanners(BareLf::Reject) {
+                    let mut parts = Vec::new();
+                    let scan = scanner.scan(&shifted[offset..], offset, &mut parts);
+                    assert_eq!(scan, Scan::End(want.end.unwrap()));
+                    let mut data = Vec::new();
+                    for part in &parts {
+                        match part {
+                            Part::Input(r) => data.extend_from_slice(&shifted[r.clone()]),
+                            Part::Static(s) => data.extend_from_slice(s),
+                        }
                     }
+                    assert_eq!(data, want.data);
                 }
-                assert_eq!(data, want.data);
             }
         }
     }
@@ -253,8 +274,13 @@ proptest! {
 /// (less a CR held back after a dot, which may yet start the terminator) and the bare flag the
 /// same; and every part must be a non-empty range inside this call's input.
 fn check_strict(stream: &[u8], cuts: &[usize], mode: BareLf) {
+    for scanner in scanners(mode) {
+        check_strict_with(scanner, stream, cuts, mode);
+    }
+}
+
+fn check_strict_with(mut scanner: DataScanner, stream: &[u8], cuts: &[usize], mode: BareLf) {
     let want = naive::unstuff(stream, mode);
-    let mut scanner = DataScanner::new(mode);
     let mut data = Vec::new();
     let mut parts = Vec::new();
     let mut bounds: Vec<usize> = cuts.iter().copied().filter(|&c| c < stream.len()).collect();
@@ -285,7 +311,7 @@ fn check_strict(stream: &[u8], cuts: &[usize], mode: BareLf) {
         }
         from = to;
     }
-    let ctx = format!("stream {stream:?} cuts {cuts:?} {mode:?}");
+    let ctx = format!("stream {stream:?} cuts {cuts:?} {mode:?} {scanner:?}");
     assert_eq!(end, want.end, "end, {ctx}");
     if end.is_some() {
         assert_eq!(data, want.data, "data, {ctx}");
@@ -361,10 +387,9 @@ fn every_length_and_alignment_of_a_realistic_stream() {
         let prefix = &stream[..len];
         for mode in [BareLf::Reject, BareLf::Normalize] {
             let want = naive::unstuff(prefix, mode);
-            for align in 0..64 {
+            for (align, mut scanner) in (0..64).flat_map(|a| scanners(mode).map(|s| (a, s))) {
                 buffer[align..align + len].copy_from_slice(prefix);
                 let input = &buffer[align..align + len];
-                let mut scanner = DataScanner::new(mode);
                 let mut parts = Vec::new();
                 let scan = scanner.scan(input, align, &mut parts);
                 let mut data = Vec::new();
@@ -374,7 +399,7 @@ fn every_length_and_alignment_of_a_realistic_stream() {
                         Part::Static(s) => data.extend_from_slice(s),
                     }
                 }
-                let ctx = format!("len {len} align {align} {mode:?}");
+                let ctx = format!("len {len} align {align} {mode:?} {scanner:?}");
                 match want.end {
                     Some(end) => {
                         assert_eq!(scan, Scan::End(end), "{ctx}");
@@ -413,39 +438,72 @@ fn over_long_command_consumes_only_the_limit() {
 }
 
 #[test]
-fn lf_finder_finds_what_memchr_finds_from_every_offset() {
-    // LFs at every position of a block, at block edges and past the last full block.
-    let mut input = vec![b'x'; 300];
-    for &p in &[
-        0, 1, 15, 16, 31, 32, 63, 64, 65, 127, 128, 200, 255, 256, 299,
-    ] {
-        input[p] = b'\n';
-    }
-    for len in [0, 1, 63, 64, 65, 128, 129, 256, 299, 300] {
-        let input = &input[..len];
-        let mut finder = LfFinder::new(input);
-        for from in 0..=len {
-            let want = memchr::memchr(b'\n', &input[from..]).map(|o| from + o);
-            assert_eq!(finder.next(from), want, "len {len} from {from}");
-            // A fresh finder (no cached block) agrees too.
-            assert_eq!(
-                LfFinder::new(input).next(from),
-                want,
-                "len {len} from {from}"
-            );
+fn every_feature_at_every_block_position() {
+    // Each sequence that changes what the scanner does, placed at every offset around the
+    // first three block edges of a run of plain bytes, the stream fed whole and cut just
+    // before, inside and just after it, in both modes: the masks' carries from one block to
+    // the next (a CR ending one block and its LF starting the next, a CRLF ending a block and
+    // its `.` starting the next, the input's last byte) are all crossed.
+    const FEATURES: [&[u8]; 12] = [
+        b"\r\n.",
+        b"\r\n..",
+        b"\r\n.\r\n",
+        b"\r\n.\rx",
+        b"\r\n.\r",
+        b"\r",
+        b"\n",
+        b"\r\r\n",
+        b"\n.\r\n",
+        b"\r.\r\n",
+        b"\r\n\r\n.\r\n",
+        b"\r\n",
+    ];
+    for feature in FEATURES {
+        for at in 0..200 {
+            let mut stream = vec![b'x'; at];
+            stream.extend_from_slice(feature);
+            let tail = stream.len();
+            // Bare CR and LF after the terminator are not the message's.
+            for with in [&b""[..], b"yy", b"\r\n.\r\n", b"\r\n.\r\n\rx\n"] {
+                let mut stream = stream.clone();
+                stream.extend_from_slice(with);
+                for mode in [BareLf::Reject, BareLf::Normalize] {
+                    check_strict(&stream, &[], mode);
+                    for cut in [at, at + 1, at + 2, tail, tail + 1] {
+                        check_strict(&stream, &[cut], mode);
+                    }
+                    check_strict(&stream, &[at.saturating_sub(64), at + 1], mode);
+                }
+            }
         }
     }
 }
 
 proptest! {
     #[test]
-    fn lf_mask_matches_a_byte_loop(block in prop::collection::vec(
-        prop::sample::select(vec![b'\n', b'\r', b'a', 0x8a, 0x0b]), 64..65)) {
+    fn masks_match_a_byte_loop(block in prop::collection::vec(
+        prop::sample::select(vec![b'\n', b'\r', b'.', b'a', 0x8a, 0x8d, 0xae, 0x0b]), 64..65)) {
         let block: &[u8; 64] = block.as_slice().try_into().unwrap();
-        prop_assert_eq!(lf_mask_64(block), lf_mask_scalar(block));
-        let want = block.iter().enumerate().filter(|(_, &b)| b == b'\n')
+        let want = |b: u8| block.iter().enumerate().filter(|&(_, &x)| x == b)
             .fold(0u64, |m, (j, _)| m | 1 << j);
-        prop_assert_eq!(lf_mask_64(block), want);
+        let want = Masks { lf: want(b'\n'), cr: want(b'\r'), dot: want(b'.') };
+        prop_assert_eq!(Masks::scalar(block), want);
+        prop_assert_eq!(Masks::of_64(block), want);
+        #[cfg(target_arch = "x86_64")]
+        if avx2() {
+            // SAFETY: the CPU has AVX2.
+            prop_assert_eq!(unsafe { Masks::of_64_avx2(block) }, want);
+        }
+    }
+
+    #[test]
+    fn masks_of_a_partial_block_see_only_its_bytes(
+        bytes in prop::collection::vec(prop::sample::select(vec![b'\n', b'\r', b'.', b'a']), 0..130),
+        at in 0usize..130,
+    ) {
+        let at = at.min(bytes.len());
+        let end = (at + 64).min(bytes.len());
+        prop_assert_eq!(Masks::at(&bytes, at, Masks::of_64), Masks::scalar(&bytes[at..end]));
     }
 }
 
@@ -486,46 +544,5 @@ proptest! {
         stream.extend_from_slice(b"\r\n.\r\n");
         check_strict(&stream, &cuts, BareLf::Reject);
         check_strict(&stream, &cuts, BareLf::Normalize);
-    }
-}
-
-proptest! {
-    /// In reject mode the CRs counted block by block equal the CRs in the bytes consumed, for
-    /// any split into reads and any mix of CR, LF, dots and long runs (blocks with no LF).
-    #[test]
-    fn cr_count_equals_the_crs_consumed(
-        pieces in prop::collection::vec(
-            prop_oneof![
-                prop::sample::select(vec![&b"\r"[..], b"\n", b"\r\n", b".", b"\r\n.", b"x"]),
-                Just(&b"yyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyy\r\r"[..]),
-            ],
-            0..120,
-        ),
-        cuts in prop::collection::vec(0usize..2000, 0..8),
-        terminated in any::<bool>(),
-    ) {
-        let mut stream: Vec<u8> = pieces.concat();
-        if terminated {
-            stream.extend_from_slice(b"\r\n.\r\n");
-        }
-        let mut bounds: Vec<usize> = cuts.into_iter().filter(|&c| c < stream.len()).collect();
-        bounds.sort_unstable();
-        bounds.dedup();
-        bounds.push(stream.len());
-        let mut scanner = DataScanner::new(BareLf::Reject);
-        let mut parts = Vec::new();
-        let mut from = 0;
-        for to in bounds {
-            let consumed = match scanner.scan(&stream[from..to], 0, &mut parts) {
-                Scan::More => to,
-                Scan::End(n) => from + n,
-            };
-            let want = stream[..consumed].iter().filter(|&&b| b == b'\r').count() as u64;
-            prop_assert_eq!(scanner.cr_count, want);
-            if consumed < to {
-                break;
-            }
-            from = to;
-        }
     }
 }
