@@ -130,32 +130,49 @@ pub fn parse(line: &[u8], extensions: bool) -> Result<Command<'_>, Bad> {
         // `BDAT` glued to something other than a space: a chunk may follow, length unknown.
         return Err(Bad::Chunk);
     }
-    if verb.len() != 4 {
+    let Ok(verb) = <[u8; 4]>::try_from(verb) else {
         return Err(Bad::Unknown);
-    }
-    let mut upper = [0u8; 4];
-    upper.copy_from_slice(verb);
-    upper.make_ascii_uppercase();
-    match &upper {
-        b"HELO" => Ok(Command::Helo(
+    };
+    // Every verb here is four letters: compared as one word, case folded.
+    match fold_letters(verb) {
+        HELO => Ok(Command::Helo(
             hello_name(args).ok_or(Bad::Syntax(USAGE_HELO))?,
         )),
-        b"EHLO" => Ok(Command::Ehlo(
+        EHLO => Ok(Command::Ehlo(
             hello_name(args).ok_or(Bad::Syntax(USAGE_EHLO))?,
         )),
-        b"MAIL" => parse_mail(args, extensions),
-        b"RCPT" => parse_rcpt(args),
-        b"DATA" => no_args(args, Command::Data),
-        b"BDAT" => parse_bdat(args),
-        b"RSET" => no_args(args, Command::Rset),
-        b"NOOP" => Ok(Command::Noop),
-        b"QUIT" => no_args(args, Command::Quit),
-        b"VRFY" if trim(args).is_empty() => Err(Bad::Syntax(USAGE_VRFY)),
-        b"VRFY" => Ok(Command::Vrfy),
-        b"HELP" => Ok(Command::Help),
+        MAIL => parse_mail(args, extensions),
+        RCPT => parse_rcpt(args),
+        DATA => no_args(args, Command::Data),
+        BDAT => parse_bdat(args),
+        RSET => no_args(args, Command::Rset),
+        NOOP => Ok(Command::Noop),
+        QUIT => no_args(args, Command::Quit),
+        VRFY if trim(args).is_empty() => Err(Bad::Syntax(USAGE_VRFY)),
+        VRFY => Ok(Command::Vrfy),
+        HELP => Ok(Command::Help),
         _ => Err(Bad::Unknown),
     }
 }
+
+/// Four bytes as one word with bit 5 of each set: for a letter that is its lower case, and two
+/// bytes give the same word at a position only if they are the same letter in either case (or
+/// the same byte), so a word of lower-case letters is matched exactly, case folded.
+const fn fold_letters(bytes: [u8; 4]) -> u32 {
+    u32::from_le_bytes(bytes) | 0x2020_2020
+}
+
+const HELO: u32 = fold_letters(*b"helo");
+const EHLO: u32 = fold_letters(*b"ehlo");
+const MAIL: u32 = fold_letters(*b"mail");
+const RCPT: u32 = fold_letters(*b"rcpt");
+const DATA: u32 = fold_letters(*b"data");
+const BDAT: u32 = fold_letters(*b"bdat");
+const RSET: u32 = fold_letters(*b"rset");
+const NOOP: u32 = fold_letters(*b"noop");
+const QUIT: u32 = fold_letters(*b"quit");
+const VRFY: u32 = fold_letters(*b"vrfy");
+const HELP: u32 = fold_letters(*b"help");
 
 /// Accepts a command that takes no argument (trailing blanks are tolerated).
 fn no_args(args: &[u8], command: Command<'static>) -> Result<Command<'static>, Bad> {
@@ -163,6 +180,19 @@ fn no_args(args: &[u8], command: Command<'static>) -> Result<Command<'static>, B
         Ok(command)
     } else {
         Err(Bad::Syntax(USAGE_BARE))
+    }
+}
+
+/// Strips spaces and tabs at the start.
+fn trim_start(bytes: &[u8]) -> &[u8] {
+    match bytes.first() {
+        Some(b' ' | b'\t') => {
+            &bytes[bytes
+                .iter()
+                .position(|&b| b != b' ' && b != b'\t')
+                .unwrap_or(bytes.len())..]
+        }
+        _ => bytes,
     }
 }
 
@@ -201,18 +231,23 @@ fn text(bytes: &[u8]) -> Option<&str> {
     std::str::from_utf8(bytes).ok()
 }
 
-/// Strips a case-insensitive keyword such as `FROM:` and the blanks after it.
+/// Strips a case-insensitive keyword such as `from:` (given in lower case) and the blanks
+/// around it.
 fn keyword<'a>(args: &'a [u8], word: &[u8]) -> Option<&'a [u8]> {
-    let args = trim(args);
-    if args.len() < word.len() || !args[..word.len()].eq_ignore_ascii_case(word) {
-        return None;
-    }
-    Some(trim(&args[word.len()..]))
+    let args = trim_start(args);
+    let head = args.get(..word.len())?;
+    // A letter of `word` matches either case (bit 5 set on the input's byte folds a capital to
+    // it, and only that capital); any other byte matches only itself.
+    let same = head
+        .iter()
+        .zip(word)
+        .all(|(&a, &w)| a | (u8::from(w.is_ascii_lowercase()) << 5) == w);
+    same.then(|| trim(&args[word.len()..]))
 }
 
 /// Parses `MAIL FROM:<path> [params]`; without `extensions`, any parameter is refused.
 fn parse_mail(args: &[u8], extensions: bool) -> Result<Command<'_>, Bad> {
-    let rest = keyword(args, b"FROM:").ok_or(Bad::Syntax(USAGE_MAIL))?;
+    let rest = keyword(args, b"from:").ok_or(Bad::Syntax(USAGE_MAIL))?;
     let rest = text(rest).ok_or(Bad::Sender)?;
     let (inner, params) = split_path(rest).ok_or(Bad::Sender)?;
     if !extensions && !params.trim_matches(' ').is_empty() {
@@ -229,7 +264,7 @@ fn parse_mail(args: &[u8], extensions: bool) -> Result<Command<'_>, Bad> {
 
 /// Parses `RCPT TO:<path>`; no RCPT parameter is supported.
 fn parse_rcpt(args: &[u8]) -> Result<Command<'_>, Bad> {
-    let rest = keyword(args, b"TO:").ok_or(Bad::Syntax(USAGE_RCPT))?;
+    let rest = keyword(args, b"to:").ok_or(Bad::Syntax(USAGE_RCPT))?;
     let rest = text(rest).ok_or(Bad::Recipient)?;
     let (inner, params) = split_path(rest).ok_or(Bad::Recipient)?;
     if !params.trim_matches(' ').is_empty() {
@@ -959,7 +994,57 @@ mod tests {
 
     /// Oracles: the path, local-part and domain checks written plainly, one rule at a time.
     mod naive {
-        use super::super::{u_labels_valid, DOMAIN_MAX, LOCAL_PART_MAX, PATH_MAX};
+        use super::super::{
+            hello_name, no_args, parse_bdat, parse_mail, parse_rcpt, trim, u_labels_valid, Bad,
+            Command, DOMAIN_MAX, LOCAL_PART_MAX, PATH_MAX, USAGE_EHLO, USAGE_HELO, USAGE_VRFY,
+        };
+
+        /// The verb dispatch of `parse`, by upper-casing a copy of the verb.
+        pub fn parse(line: &[u8], extensions: bool) -> Result<Command<'_>, Bad> {
+            let verb_end = line.iter().position(|&b| b == b' ').unwrap_or(line.len());
+            let verb = &line[..verb_end];
+            let args = &line[(verb_end + 1).min(line.len())..];
+            if verb.eq_ignore_ascii_case(b"STARTTLS") {
+                return no_args(args, Command::StartTls);
+            }
+            if verb.len() != 4 && super::super::is_bdat(line) {
+                return Err(Bad::Chunk);
+            }
+            if verb.len() != 4 {
+                return Err(Bad::Unknown);
+            }
+            let mut upper = [0u8; 4];
+            upper.copy_from_slice(verb);
+            upper.make_ascii_uppercase();
+            match &upper {
+                b"HELO" => Ok(Command::Helo(
+                    hello_name(args).ok_or(Bad::Syntax(USAGE_HELO))?,
+                )),
+                b"EHLO" => Ok(Command::Ehlo(
+                    hello_name(args).ok_or(Bad::Syntax(USAGE_EHLO))?,
+                )),
+                b"MAIL" => parse_mail(args, extensions),
+                b"RCPT" => parse_rcpt(args),
+                b"DATA" => no_args(args, Command::Data),
+                b"BDAT" => parse_bdat(args),
+                b"RSET" => no_args(args, Command::Rset),
+                b"NOOP" => Ok(Command::Noop),
+                b"QUIT" => no_args(args, Command::Quit),
+                b"VRFY" if trim(args).is_empty() => Err(Bad::Syntax(USAGE_VRFY)),
+                b"VRFY" => Ok(Command::Vrfy),
+                b"HELP" => Ok(Command::Help),
+                _ => Err(Bad::Unknown),
+            }
+        }
+
+        /// `keyword` by trimming both ends and comparing ignoring ASCII case.
+        pub fn keyword<'a>(args: &'a [u8], word: &[u8]) -> Option<&'a [u8]> {
+            let args = trim(args);
+            if args.len() < word.len() || !args[..word.len()].eq_ignore_ascii_case(word) {
+                return None;
+            }
+            Some(trim(&args[word.len()..]))
+        }
 
         pub fn split_path(rest: &str) -> Option<(&str, &str)> {
             let bytes = rest.as_bytes();
@@ -1037,6 +1122,78 @@ mod tests {
             "[a-cA-C0-9.@<>\"\\\\ _!=#~-]{0,12}(\u{e9}|x{60,70}|[.-]){0,2}[a-c0-9.@<>\"-]{0,12}",
         )
         .expect("regex")
+    }
+
+    /// Command lines made of verbs in any case, near misses of them, and the bytes around
+    /// them that matter (blanks, `:`, bytes one bit away from a letter).
+    fn command_line() -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
+        use proptest::prelude::*;
+        let verb = prop_oneof![
+            proptest::sample::select(vec![
+                "HELO", "EHLO", "MAIL", "RCPT", "DATA", "BDAT", "RSET", "NOOP", "QUIT", "VRFY",
+                "HELP", "STARTTLS", "GET", "MAI", "MAILS",
+            ])
+            .prop_flat_map(|v| {
+                proptest::collection::vec(any::<bool>(), v.len()).prop_map(move |upper| {
+                    v.bytes()
+                        .zip(upper)
+                        .map(|(b, u)| if u { b } else { b.to_ascii_lowercase() })
+                        .collect::<Vec<u8>>()
+                })
+            }),
+            proptest::collection::vec(
+                proptest::sample::select(vec![
+                    b'M', b'm', b'A', b'I', b'L', 0x0d, 0x09, 0x0c, b'@', b'`', 0xcd
+                ]),
+                0..6,
+            ),
+        ];
+        let rest = proptest::collection::vec(
+            proptest::sample::select(vec![
+                b' ', b'\t', b':', 0x1a, b'F', b'r', b'o', b'M', b'T', b'O', b't', 0x14, 0x4f,
+                b'<', b'>', b'a', b'@', b'x', b'.', b'0', b'=', 0xc3, 0xa9,
+            ]),
+            0..24,
+        );
+        (verb, rest).prop_map(|(mut v, r)| {
+            v.extend(r);
+            v
+        })
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(4096))]
+
+        #[test]
+        fn verbs_and_keywords_agree_with_the_oracles(line in command_line(), extensions: bool) {
+            proptest::prop_assert_eq!(super::parse(&line, extensions), naive::parse(&line, extensions));
+            for word in [&b"from:"[..], b"to:"] {
+                let args = line.get(4..).unwrap_or_default();
+                proptest::prop_assert_eq!(keyword(args, word), naive::keyword(args, word));
+                proptest::prop_assert_eq!(keyword(&line, word), naive::keyword(&line, word));
+            }
+        }
+    }
+
+    #[test]
+    fn folded_verbs_match_only_their_letters() {
+        // Every 4-byte verb-shaped word that folds to a known verb is that verb in some case.
+        for verb in [
+            HELO, EHLO, MAIL, RCPT, DATA, BDAT, RSET, NOOP, QUIT, VRFY, HELP,
+        ] {
+            let want = verb.to_le_bytes();
+            for (i, &letter) in want.iter().enumerate() {
+                for b in 0..=255u8 {
+                    let mut word = want;
+                    word[i] = b;
+                    let same_letter = b.to_ascii_lowercase() == letter;
+                    assert_eq!(fold_letters(word) == verb, same_letter, "{word:?}");
+                }
+            }
+        }
+        assert_eq!(keyword(b"FrOm:<a@b>", b"from:"), Some(&b"<a@b>"[..]));
+        assert_eq!(keyword(b"FROM\x1a<a@b>", b"from:"), None);
+        assert_eq!(keyword(b" \t To: <a@b> ", b"to:"), Some(&b"<a@b>"[..]));
     }
 
     proptest::proptest! {

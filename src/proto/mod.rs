@@ -285,9 +285,9 @@ pub struct Session {
     junk: u32,
     /// Time of the last input (or of the session's start).
     last_input: Instant,
-    /// Start of the current DATA/BDAT transfer and the bytes received in it (for the minimum
-    /// data rate deadline).
-    transfer_start: Instant,
+    /// The start of the current DATA/BDAT transfer plus the data timeout, and the bytes received
+    /// in it (for the minimum data rate deadline, which each byte received moves on).
+    transfer_stop: Instant,
     transfer_bytes: u64,
     shutting_down: bool,
     messages_stored: u64,
@@ -309,7 +309,7 @@ impl Session {
             errors: 0,
             junk: 0,
             last_input: now,
-            transfer_start: now,
+            transfer_stop: now,
             transfer_bytes: 0,
             shutting_down: false,
             messages_stored: 0,
@@ -368,7 +368,7 @@ impl Session {
                     return Some(idle);
                 }
                 let earned = Duration::from_secs(self.transfer_bytes / config.min_data_rate);
-                Some(idle.min(self.transfer_start + config.data_timeout + earned))
+                Some(idle.min(self.transfer_stop + earned))
             }
             State::Storing | State::Closed | State::TlsHandshake => None,
         }
@@ -693,7 +693,7 @@ impl Session {
         let first = !self.txn.bdat;
         if first {
             // The first chunk of a message starts its data deadline.
-            self.transfer_start = now;
+            self.transfer_stop = now + self.config.data_timeout;
             self.transfer_bytes = 0;
         }
         self.txn.bdat |= fail.is_none();
@@ -829,7 +829,7 @@ impl Session {
                 out.replies.extend_from_slice(reply::DATA_GO_AHEAD);
                 self.scanner.reset();
                 self.state = State::Data;
-                self.transfer_start = now;
+                self.transfer_stop = now + self.config.data_timeout;
                 self.transfer_bytes = 0;
                 Some(Step::Begin)
             }
