@@ -323,9 +323,10 @@ fn check_strict_with(mut scanner: DataScanner, stream: &[u8], cuts: &[usize], mo
             want.data
         );
         if held == 1 {
+            // Only the CR after a dot at a line start, which may yet be the terminator's.
             assert!(
-                stream.ends_with(b"\r"),
-                "only a CR is ever held back, {ctx}"
+                stream == b".\r" || stream.ends_with(b"\r\n.\r"),
+                "only a CR after a line-start dot is ever held back, {ctx}"
             );
         }
     }
@@ -533,7 +534,7 @@ proptest! {
             0..12),
         cuts in prop::collection::vec(0usize..3000, 0..6),
     ) {
-        // Lines of plain bytes long enough for memchr's vector loops, with random heads and
+        // Lines of plain bytes long enough to span several 64-byte blocks, with random heads and
         // random line ends, then a terminator.
         let mut stream = Vec::new();
         for (head, filler, end) in &lines {
