@@ -1,12 +1,11 @@
-//! Scanner throughput in bytes/s on realistic message bodies: 76-character lines, about one
-//! line in 20 starting with a dot (so stuffed), 1 KiB, 64 KiB and 1 MiB, each ended by CRLF `.`
-//! CRLF. Measured: `DataScanner::scan` in reject mode (bare-LF validation on) and in normalize
-//! mode, with the widest vectors the CPU has, and in reject mode with the baseline vectors
-//! (SSE2 on x86_64); two baselines, the byte-at-a-time oracle and a plain byte state machine that does the
-//! same job without copying; and the ceiling, one `memchr_iter(b'\n').count()` pass over the
-//! body (memchr's count routine, which never stops at a match), beside `memchr_iter` visiting
-//! every LF (the least a scanner that acts on each line end pays; ours acts only on the lines
-//! that start with a dot).
+//! Scanner throughput in bytes/s on realistic message bodies: 76-character lines, about one line in
+//! 20 starting with a dot (so stuffed), 1 KiB, 64 KiB and 1 MiB, each ended by CRLF `.` CRLF.
+//! Measured: `DataScanner::scan` in reject mode (bare-LF validation on) and in normalize mode, with
+//! the widest vectors the CPU has, and in reject mode with the baseline vectors (SSE2 on x86_64);
+//! two baselines, the byte-at-a-time oracle and a plain byte state machine that does the same job
+//! without copying; and the ceiling, one `memchr_iter(b'\n').count()` pass over the body (memchr's
+//! count routine, which never stops at a match), beside `memchr_iter` visiting every LF (the least
+//! a scanner that acts on each line end pays; ours acts only on the lines that start with a dot).
 //! Every engine's answer is checked against the oracle before it is timed.
 
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};

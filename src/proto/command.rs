@@ -1166,7 +1166,10 @@ mod tests {
 
         #[test]
         fn verbs_and_keywords_agree_with_the_oracles(line in command_line(), extensions: bool) {
-            proptest::prop_assert_eq!(super::parse(&line, extensions), naive::parse(&line, extensions));
+            proptest::prop_assert_eq!(
+                super::parse(&line, extensions),
+                naive::parse(&line, extensions)
+            );
             for word in [&b"from:"[..], b"to:"] {
                 let args = line.get(4..).unwrap_or_default();
                 proptest::prop_assert_eq!(keyword(args, word), naive::keyword(args, word));

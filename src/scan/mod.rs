@@ -4,12 +4,12 @@
 //! looked at a 64-byte block at a time: each block is compared once for LF, CR and `.` into three
 //! bit masks (`Masks`: AVX2 where the CPU has it, else SSE2), and the few places that need a
 //! byte-at-a-time look — a CRLF followed by `.` or ending the input, and in normalize mode a bare
-//! LF — are picked out of the masks with shifts and handed out with `trailing_zeros`. A block of ordinary lines costs the
-//! same whatever its number of lines; a memchr call per line paid its set-up every ~78 bytes.
-//! In reject mode bare LFs and bare CRs come out of the same masks. Dot-unstuffing is a split of
-//! ranges (the stuffed `.` is simply left out of the next range), and the only pieces of output
-//! that are not ranges are two constants: the CRLF that replaces a bare LF in normalize mode and
-//! a CR held back across a read boundary.
+//! LF — are picked out of the masks with shifts and handed out with `trailing_zeros`. A block of
+//! ordinary lines costs the same whatever its number of lines; a memchr call per line paid its
+//! set-up every ~78 bytes. In reject mode bare LFs and bare CRs come out of the same masks.
+//! Dot-unstuffing is a split of ranges (the stuffed `.` is simply left out of the next range), and
+//! the only pieces of output that are not ranges are two constants: the CRLF that replaces a bare
+//! LF in normalize mode and a CR held back across a read boundary.
 //!
 //! End of data is recognised only as CRLF `.` CRLF. A bare LF or bare CR never starts or ends a
 //! line for that purpose, so `\n.\n`, `\n.\r\n`, `\r.\r\n` and friends are plain data (the SMTP

@@ -499,7 +499,8 @@ proptest! {
 
     #[test]
     fn masks_of_a_partial_block_see_only_its_bytes(
-        bytes in prop::collection::vec(prop::sample::select(vec![b'\n', b'\r', b'.', b'a']), 0..130),
+        bytes in prop::collection::vec(
+            prop::sample::select(vec![b'\n', b'\r', b'.', b'a']), 0..130),
         at in 0usize..130,
     ) {
         let at = at.min(bytes.len());
