@@ -185,28 +185,21 @@ fn no_args(args: &[u8], command: Command<'static>) -> Result<Command<'static>, B
 
 /// Strips spaces and tabs at the start.
 fn trim_start(bytes: &[u8]) -> &[u8] {
-    match bytes.first() {
-        Some(b' ' | b'\t') => {
-            &bytes[bytes
-                .iter()
-                .position(|&b| b != b' ' && b != b'\t')
-                .unwrap_or(bytes.len())..]
-        }
-        _ => bytes,
-    }
-}
-
-/// Strips spaces and tabs at both ends.
-fn trim(bytes: &[u8]) -> &[u8] {
     let start = bytes
         .iter()
         .position(|&b| b != b' ' && b != b'\t')
         .unwrap_or(bytes.len());
+    &bytes[start..]
+}
+
+/// Strips spaces and tabs at both ends.
+fn trim(bytes: &[u8]) -> &[u8] {
+    let bytes = trim_start(bytes);
     let end = bytes
         .iter()
         .rposition(|&b| b != b' ' && b != b'\t')
-        .map_or(start, |p| p + 1);
-    &bytes[start..end]
+        .map_or(0, |p| p + 1);
+    &bytes[..end]
 }
 
 /// The HELO/EHLO argument: one printable word (a domain or address literal; clients in the
