@@ -196,15 +196,14 @@ impl<T> tokio_uring::OneshotOutputTransform for Done<T> {
 }
 
 /// Submits `entry`, whose pointers point into `data` (heap memory that does not move with
-/// it), and waits for its completion. `data` stays with the operation until the kernel is done,
-/// even if this future is dropped.
-async fn submit<T: Unpin + 'static>(
+/// it), now; the future waits for its completion. `data` stays with the operation until the
+/// kernel is done, even if the future is dropped. A plain function rather than an `async` one:
+/// the caller's future holds the operation itself, with no layer to move it into.
+fn submit<T: Unpin + 'static>(
     data: T,
     entry: io_uring::squeue::Entry,
-) -> (io::Result<u32>, T) {
-    tokio_uring::UnsubmittedOneshot::new(data, Done(PhantomData), entry)
-        .submit()
-        .await
+) -> tokio_uring::InFlightOneshot<T, Done<T>> {
+    tokio_uring::UnsubmittedOneshot::new(data, Done(PhantomData), entry).submit()
 }
 
 /// Writes `bytes[done..]` through the ring, one operation after another until all is
@@ -337,9 +336,11 @@ impl Driver for Uring {
             (cap - len).min(u32::MAX as usize) as u32,
         )
         .build();
-        let (result, (_, mut buf)) = stream
-            .counted(submit((Rc::clone(&stream.socket), buf), entry))
-            .await;
+        // Counted in flight as `counted` does, written out: the read is the one operation of
+        // every message, and a wrapping future would be one more layer to move and poll.
+        stream.in_flight.set(stream.in_flight.get() + 1);
+        let (result, (_, mut buf)) = submit((Rc::clone(&stream.socket), buf), entry).await;
+        stream.in_flight.set(stream.in_flight.get() - 1);
         match result {
             Ok(n) => {
                 // SAFETY: the kernel wrote `n` bytes into the spare capacity after `len`.
