@@ -319,7 +319,14 @@ impl Session {
 
     /// Writes the `220` greeting.
     pub fn greeting(&self, out: &mut Output) {
-        let _ = write!(out.replies, "220 {} ESMTP ringmx\r\n", self.config.hostname);
+        push_all(
+            &mut out.replies,
+            &[
+                b"220 ",
+                self.config.hostname.as_bytes(),
+                b" ESMTP ringmx\r\n",
+            ],
+        );
     }
 
     /// Refuses a client that talked before the greeting (`554 5.5.1`); the session is over.
@@ -664,7 +671,9 @@ impl Session {
                 return Some(step);
             }
         }
-        let _ = write!(out.replies, "250 2.0.0 Ok: {size} octets received\r\n");
+        out.replies.extend_from_slice(b"250 2.0.0 Ok: ");
+        push_decimal(&mut out.replies, size);
+        out.replies.extend_from_slice(b" octets received\r\n");
         None
     }
 
@@ -750,18 +759,20 @@ impl Session {
                 self.txn.reset();
                 let host = &self.config.hostname;
                 if self.hello == Hello::Ehlo {
-                    let _ = write!(
-                        out.replies,
-                        "250-{host}\r\n250-PIPELINING\r\n250-SIZE {}\r\n250-8BITMIME\r\n\
-                         250-ENHANCEDSTATUSCODES\r\n250-SMTPUTF8\r\n",
-                        self.config.max_message_size
+                    push_all(
+                        &mut out.replies,
+                        &[b"250-", host.as_bytes(), b"\r\n250-PIPELINING\r\n250-SIZE "],
+                    );
+                    push_decimal(&mut out.replies, self.config.max_message_size);
+                    out.replies.extend_from_slice(
+                        b"\r\n250-8BITMIME\r\n250-ENHANCEDSTATUSCODES\r\n250-SMTPUTF8\r\n",
                     );
                     if self.config.starttls && self.tls.is_none() {
                         out.replies.extend_from_slice(b"250-STARTTLS\r\n");
                     }
                     out.replies.extend_from_slice(b"250 CHUNKING\r\n");
                 } else {
-                    let _ = write!(out.replies, "250 {host}\r\n");
+                    push_all(&mut out.replies, &[b"250 ", host.as_bytes(), b"\r\n"]);
                 }
                 had_data.then_some(Step::Discard)
             }
@@ -986,6 +997,29 @@ impl Session {
         self.close_with(reply::SHUTTING_DOWN, out);
         Step::Close
     }
+}
+
+/// Appends the pieces in order (replies made on every connection or chunk are put together
+/// without the formatting machinery).
+fn push_all(out: &mut Vec<u8>, pieces: &[&[u8]]) {
+    for piece in pieces {
+        out.extend_from_slice(piece);
+    }
+}
+
+/// Appends `n` in decimal.
+fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
 }
 
 /// The `421 4.3.2` reply for a connection over the server's connection limit.

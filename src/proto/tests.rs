@@ -1982,3 +1982,12 @@ fn the_ehlo_starttls_requires_is_not_junk() {
         "421 4.7.0 localhost Error: too many junk commands\r\n"
     );
 }
+
+#[test]
+fn decimals_are_written_as_formatting_writes_them() {
+    for n in (0..=1000).chain([26_214_400, 1 << 53, u64::MAX - 1, u64::MAX]) {
+        let mut out = b"x".to_vec();
+        super::push_decimal(&mut out, n);
+        assert_eq!(out, format!("x{n}").into_bytes());
+    }
+}
