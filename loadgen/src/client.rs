@@ -802,14 +802,22 @@ impl Slot {
 /// Reads into `buf` with recvmsg; returns the byte count and when the kernel received the data
 /// (its SO_TIMESTAMPNS, CLOCK_REALTIME, mapped onto `Instant`), or when the read returned if the
 /// socket gave no timestamp.
+///
+/// A read that leaves part of `buf` unfilled has emptied the socket's receive queue (TCP's
+/// recvmsg copies queued data until the buffer is full), so the socket's readiness is cleared
+/// then, as tokio's own `poll_read` does: the next read waits for the next readiness event
+/// instead of first making a recvmsg that can only return EAGAIN. Data that arrives after the
+/// read raises a new event, and tokio clears readiness only if no event came since it was seen.
 async fn read_stamped(
     s: &TcpStream,
     buf: &mut [u8],
     cmsg: &mut Vec<u8>,
 ) -> std::io::Result<(usize, Instant)> {
     let fd = s.as_raw_fd();
+    let len = buf.len();
     loop {
         s.readable().await?;
+        let mut got = None;
         let r = s.try_io(Interest::READABLE, || {
             let mut iov = [IoSliceMut::new(&mut *buf)];
             let msg = recvmsg::<()>(fd, &mut iov, Some(&mut *cmsg), MsgFlags::empty())
@@ -822,14 +830,27 @@ async fn read_stamped(
                     }
                 }
             }
-            Ok((msg.bytes, stamp))
+            got = Some((msg.bytes, stamp));
+            if short_read(msg.bytes, len) {
+                // Not an error: the bytes are in `got`; WouldBlock makes try_io clear readiness.
+                return Err(std::io::ErrorKind::WouldBlock.into());
+            }
+            Ok(())
         });
-        match r {
-            Ok((n, stamp)) => return Ok((n, received_at(stamp))),
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-            Err(e) => return Err(e),
+        match (r, got) {
+            (_, Some((n, stamp))) => return Ok((n, received_at(stamp))),
+            (Err(e), None) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            (Err(e), None) => return Err(e),
+            (Ok(()), None) => unreachable!("the read either returned bytes or failed"),
         }
     }
+}
+
+/// Whether a read of `n` bytes into a buffer of `len` drained the socket: some bytes, fewer than
+/// asked for. Zero is end of stream (readiness stays, so the next read sees it again) and a full
+/// buffer may have left data queued.
+fn short_read(n: usize, len: usize) -> bool {
+    n > 0 && n < len
 }
 
 /// A kernel receive timestamp (CLOCK_REALTIME) as an `Instant`: now minus its age. None, or a
