@@ -242,12 +242,18 @@ fn keyword<'a>(args: &'a [u8], word: &[u8]) -> Option<&'a [u8]> {
 fn parse_mail(args: &[u8], extensions: bool) -> Result<Command<'_>, Bad> {
     let rest = keyword(args, b"from:").ok_or(Bad::Syntax(USAGE_MAIL))?;
     let rest = text(rest).ok_or(Bad::Sender)?;
-    let (inner, params) = split_path(rest).ok_or(Bad::Sender)?;
+    let (inner, params, checked) = match plain_path(rest) {
+        Some((mailbox, params)) => (mailbox, params, true),
+        None => {
+            let (inner, params) = split_path(rest).ok_or(Bad::Sender)?;
+            (inner, params, false)
+        }
+    };
     if !extensions && !params.trim_matches(' ').is_empty() {
         return Err(Bad::Parameter);
     }
     let params = parse_mail_params(params)?;
-    let from = if inner.is_empty() {
+    let from = if checked || inner.is_empty() {
         inner
     } else {
         mailbox(strip_route(inner).ok_or(Bad::Sender)?, params.smtputf8).ok_or(Bad::Sender)?
@@ -259,6 +265,12 @@ fn parse_mail(args: &[u8], extensions: bool) -> Result<Command<'_>, Bad> {
 fn parse_rcpt(args: &[u8]) -> Result<Command<'_>, Bad> {
     let rest = keyword(args, b"to:").ok_or(Bad::Syntax(USAGE_RCPT))?;
     let rest = text(rest).ok_or(Bad::Recipient)?;
+    if let Some((to, params)) = plain_path(rest) {
+        if !params.trim_matches(' ').is_empty() {
+            return Err(Bad::Parameter);
+        }
+        return Ok(Command::Rcpt { to });
+    }
     let (inner, params) = split_path(rest).ok_or(Bad::Recipient)?;
     if !params.trim_matches(' ').is_empty() {
         return Err(Bad::Parameter);
@@ -305,6 +317,65 @@ fn decimal(digits: &[u8]) -> Option<Option<u64>> {
     Some(digits.iter().try_fold(0u64, |n, &d| {
         n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
     }))
+}
+
+/// The common path, `<local@domain>` with a Dot-string local part and an ASCII domain name,
+/// split and checked in one pass over the byte-class table: the mailbox and the parameters, as
+/// `split_path` then `mailbox` would give them. `None` for every other path (`<>`, a quoted
+/// local part, a source route, an address literal, non-ASCII, no `@`) and for an invalid
+/// one: the general parse decides those.
+fn plain_path(rest: &str) -> Option<(&str, &str)> {
+    let bytes = rest.as_bytes();
+    if bytes.first() != Some(&b'<') {
+        return None;
+    }
+    let class = &ADDRESS_CLASS[0];
+    let len = bytes.len();
+    // The local part: atoms of atext joined by single dots, up to the `@`.
+    let mut i = 1;
+    loop {
+        let atom = i;
+        while i < len && class[usize::from(bytes[i])] & ATEXT != 0 {
+            i += 1;
+        }
+        if i == atom {
+            return None;
+        }
+        match *bytes.get(i)? {
+            b'.' => i += 1,
+            b'@' => break,
+            _ => return None,
+        }
+    }
+    if i - 1 > LOCAL_PART_MAX {
+        return None;
+    }
+    // The domain: labels of 1 to 63 letters, digits and hyphens, each beginning and ending
+    // with a letter or digit, up to the `>`.
+    i += 1;
+    let domain = i;
+    loop {
+        let label = i;
+        while i < len && class[usize::from(bytes[i])] & (LETTER_DIGIT | HYPHEN_CLASS) != 0 {
+            i += 1;
+        }
+        if i == label || i - label > 63 || bytes[label] == b'-' || bytes[i - 1] == b'-' {
+            return None;
+        }
+        match *bytes.get(i)? {
+            b'.' => i += 1,
+            b'>' => break,
+            _ => return None,
+        }
+    }
+    if i - domain > DOMAIN_MAX || i + 1 > PATH_MAX {
+        return None;
+    }
+    let params = &rest[i + 1..];
+    if !params.is_empty() && !params.starts_with(' ') {
+        return None;
+    }
+    Some((&rest[1..i], params))
 }
 
 /// Splits `<...> params` into the text inside the brackets and the rest. Quoted strings may
@@ -1190,6 +1261,131 @@ mod tests {
         assert_eq!(keyword(b"FrOm:<a@b>", b"from:"), Some(&b"<a@b>"[..]));
         assert_eq!(keyword(b"FROM\x1a<a@b>", b"from:"), None);
         assert_eq!(keyword(b" \t To: <a@b> ", b"to:"), Some(&b"<a@b>"[..]));
+    }
+
+    /// The general path: `split_path`, then the route dropped and the mailbox checked.
+    fn general_path(rest: &str, utf8: bool) -> Option<(&str, &str)> {
+        let (inner, params) = split_path(rest)?;
+        if inner.is_empty() {
+            return Some((inner, params));
+        }
+        Some((mailbox(strip_route(inner)?, utf8)?, params))
+    }
+
+    /// Paths of the plain shape: atext local parts and letter-digit-hyphen domains, with the
+    /// dots, hyphens, lengths and trailing bytes around which the rules turn.
+    fn plain_shaped_path() -> impl proptest::strategy::Strategy<Value = String> {
+        proptest::string::string_regex(
+            "<[a-z0-9._=-]{0,6}(x{58,66})?[a-z0-9.+-]{0,3}@[a-z0-9._=+-]{0,6}(y{58,66})?[a-z0-9._-]{0,4}>[ a>]{0,2}",
+        )
+        .expect("regex")
+    }
+
+    #[test]
+    fn plain_paths_take_the_one_pass() {
+        for (path, mailbox, params) in [
+            ("<a@b>", "a@b", ""),
+            (
+                "<first.last@mail.example.com> SIZE=10",
+                "first.last@mail.example.com",
+                " SIZE=10",
+            ),
+            ("<a-b+c@x-y.example>", "a-b+c@x-y.example", ""),
+        ] {
+            assert_eq!(plain_path(path), Some((mailbox, params)), "{path}");
+        }
+        for path in [
+            "<>",
+            "<postmaster>",
+            "<\"a b\"@x.example>",
+            "<@relay.example:a@x.example>",
+            "<a@[192.0.2.1]>",
+            "<a@b\u{e9}.example>",
+            "<a.@b>",
+            "<.a@b>",
+            "<a..b@c>",
+            "<a@-b>",
+            "<a@b->",
+            "<a@b.>",
+            "<a@b..c>",
+            "<a@b-.c>",
+            "<a@b_c.example>",
+            "<a@b.c_d>",
+            "<a@b+c>",
+            "<a@b>x",
+            "<a@b",
+            "<a@b@c>",
+        ] {
+            assert_eq!(plain_path(path), None, "{path}");
+        }
+        let label = "l".repeat(63);
+        let long = format!("<a@{label}.{label}>");
+        assert_eq!(plain_path(&long), Some((&long[1..long.len() - 1], "")));
+        assert_eq!(plain_path(&format!("<a@{label}l>")), None);
+        assert_eq!(plain_path(&format!("<a@{label}l.b>")), None);
+        let local = "l".repeat(LOCAL_PART_MAX);
+        assert!(plain_path(&format!("<{local}@b>")).is_some());
+        assert_eq!(plain_path(&format!("<{local}l@b>")), None);
+        // A path of PATH_MAX bytes, brackets included, fits; one byte more does not.
+        let labels = vec!["d".repeat(63); 3].join(".");
+        for (extra, fits) in [(60, true), (61, false)] {
+            let path = format!("<a@{labels}.{}>", "d".repeat(extra));
+            assert_eq!(path.len() <= PATH_MAX, fits);
+            assert_eq!(plain_path(&path).is_some(), fits, "{}", path.len());
+            assert_eq!(general_path(&path, false).is_some(), fits, "{}", path.len());
+        }
+    }
+
+    #[test]
+    fn the_plain_path_agrees_on_every_short_path() {
+        // Every `<` + up to six bytes over the alphabet that matters (+ `>`), both ways.
+        const ALPHABET: &[u8] = b"a0-.@_>\" ";
+        let mut text = Vec::with_capacity(8);
+        let mut checked = 0;
+        for len in 0..=6u32 {
+            for mut n in 0..ALPHABET.len().pow(len) {
+                text.clear();
+                text.push(b'<');
+                for _ in 0..len {
+                    text.push(ALPHABET[n % ALPHABET.len()]);
+                    n /= ALPHABET.len();
+                }
+                let text = std::str::from_utf8(&text).unwrap();
+                for with_end in [text.to_owned(), format!("{text}>")] {
+                    let general = general_path(&with_end, false);
+                    match plain_path(&with_end) {
+                        Some(plain) => {
+                            assert_eq!(general, Some(plain), "{with_end}");
+                            checked += 1;
+                        }
+                        // Without quotes, the only plain-shaped paths are `<local@domain>`.
+                        None if !with_end.contains('"') => {
+                            assert!(general.is_none_or(|(m, _)| !m.contains('@')), "{with_end}")
+                        }
+                        None => {}
+                    }
+                }
+            }
+        }
+        assert!(checked > 1000, "{checked}");
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(4096))]
+
+        #[test]
+        fn the_plain_path_agrees_with_the_general_one(text in address_text(), utf8: bool) {
+            // Whatever the one pass accepts, the general parse accepts the same way.
+            if let Some(plain) = plain_path(&text) {
+                proptest::prop_assert_eq!(general_path(&text, utf8), Some(plain));
+            }
+        }
+
+        #[test]
+        fn plain_shaped_paths_all_take_the_one_pass(text in plain_shaped_path(), utf8: bool) {
+            // For paths of the plain shape the one pass decides exactly as the general parse.
+            proptest::prop_assert_eq!(plain_path(&text), general_path(&text, utf8));
+        }
     }
 
     proptest::proptest! {
