@@ -93,6 +93,10 @@ impl Driver for Epoll {
         }
     }
 
+    fn try_write(stream: &Self::Stream, buf: &[u8]) -> io::Result<usize> {
+        stream.try_write(buf)
+    }
+
     async fn write_all(stream: &Self::Stream, buf: Vec<u8>) -> BufResult<(), Vec<u8>> {
         let mut written = 0;
         while written < buf.len() {

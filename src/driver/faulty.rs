@@ -149,6 +149,10 @@ impl<D: Driver> Driver for Faulty<D> {
         D::read(stream, buf).await
     }
 
+    fn try_write(stream: &Self::Stream, buf: &[u8]) -> io::Result<usize> {
+        D::try_write(stream, buf)
+    }
+
     async fn write_all(stream: &Self::Stream, buf: Vec<u8>) -> BufResult<(), Vec<u8>> {
         D::write_all(stream, buf).await
     }

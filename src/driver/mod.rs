@@ -57,6 +57,10 @@ pub trait Driver: Sized + 'static {
     fn peer_has_sent(stream: &Self::Stream) -> bool;
     /// Reads into the spare capacity of `buf` (after its length), extending its length.
     async fn read(stream: &Self::Stream, buf: BytesMut) -> BufResult<usize, BytesMut>;
+    /// Writes what the socket takes now without waiting (a non-blocking send): the number of
+    /// bytes written, or `WouldBlock` when it takes none. A reply almost always fits the send
+    /// buffer, so the connection loop offers it here first and needs no write in flight.
+    fn try_write(stream: &Self::Stream, buf: &[u8]) -> io::Result<usize>;
     /// Writes all of `buf`.
     async fn write_all(stream: &Self::Stream, buf: Vec<u8>) -> BufResult<(), Vec<u8>>;
     /// Opens a directory so that it can be fsync'd.

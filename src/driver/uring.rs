@@ -351,11 +351,7 @@ impl Driver for Uring {
         }
     }
 
-    async fn write_all(stream: &Self::Stream, buf: Vec<u8>) -> BufResult<(), Vec<u8>> {
-        // Offered to the socket first: a reply almost always fits its send buffer, and a
-        // non-blocking send(2) then finishes the write with no ring operation, completion and
-        // task wake-up for it. What does not fit goes through the ring, which waits for room.
-        let mut done = 0usize;
+    fn try_write(stream: &Self::Stream, buf: &[u8]) -> io::Result<usize> {
         // SAFETY: the buffer is `buf.len()` valid bytes, and the descriptor is this stream's
         // open socket; send(2) only reads them.
         let sent = unsafe {
@@ -366,19 +362,26 @@ impl Driver for Uring {
                 libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
             )
         };
-        if sent >= 0 {
-            done = sent as usize;
-            if done == buf.len() {
-                return (Ok(()), buf);
-            }
-        } else {
-            let e = io::Error::last_os_error();
-            if !matches!(
-                e.kind(),
-                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-            ) {
-                return (Err(e), buf);
-            }
+        if sent < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(sent as usize)
+    }
+
+    async fn write_all(stream: &Self::Stream, buf: Vec<u8>) -> BufResult<(), Vec<u8>> {
+        // Offered to the socket first: a reply almost always fits its send buffer, and a
+        // non-blocking send(2) then finishes the write with no ring operation, completion and
+        // task wake-up for it. What does not fit goes through the ring, which waits for room.
+        let mut done = 0usize;
+        match Self::try_write(stream, &buf) {
+            Ok(sent) if sent == buf.len() => return (Ok(()), buf),
+            Ok(sent) => done = sent,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                ) => {}
+            Err(e) => return (Err(e), buf),
         }
         let socket = Rc::clone(&stream.socket);
         let rest = write_rest(socket, buf, done, |socket, rest, _| {

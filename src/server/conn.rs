@@ -1,9 +1,9 @@
 //! One connection: moves bytes between the socket, the session and the delivery sink.
 //!
 //! The loop waits for the next event — input read, replies written, the session's deadline,
-//! the write deadline, a shutdown phase — and acts on it. At most one read and one write are
-//! in flight; both are handed to the kernel together, so replies and the next read cost one
-//! trip. Input is fed to the session, which answers with steps the connection only executes:
+//! the write deadline, a shutdown phase — and acts on it. Replies are first offered to the
+//! socket without waiting; only what its send buffer does not take becomes a write in flight.
+//! At most one read and one write are in flight. Input is fed to the session, which answers with steps the connection only executes:
 //! `Begin` (render the trace headers, begin the message in the sink), body parts (appended
 //! straight from the receive buffer, no copy), `Store` (commit, then tell the session the
 //! verdict, which writes the `250`/`451`), `Discard`, `Close`. Replies wait in the session's
@@ -25,6 +25,7 @@
 //! bytes read, replies handed to the socket, messages stored, the time to store them.
 
 use std::future::Future;
+use std::io;
 use std::net::SocketAddr;
 use std::pin::{pin, Pin};
 use std::rc::Rc;
@@ -419,9 +420,28 @@ impl<D: Driver> Conn<'_, D> {
         loop {
             if write.is_none() && !self.out.replies.is_empty() {
                 let last = matches!(fed, Fed::Over(_));
-                let Some(wire) = self.start_write(last) else {
+                let Some(mut wire) = self.start_write(last) else {
                     return End::WriteError;
                 };
+                // Offered to the socket first: when the send buffer takes it all, as it
+                // almost always does, the write is over with no write in flight and no turn
+                // of the loop waiting for it.
+                match D::try_write(stream, &wire) {
+                    Ok(sent) if sent == wire.len() => {
+                        self.end_write(wire);
+                        if matches!(fed, Fed::RepliesFull) {
+                            fed = self.feed().await;
+                        }
+                        continue;
+                    }
+                    Ok(sent) => drop(wire.drain(..sent)),
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                        ) => {}
+                    Err(_) => return End::WriteError,
+                }
                 write.set(Some(D::write_all(stream, wire)));
                 let by = tokio::time::Instant::from_std(self.now()) + write_timeout;
                 write_deadline = Some(stop_by.map_or(by, |stop| stop.min(by)));
