@@ -808,6 +808,9 @@ impl Slot {
 /// then, as tokio's own `poll_read` does: the next read waits for the next readiness event
 /// instead of first making a recvmsg that can only return EAGAIN. Data that arrives after the
 /// read raises a new event, and tokio clears readiness only if no event came since it was seen.
+/// This holds for the socket as it is: the default SO_RCVLOWAT of 1, no MSG_WAITALL, and no
+/// urgent data (a FIN that stops a read early leaves tokio's read-closed flag, which is never
+/// cleared, so the next read still sees the end).
 async fn read_stamped(
     s: &TcpStream,
     buf: &mut [u8],

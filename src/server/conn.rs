@@ -3,7 +3,8 @@
 //! The loop waits for the next event — input read, replies written, the session's deadline,
 //! the write deadline, a shutdown phase — and acts on it. Replies are first offered to the
 //! socket without waiting; only what its send buffer does not take becomes a write in flight.
-//! At most one read and one write are in flight. Input is fed to the session, which answers with steps the connection only executes:
+//! At most one read and one write are in flight. Input is fed to the session, which answers
+//! with steps the connection only executes:
 //! `Begin` (render the trace headers, begin the message in the sink), body parts (appended
 //! straight from the receive buffer, no copy), `Store` (commit, then tell the session the
 //! verdict, which writes the `250`/`451`), `Discard`, `Close`. Replies wait in the session's

@@ -138,7 +138,7 @@ pub fn parse_reply(
     let mut pos = 0;
     let mut first_code = None;
     loop {
-        let Some(nl) = bytes[pos..].iter().position(|&b| b == b'\n') else {
+        let Some(nl) = memchr::memchr(b'\n', &bytes[pos..]) else {
             if bytes.len() > REPLY_MAX_BYTES {
                 return Err(ReplyError::TooLong);
             }
