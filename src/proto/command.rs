@@ -1370,6 +1370,51 @@ mod tests {
         assert!(checked > 1000, "{checked}");
     }
 
+    #[test]
+    fn the_plain_path_agrees_after_any_one_byte_edit() {
+        // Every byte value put in place of, inserted before, or removed at every position of
+        // paths near the limits: whatever the one pass accepts, the general parse accepts alike.
+        let label = "d".repeat(63);
+        let longest = format!("<a@{label}.{label}.{label}.{}>", "d".repeat(60));
+        assert_eq!(longest.len(), PATH_MAX);
+        let local = format!("<{}@b.example>", "l".repeat(LOCAL_PART_MAX));
+        let long_label = format!("<a@b.{label}.c>");
+        let bases = [
+            "<ab@c.de>",
+            "<first.last@mail.example.com> SIZE=10",
+            "<x-y+z=w@a-b.c9>",
+            "<Postmaster@b>",
+            &longest,
+            &local,
+            &long_label,
+        ];
+        let mut accepted = 0;
+        for base in bases {
+            let base = base.as_bytes();
+            for at in 0..=base.len() {
+                for byte in 0..=255u8 {
+                    let mut edits = vec![[&base[..at], &[byte], &base[at..]].concat()];
+                    if at < base.len() {
+                        edits.push([&base[..at], &[byte], &base[at + 1..]].concat());
+                        edits.push([&base[..at], &base[at + 1..]].concat());
+                    }
+                    for edit in &edits {
+                        let Ok(text) = std::str::from_utf8(edit) else {
+                            continue;
+                        };
+                        if let Some(plain) = plain_path(text) {
+                            accepted += 1;
+                            for utf8 in [false, true] {
+                                assert_eq!(general_path(text, utf8), Some(plain), "{text:?}");
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        assert!(accepted > 10_000, "{accepted}");
+    }
+
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(4096))]
 
