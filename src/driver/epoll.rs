@@ -11,7 +11,6 @@ use std::os::fd::AsRawFd;
 use std::path::Path;
 
 use bytes::BytesMut;
-use tokio::io::Interest;
 
 use super::files::{self, Done, Job};
 use super::reuse::{CPath, File};
@@ -79,46 +78,17 @@ impl Driver for Epoll {
         super::peek_fd(stream.as_raw_fd())
     }
 
-    /// A read that leaves part of the spare capacity unfilled has emptied the socket's receive
-    /// queue (TCP's recv copies queued data until the buffer is full), so the socket's read
-    /// readiness is cleared then: the next read waits for the next readiness event instead of
-    /// first making a recv that can only return EAGAIN. Data that arrives after the read raises
-    /// a new event, and tokio clears readiness only if no event came since it was seen.
     async fn read(stream: &Self::Stream, mut buf: BytesMut) -> BufResult<usize, BytesMut> {
         if buf.len() == buf.capacity() {
             buf.reserve(1);
         }
-        let fd = stream.as_raw_fd();
         loop {
             if let Err(e) = stream.readable().await {
                 return (Err(e), buf);
             }
-            let mut got = None;
-            let result = stream.try_io(Interest::READABLE, || {
-                let spare = buf.spare_capacity_mut();
-                let room = spare.len();
-                // SAFETY: `spare` is `room` writable bytes that `buf` owns, and the descriptor is
-                // this stream's open socket; recv(2) writes at most `room` bytes into them.
-                let n = unsafe { libc::recv(fd, spare.as_mut_ptr().cast(), room, 0) };
-                if n < 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                let n = n as usize;
-                // SAFETY: the kernel initialised the first `n` bytes of the spare capacity.
-                unsafe { buf.set_len(buf.len() + n) };
-                got = Some(n);
-                if n > 0 && n < room {
-                    // Not an error: the count is in `got`; WouldBlock makes try_io clear the
-                    // read readiness.
-                    return Err(io::ErrorKind::WouldBlock.into());
-                }
-                Ok(())
-            });
-            match (result, got) {
-                (_, Some(n)) => return (Ok(n), buf),
-                (Err(e), None) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                (Err(e), None) => return (Err(e), buf),
-                (Ok(()), None) => unreachable!("the read either returned bytes or failed"),
+            match stream.try_read_buf(&mut buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                result => return (result, buf),
             }
         }
     }
