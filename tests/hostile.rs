@@ -5,9 +5,10 @@
 //! `RINGMX_MAX_JUNK_COMMANDS` (`421 4.7.0`); `RINGMX_MAX_CONNECTIONS_PER_IP` refuses the extra
 //! connection (`421 4.7.0`) unless `RINGMX_LIMIT_EXEMPT` covers the client; an early talker is
 //! refused under `RINGMX_GREET_DELAY_MS` + `RINGMX_REJECT_EARLY_TALKERS` (`554 5.5.1`);
-//! `RINGMX_MAX_ERRORS` closes an erring session (`421 4.7.0`). A client that never reads its
-//! replies, an endless command line and an endless message cannot make the server's memory
-//! (VmRSS) grow without bound, and others are served meanwhile. Many idle connections are held
+//! `RINGMX_MAX_ERRORS` closes an erring session (`421 4.7.0`). Urgent data between two
+//! commands stalls neither backend's reads. A client that never reads its replies, an endless
+//! command line and an endless message cannot make the server's memory (VmRSS) grow without
+//! bound, and others are served meanwhile. Many idle connections are held
 //! while new sessions still get their 250: the RSS per idle connection and the p99 of the new
 //! sessions are printed (`HARDENING_IDLE=n` connections, default 500). Each limit is also shown
 //! not to fire when it is off or not reached, so every test can fail.
@@ -261,6 +262,33 @@ fn early_talker_is_served_when_not_rejected() {
     talker.send(b"EHLO eager.example\r\n");
     talker.expect("220 ");
     talker.expect("250");
+}
+
+/// Urgent (out-of-band) data between two commands stalls nothing, on both backends: TCP's
+/// recv stops at the urgent mark with the rest still queued, so a read that came back short
+/// there must not be taken to have emptied the socket. The commands are queued before the
+/// first read (the greeting is delayed), and the urgent byte itself is dropped from the stream.
+#[test]
+fn urgent_data_between_commands_stalls_nothing_on_both_backends() {
+    for backend in ["epoll", "uring"] {
+        let Some(server) = start_backend(
+            backend,
+            &[("RINGMX_SHARDS", "1"), ("RINGMX_GREET_DELAY_MS", "300")],
+            "urgent_data_between_commands_stalls_nothing_on_both_backends",
+        ) else {
+            continue;
+        };
+        let mut client = Client::connect(server.addr());
+        client.set_read_timeout(Duration::from_secs(10));
+        client.send(b"NOOP\r\n");
+        socket2::SockRef::from(client.stream())
+            .send_out_of_band(b"!")
+            .unwrap();
+        client.send(b"NOOP again\r\n");
+        client.expect("220 ");
+        client.expect("250 ");
+        client.expect("250 ");
+    }
 }
 
 /// `RINGMX_MAX_ERRORS=3`: three errors are answered, the fourth gets `421 4.7.0` and close; a
