@@ -167,9 +167,14 @@ pub const VARIABLES: &[Variable] = &[
         name: "RINGMX_FSYNC",
         default: "1",
         computed: false,
-        meaning: "0 skips fsync (benchmarks only: a crash can lose acknowledged mail)",
+        meaning: "0 skips fsync (benchmarks only: a crash can lose acknowledged mail); syncfs makes \
+                  messages durable with syncfs(2) calls of the spool's file system shared by the \
+                  messages that finish together (for a spool on a file system of its own)",
         apply: |s, c| {
-            c.fsync = flag(s)?;
+            (c.fsync, c.syncfs) = match s {
+                "syncfs" => (true, true),
+                _ => (flag(s).map_err(|_| "expected 0, 1 or syncfs".to_string())?, false),
+            };
             Ok(())
         },
     },
@@ -716,8 +721,11 @@ pub struct ServerConfig {
     pub spool: PathBuf,
     /// What happens to accepted messages.
     pub delivery: Delivery,
-    /// Whether messages are fsync'd before 250 (false only for benchmarks).
+    /// Whether messages are made durable before 250 (false only for benchmarks).
     pub fsync: bool,
+    /// With `fsync`: by shared syncfs(2) calls of the spool's file system instead of a fsync per
+    /// file and of `new/` (`RINGMX_FSYNC=syncfs`).
+    pub syncfs: bool,
     /// Sessions open at once in the whole server.
     pub max_connections: usize,
     /// After SIGTERM/SIGINT, time given to transactions in flight.
@@ -894,6 +902,7 @@ impl ServerConfig {
             spool: PathBuf::new(),
             delivery: Delivery::Maildir,
             fsync: true,
+            syncfs: false,
             max_connections: 1,
             shutdown_grace: Duration::ZERO,
             max_connections_per_ip: 1,
@@ -1296,6 +1305,7 @@ mod tests {
         assert_eq!(c.spool, PathBuf::from("./spool"));
         assert_eq!(c.delivery, Delivery::Maildir);
         assert!(c.fsync);
+        assert!(!c.syncfs);
         assert_eq!(c.max_connections, 10_000);
         assert_eq!(c.shutdown_grace, Duration::from_secs(30));
         assert_eq!(c.max_connections_per_ip, 100);
@@ -1474,10 +1484,9 @@ mod tests {
 
     #[test]
     fn flags() {
-        for name in ["RINGMX_PIN", "RINGMX_FSYNC", "RINGMX_REJECT_EARLY_TALKERS"] {
+        for name in ["RINGMX_PIN", "RINGMX_REJECT_EARLY_TALKERS"] {
             let get = |c: &ServerConfig| match name {
                 "RINGMX_PIN" => c.pin,
-                "RINGMX_FSYNC" => c.fsync,
                 _ => c.reject_early_talkers,
             };
             assert!(!get(&config(&[(name, "0")]).unwrap()));
@@ -1486,6 +1495,21 @@ mod tests {
                 let line = refused(name, bad);
                 assert!(line.ends_with(": expected 0 or 1"), "{line}");
             }
+        }
+    }
+
+    #[test]
+    fn fsync_takes_0_1_or_syncfs() {
+        let get = |v: &str| {
+            let c = config(&[("RINGMX_FSYNC", v)]).unwrap();
+            (c.fsync, c.syncfs)
+        };
+        assert_eq!(get("0"), (false, false));
+        assert_eq!(get("1"), (true, false));
+        assert_eq!(get("syncfs"), (true, true));
+        for bad in ["", "2", "true", "SYNCFS", "syncfs ", "fs"] {
+            let line = refused("RINGMX_FSYNC", bad);
+            assert!(line.ends_with(": expected 0, 1 or syncfs"), "{line}");
         }
     }
 

@@ -1,11 +1,21 @@
 //! The Maildir sink: the only code that decides which files hold mail.
 //!
-//! A message is written to `tmp/<id>.<pid>.<host>`, fsync'd, moved into `new/<id>.<host>` with
-//! a rename that refuses to overwrite, and `new/` is fsync'd, all before the session may say
-//! 250 (SPEC §4.4). Directory fsyncs are shared: a message whose rename is done waits for one
-//! directory fsync that *started* after its rename (group commit), so messages finishing
-//! together pay for one, whichever shards they came through. Any failure removes what was
-//! written — nothing half-written ever appears in `new/` — and the session answers 451.
+//! A message is written to `tmp/<id>.<pid>.<host>`, made durable, moved into `new/<id>.<host>`
+//! with a rename that refuses to overwrite, and the move is made durable, all before the
+//! session may say 250 (SPEC §4.4). Two ways, as `RINGMX_FSYNC` says:
+//! - `1`: the file is fsync'd (by its last write where the driver can), and after its rename a
+//!   fsync of `new/` is waited for;
+//! - `syncfs`: after its last write the message waits for a `syncfs(2)` of the spool's file
+//!   system, then collects its file's own write-back errors, and after its rename it waits for
+//!   another `syncfs`. One `syncfs` writes every file and rename made before it in one pass
+//!   and one journal commit, where a fsync each costs the file system a commit wait and a
+//!   worker per message; it also flushes whatever else is on that file system, so it is for a
+//!   spool on a file system of its own.
+//!
+//! Either way the waits are shared (`SharedSync`): a message waits for one sync that *started*
+//! after its write or rename (group commit), so messages finishing together pay for one,
+//! whichever shards they came through. Any failure removes what was written — nothing
+//! half-written ever appears in `new/` — and the session answers 451.
 //!
 //! tmp names carry the writer's PID so that start-up (`prepare`) removes only the files of
 //! writers that are gone (or older than 36 hours, the Maildir rule): a second ringmx started on
@@ -14,6 +24,7 @@
 use std::cell::RefCell;
 use std::future::Future;
 use std::io;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::pin::pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -24,7 +35,7 @@ use bytes::BytesMut;
 use tokio::sync::Notify;
 
 use super::{DeliveryError, MessageStart, QueueId, Sink};
-use crate::driver::Driver;
+use crate::driver::{Driver, FileSync};
 use crate::metrics::ShardMetrics;
 use crate::scan::Part;
 
@@ -128,11 +139,24 @@ fn process_running(pid: u32) -> bool {
     result == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
-/// One shard's Maildir: paths, the `new/` directory handle and the shared directory fsync.
+/// How the Maildir makes messages durable (`RINGMX_FSYNC`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Durability {
+    /// Not at all (`0`, benchmarks only).
+    Off,
+    /// A fsync per file, and a shared fsync of `new/` (`1`).
+    Fsync,
+    /// Shared `syncfs` of the spool's file system, for the files and for the renames (`syncfs`).
+    SyncFs,
+}
+
+/// One shard's Maildir: paths, the `new/` directory handle and the shared sync.
 pub struct Maildir<D: Driver> {
     tmp: PathBuf,
     new: PathBuf,
-    fsync: bool,
+    durability: Durability,
+    /// The spool's root, for `syncfs` (shared with the blocking thread that runs it).
+    root_fd: Arc<OwnedFd>,
     /// `.<pid>.<host>`: what follows the ID in a tmp name.
     tmp_suffix: String,
     /// `.<host>`: what follows the ID in a name in `new/`.
@@ -140,8 +164,8 @@ pub struct Maildir<D: Driver> {
     new_dir: D::File,
     /// Path buffers for reuse: a message's paths allocate nothing once the shard is warm.
     paths: RefCell<Vec<PathBuf>>,
-    /// The fsync of `new/` that all shards share.
-    dir_sync: Arc<DirSync>,
+    /// The sync that all shards share: fsyncs of `new/`, or syncfs calls.
+    spool_sync: Arc<SharedSync>,
     /// The shard's counters, for fsync latency (None: metrics off).
     metrics: Option<Arc<ShardMetrics>>,
 }
@@ -164,23 +188,25 @@ impl<D: Driver> Maildir<D> {
     /// Opens shard's view of the Maildir at `root` (already `prepare`d).
     pub fn open(
         root: &Path,
-        fsync: bool,
+        durability: Durability,
         hostname: &str,
-        dir_sync: Arc<DirSync>,
+        spool_sync: Arc<SharedSync>,
         metrics: Option<Arc<ShardMetrics>>,
     ) -> io::Result<Maildir<D>> {
         let new = root.join("new");
         let new_dir = D::open_dir(&new)?;
+        let root_fd = Arc::new(OwnedFd::from(std::fs::File::open(root)?));
         let host = file_host(hostname);
         Ok(Maildir {
             tmp: root.join("tmp"),
             new,
-            fsync,
+            durability,
+            root_fd,
             tmp_suffix: format!(".{}.{host}", std::process::id()),
             new_suffix: format!(".{host}"),
             new_dir,
             paths: RefCell::new(Vec::new()),
-            dir_sync,
+            spool_sync,
             metrics,
         })
     }
@@ -218,12 +244,17 @@ impl<D: Driver> Maildir<D> {
         sync_started: Option<Instant>,
     ) -> io::Result<PathBuf> {
         let mut new_path = self.new_path(id, 0);
+        let sync = match self.durability {
+            Durability::Off => FileSync::Skip,
+            Durability::Fsync => FileSync::Fsync,
+            Durability::SyncFs => FileSync::Check,
+        };
         let started = self
             .metrics
             .as_ref()
-            .filter(|_| self.fsync)
+            .filter(|_| sync == FileSync::Fsync)
             .map(|_| sync_started.unwrap_or_else(Instant::now));
-        let mut result = D::persist(file, self.fsync, tmp_path, &new_path).await;
+        let mut result = D::persist(file, sync, tmp_path, &new_path).await;
         if let (Some(metrics), Some(started)) = (&self.metrics, started) {
             // The file's fsync with its rename (one step for the driver), and with the last
             // write when the driver fsynced there.
@@ -254,13 +285,17 @@ impl<D: Driver> Maildir<D> {
         }
     }
 
-    /// Waits until a fsync of `new/` that started after this call's rename has completed
-    /// (shared with the other shards: see `DirSync`).
-    async fn sync_new_dir(&self) -> io::Result<()> {
-        self.dir_sync
-            .after_rename(|| async {
+    /// Waits until a sync that started after this call has completed (shared with the other
+    /// shards: see `SharedSync`): a fsync of `new/` for a rename, or with `syncfs`, a syncfs
+    /// for a file's writes or a rename alike.
+    async fn shared_sync(&self) -> io::Result<()> {
+        self.spool_sync
+            .after_change(|| async {
                 let started = self.metrics.as_ref().map(|_| Instant::now());
-                let result = D::sync_dir(&self.new_dir).await;
+                let result = match self.durability {
+                    Durability::SyncFs => D::sync_fs(&self.root_fd).await,
+                    _ => D::sync_dir(&self.new_dir).await,
+                };
                 if let (Some(metrics), Some(started)) = (&self.metrics, started) {
                     metrics.fsync_latency(started.elapsed());
                 }
@@ -270,47 +305,48 @@ impl<D: Driver> Maildir<D> {
     }
 }
 
-/// The fsync of `new/`, shared by the shards of one process. Every message's rename must be
-/// made durable by a directory fsync begun after it; one fsync covers all the renames before
-/// it, so the shards take turns: while one runs, renames queue up for the next. A fsync per
-/// shard instead would be as many journal commits at a time as there are shards. The price: a
-/// fsync completes on the shard that started it, so a shard that is slow to run its tasks
+/// A sync shared by the shards of one process: the fsync of `new/`, or with `syncfs` the
+/// syncfs of the spool's file system. Every message's rename (and with `syncfs`, its file's
+/// writes) must be made durable by a sync begun after it; one sync covers all the changes
+/// before it, so the shards take turns: while one runs, changes queue up for the next. A sync
+/// per shard instead would be as many journal commits at a time as there are shards. The price:
+/// a sync completes on the shard that started it, so a shard that is slow to run its tasks
 /// delays the 250s of the others by as much.
 #[derive(Default)]
-pub struct DirSync {
-    /// Renames done (each takes the next number).
-    renames: AtomicU64,
-    /// Every rename up to this number is durable.
+pub struct SharedSync {
+    /// Changes done (each takes the next number).
+    changes: AtomicU64,
+    /// Every change up to this number is durable.
     synced: AtomicU64,
-    /// A fsync covering renames up to this number failed.
+    /// A sync covering changes up to this number failed.
     failed_through: AtomicU64,
-    /// A fsync is running.
+    /// A sync is running.
     syncing: AtomicBool,
-    /// Wakes the waiters when a fsync ends.
+    /// Wakes the waiters when a sync ends.
     done: Notify,
 }
 
-impl DirSync {
-    /// Called once a rename into the directory is done: returns once a fsync of the
-    /// directory that began after this call has succeeded (the rename is durable), or with
-    /// the error of the one that failed. One fsync runs at a time, made by `sync` of the
-    /// caller that finds none running; it covers every rename counted before it began.
-    pub async fn after_rename<F>(&self, mut sync: impl FnMut() -> F) -> io::Result<()>
+impl SharedSync {
+    /// Called once a change (a rename into the directory, a file's last write) is done:
+    /// returns once a sync that began after this call has succeeded (the change is durable),
+    /// or with the error of the one that failed. One sync runs at a time, made by `sync` of
+    /// the caller that finds none running; it covers every change counted before it began.
+    pub async fn after_change<F>(&self, mut sync: impl FnMut() -> F) -> io::Result<()>
     where
         F: Future<Output = io::Result<()>>,
     {
-        let mine = self.renames.fetch_add(1, Ordering::SeqCst) + 1;
+        let mine = self.changes.fetch_add(1, Ordering::SeqCst) + 1;
         loop {
-            // Registered before the checks, so that a fsync ending between them and the wait
+            // Registered before the checks, so that a sync ending between them and the wait
             // still wakes this one.
             let done = self.done.notified();
             let mut done = pin!(done);
             done.as_mut().enable();
-            // A failure first: a rename a failed fsync covered is never reported durable,
-            // not even when a later fsync succeeds (the kernel may report a lost write-back to
-            // one fsync only, so the later one proves nothing about it).
+            // A failure first: a change a failed sync covered is never reported durable, not
+            // even when a later sync succeeds (the kernel may report a lost write-back to one
+            // sync only, so the later one proves nothing about it).
             if self.failed_through.load(Ordering::SeqCst) >= mine {
-                return Err(io::Error::other("spool directory fsync failed"));
+                return Err(io::Error::other("spool sync failed"));
             }
             if self.synced.load(Ordering::SeqCst) >= mine {
                 return Ok(());
@@ -323,11 +359,11 @@ impl DirSync {
                 done.await;
                 continue;
             }
-            // This call leads the next fsync. The guard hands the lead back (and wakes the
+            // This call leads the next sync. The guard hands the lead back (and wakes the
             // waiters, one of which leads next) even if this future is dropped on the way.
             let mut lead = Lead {
                 dir: self,
-                target: self.renames.load(Ordering::SeqCst),
+                target: self.changes.load(Ordering::SeqCst),
                 finished: false,
             };
             let result = sync().await;
@@ -342,15 +378,15 @@ impl DirSync {
     }
 }
 
-/// The lead of a directory fsync: released, with the waiters woken, when dropped. A lead
-/// dropped before its fsync finished (its shard is stopping) counts as a failed fsync for the
-/// renames it covered: its outcome is unknown, and an error it may have had is not reported
-/// again to the next one.
+/// The lead of a shared sync: released, with the waiters woken, when dropped. A lead dropped
+/// before its sync finished (its shard is stopping) counts as a failed sync for the changes it
+/// covered: its outcome is unknown, and an error it may have had is not reported again to the
+/// next one.
 struct Lead<'a> {
-    dir: &'a DirSync,
-    /// Renames up to this number are covered by the fsync.
+    dir: &'a SharedSync,
+    /// Changes up to this number are covered by the sync.
     target: u64,
-    /// The fsync's outcome is recorded.
+    /// The sync's outcome is recorded.
     finished: bool,
 }
 
@@ -408,7 +444,8 @@ impl<D: Driver> Sink for Maildir<D> {
         if draft.failed {
             return buf;
         }
-        let sync = last && self.fsync;
+        // With syncfs the file is not synced by itself: its writes wait for a shared syncfs.
+        let sync = last && self.durability == Durability::Fsync;
         let started = self
             .metrics
             .as_ref()
@@ -441,15 +478,24 @@ impl<D: Driver> Sink for Maildir<D> {
                 "spool write failed",
             )));
         }
+        if self.durability == Durability::SyncFs {
+            // Every write of the file is done: a syncfs begun from now on makes them durable.
+            if let Err(e) = self.shared_sync().await {
+                let _ = D::close(file).await;
+                let _ = D::remove(&tmp_path).await;
+                self.reuse(tmp_path);
+                return Err(DeliveryError::Temporary(e));
+            }
+        }
         let published = self
             .publish(file, &tmp_path, id.as_str(), sync_started)
             .await;
         self.reuse(tmp_path);
         let new_path = published.map_err(DeliveryError::Temporary)?;
-        let synced = if self.fsync {
-            self.sync_new_dir().await
-        } else {
+        let synced = if self.durability == Durability::Off {
             Ok(())
+        } else {
+            self.shared_sync().await
         };
         if synced.is_err() {
             // Not known to be durable: take it back so a retry cannot duplicate it.
@@ -526,7 +572,7 @@ mod tests {
         assert_eq!(writer_pid("plain"), None);
     }
 
-    /// A `DirSync` fsync stand-in: counts the fsyncs begun, finishes one each time the test
+    /// A `SharedSync` fsync stand-in: counts the fsyncs begun, finishes one each time the test
     /// adds a permit, and fails the ones listed.
     struct GatedSync {
         started: std::cell::Cell<u32>,
@@ -560,9 +606,9 @@ mod tests {
     }
 
     /// A rename's wait for its directory fsync, as a task of its own.
-    fn call(dir: &Arc<DirSync>, fsync: &Rc<GatedSync>) -> tokio::task::JoinHandle<io::Result<()>> {
+    fn call(dir: &Arc<SharedSync>, fsync: &Rc<GatedSync>) -> tokio::task::JoinHandle<io::Result<()>> {
         let (dir, fsync) = (Arc::clone(dir), Rc::clone(fsync));
-        tokio::task::spawn_local(async move { dir.after_rename(|| fsync.sync()).await })
+        tokio::task::spawn_local(async move { dir.after_change(|| fsync.sync()).await })
     }
 
     /// Polls `future` once, with a waker that does nothing.
@@ -594,7 +640,7 @@ mod tests {
     #[test]
     fn renames_made_during_a_directory_fsync_share_the_next_one() {
         local(async {
-            let dir = Arc::new(DirSync::default());
+            let dir = Arc::new(SharedSync::default());
             let fsync = GatedSync::new(vec![]);
             let a = call(&dir, &fsync);
             settle().await;
@@ -623,7 +669,7 @@ mod tests {
     #[test]
     fn a_failed_directory_fsync_fails_the_renames_it_covered_and_no_others() {
         local(async {
-            let dir = Arc::new(DirSync::default());
+            let dir = Arc::new(SharedSync::default());
             let fsync = GatedSync::new(vec![2]);
             let a = call(&dir, &fsync);
             settle().await;
@@ -649,14 +695,14 @@ mod tests {
     #[test]
     fn a_rename_covered_by_a_failed_or_abandoned_fsync_is_never_reported_durable() {
         local(async {
-            let dir = Arc::new(DirSync::default());
+            let dir = Arc::new(SharedSync::default());
             let fsync = GatedSync::new(vec![2]);
             // A leads the first fsync; B waits; so does C, which is polled here by hand only.
             let a = call(&dir, &fsync);
             settle().await;
             let b = call(&dir, &fsync);
             settle().await;
-            let mut c = Box::pin(dir.after_rename(|| fsync.sync()));
+            let mut c = Box::pin(dir.after_change(|| fsync.sync()));
             assert!(look(c.as_mut()).is_pending());
             // B leads the second, which covers C, and fails; D, renamed after it began, leads
             // a third that succeeds: all before C looks again. C still fails.
@@ -700,7 +746,7 @@ mod tests {
     #[test]
     fn a_dropped_lead_hands_the_directory_fsync_on() {
         local(async {
-            let dir = Arc::new(DirSync::default());
+            let dir = Arc::new(SharedSync::default());
             let fsync = GatedSync::new(vec![]);
             let a = call(&dir, &fsync);
             settle().await;
@@ -724,7 +770,7 @@ mod tests {
         const THREADS: usize = 3;
         const TASKS: usize = 6;
         const CALLS: usize = 15;
-        let dir = Arc::new(DirSync::default());
+        let dir = Arc::new(SharedSync::default());
         let clock = Arc::new(AtomicU64::new(0));
         // (began, ended) of each fsync, in logical time.
         let syncs = Arc::new(Mutex::new(Vec::<(u64, u64)>::new()));
@@ -753,7 +799,7 @@ mod tests {
                         local.spawn_local(async move {
                             for _ in 0..CALLS {
                                 let made = clock.fetch_add(1, Ordering::SeqCst);
-                                dir.after_rename(|| {
+                                dir.after_change(|| {
                                     let (clock, syncs, running) = (
                                         Arc::clone(&clock),
                                         Arc::clone(&syncs),

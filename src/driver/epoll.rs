@@ -14,7 +14,7 @@ use bytes::BytesMut;
 
 use super::files::{self, Done, Job};
 use super::reuse::{CPath, File};
-use super::{BufResult, Driver};
+use super::{BufResult, Driver, FileSync};
 use crate::scan::Part;
 
 /// The epoll backend.
@@ -188,7 +188,7 @@ impl Driver for Epoll {
         }
     }
 
-    async fn persist(file: Self::File, sync: bool, from: &Path, to: &Path) -> io::Result<()> {
+    async fn persist(file: Self::File, sync: FileSync, from: &Path, to: &Path) -> io::Result<()> {
         let paths = CPath::new(from).and_then(|from| match CPath::new(to) {
             Ok(to) => Ok((from, to)),
             Err(e) => {

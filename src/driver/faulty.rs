@@ -13,13 +13,14 @@
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use bytes::BytesMut;
 use ringmx_wire::XorShift64Star;
 
-use super::{BufResult, Driver};
+use super::{BufResult, Driver, FileSync};
 use crate::scan::Part;
 
 /// A file operation that can be made to fail.
@@ -32,10 +33,12 @@ pub enum FileOp {
     SyncDir,
     /// The name in `new/` is taken (another process's file): the move answers EEXIST.
     Exists,
+    /// The `syncfs` shared by the messages of `RINGMX_FSYNC=syncfs`.
+    SyncFs,
 }
 
 /// Number of `FileOp`s.
-pub const OPS: usize = 6;
+pub const OPS: usize = 7;
 
 /// Which operations fail, and how.
 #[derive(Clone, Debug, Default)]
@@ -195,7 +198,7 @@ impl<D: Driver> Driver for Faulty<D> {
         D::write_parts_at(file, buf, parts, base, offset, sync).await
     }
 
-    async fn persist(file: Self::File, sync: bool, from: &Path, to: &Path) -> io::Result<()> {
+    async fn persist(file: Self::File, sync: FileSync, from: &Path, to: &Path) -> io::Result<()> {
         let fault = inject(FileOp::Sync).and_then(|()| inject(FileOp::Rename));
         if let Err(e) = fault {
             // The backend fsyncs, closes, then fails to move the file into a directory that
@@ -230,6 +233,11 @@ impl<D: Driver> Driver for Faulty<D> {
     async fn sync_dir(dir: &Self::File) -> io::Result<()> {
         inject(FileOp::SyncDir)?;
         D::sync_dir(dir).await
+    }
+
+    async fn sync_fs(fs: &Arc<OwnedFd>) -> io::Result<()> {
+        inject(FileOp::SyncFs)?;
+        D::sync_fs(fs).await
     }
 
     async fn close(file: Self::File) -> io::Result<()> {

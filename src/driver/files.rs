@@ -23,6 +23,7 @@ use bytes::BytesMut;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use super::reuse::{CPath, Handle};
+use super::{check, writeback_errors, FileSync};
 use crate::scan::Part;
 
 /// Most file threads a shard starts (the most file operations it has in flight at once).
@@ -51,11 +52,11 @@ pub enum Job {
         base: usize,
         offset: u64,
     },
-    /// fsync the file when `sync`, then move `from` to `to` without replacing `to`; on an error
-    /// other than `to` existing, `from` is removed.
+    /// Make the file durable as `sync` says, then move `from` to `to` without replacing `to`;
+    /// on an error other than `to` existing, `from` is removed.
     Persist {
         file: Arc<Handle>,
-        sync: bool,
+        sync: FileSync,
         from: CPath,
         to: CPath,
     },
@@ -297,7 +298,11 @@ fn execute(job: Job) -> Done {
             from,
             to,
         } => {
-            let synced = if sync { fsync(file.fd()) } else { Ok(()) };
+            let synced = match sync {
+                FileSync::Skip => Ok(()),
+                FileSync::Fsync => fsync(file.fd()),
+                FileSync::Check => writeback_errors(file.fd()),
+            };
             let renamed = synced.and_then(|()| rename_noreplace(&from, &to));
             if matches!(&renamed, Err(e) if e.kind() != io::ErrorKind::AlreadyExists) {
                 let _ = unlink(&from);
@@ -309,14 +314,6 @@ fn execute(job: Job) -> Done {
         }
         Job::Sync { file } => Done::Finished(fsync(file.fd()), None, None),
         Job::Remove { path } => Done::Finished(unlink(&path), Some(path), None),
-    }
-}
-
-fn check(result: libc::c_int) -> io::Result<()> {
-    if result == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
     }
 }
 

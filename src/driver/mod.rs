@@ -18,8 +18,9 @@ pub mod uring;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::Path;
+use std::sync::Arc;
 
 use bytes::BytesMut;
 
@@ -27,6 +28,20 @@ use crate::scan::Part;
 
 /// A buffer and the result of the operation that used it.
 pub type BufResult<T, B> = (io::Result<T>, B);
+
+/// How `persist` makes a file's bytes durable before it moves the file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FileSync {
+    /// Not at all (fsync is off).
+    Skip,
+    /// fsync the file, unless its last write already made it durable.
+    Fsync,
+    /// A `syncfs` of the file's file system that began after its last write has succeeded
+    /// (`Driver::sync_fs`): what is left is to collect the file's own write-back errors, which
+    /// the kernel reports on the file, not to every `syncfs` caller. A driver that still holds
+    /// bytes of the file (io_uring: the head of a message with no body) writes and fsyncs them.
+    Check,
+}
 
 /// One shard's I/O runtime and operations. All methods run on the shard's own thread.
 #[allow(async_fn_in_trait)]
@@ -84,11 +99,11 @@ pub trait Driver: Sized + 'static {
         offset: u64,
         sync: bool,
     ) -> BufResult<u64, BytesMut>;
-    /// Finishes a file written in place: fsync (when `sync`), close, then move `from` to `to`
-    /// without ever replacing an existing `to` (renameat2 RENAME_NOREPLACE), as one step. If
-    /// `to` exists the error is `AlreadyExists` and `from` is kept (closed) for another name;
-    /// on any other error nothing is left at `from` or `to`.
-    async fn persist(file: Self::File, sync: bool, from: &Path, to: &Path) -> io::Result<()>;
+    /// Finishes a file written in place: makes it durable as `sync` says, closes it, then moves
+    /// `from` to `to` without ever replacing an existing `to` (renameat2 RENAME_NOREPLACE), as
+    /// one step. If `to` exists the error is `AlreadyExists` and `from` is kept (closed) for
+    /// another name; on any other error nothing is left at `from` or `to`.
+    async fn persist(file: Self::File, sync: FileSync, from: &Path, to: &Path) -> io::Result<()>;
     /// True when the last `write_parts_at` (asked to `sync`) made the whole file durable, so
     /// that `persist` has no fsync left to do.
     fn synced(_file: &Self::File) -> bool {
@@ -98,10 +113,44 @@ pub trait Driver: Sized + 'static {
     async fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()>;
     /// Flushes a directory opened with `open_dir` (its entries: renames into it).
     async fn sync_dir(dir: &Self::File) -> io::Result<()>;
+    /// `syncfs(2)` of the file system that holds `fs` (any descriptor on it): every write,
+    /// create and rename on it made before the call is durable when it returns `Ok`. No ring
+    /// has it, so it runs on a blocking thread of the runtime's, one call at a time per process
+    /// (the callers share it: see `maildir::SharedSync`).
+    async fn sync_fs(fs: &Arc<OwnedFd>) -> io::Result<()> {
+        let fs = Arc::clone(fs);
+        // SAFETY: syncfs(2) on a descriptor the Arc keeps open for the call.
+        let synced = move || check(unsafe { libc::syncfs(fs.as_raw_fd()) });
+        match tokio::task::spawn_blocking(synced).await {
+            Ok(result) => result,
+            Err(e) => Err(io::Error::other(e)),
+        }
+    }
     /// Closes the file, reporting any error.
     async fn close(file: Self::File) -> io::Result<()>;
     /// Removes a file.
     async fn remove(path: &Path) -> io::Result<()>;
+}
+
+/// A libc return value as a result (anything but 0: the thread's errno).
+pub(crate) fn check(result: libc::c_int) -> io::Result<()> {
+    if result != 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// The write-back errors of an open file since it was opened, once a `syncfs` that began after
+/// its last write has succeeded. `sync_file_range(2)` with only `SYNC_FILE_RANGE_WAIT_AFTER`
+/// waits for write-back in flight on the file (there is none left: `syncfs` waited for it) and
+/// reports the file's own error sequence (`file_fdatawait_range`), so it neither writes nor
+/// blocks. `syncfs` alone is not enough: it reports an error once per descriptor, so a write-back
+/// of this file that failed while an earlier `syncfs` ran would be told to that one only.
+pub(crate) fn writeback_errors(fd: RawFd) -> io::Result<()> {
+    // SAFETY: sync_file_range(2) on a descriptor the caller keeps open for the call; it only
+    // reads the kernel's state of the file.
+    check(unsafe { libc::sync_file_range(fd, 0, 0, libc::SYNC_FILE_RANGE_WAIT_AFTER) })
 }
 
 /// shutdown(2) of both directions on a socket descriptor the caller keeps open.

@@ -16,7 +16,7 @@ use bytes::BytesMut;
 use io_uring::{opcode, types};
 
 use super::reuse::{CPath, File};
-use super::{BufResult, Driver};
+use super::{writeback_errors, BufResult, Driver, FileSync};
 use crate::scan::Part;
 
 /// The io_uring backend.
@@ -522,18 +522,24 @@ impl Driver for Uring {
         (result.map(|()| written - head_len), buf)
     }
 
-    async fn persist(file: Self::File, sync: bool, from: &Path, to: &Path) -> io::Result<()> {
-        // A message with no body still has its head to write.
+    async fn persist(file: Self::File, sync: FileSync, from: &Path, to: &Path) -> io::Result<()> {
+        // A message with no body still has its head to write. Written here, it came after any
+        // syncfs the caller waited for, so it needs an fsync of its own.
         let head = file.head.take();
         let mut written = Ok(());
+        let mut sync = sync;
         if !head.is_empty() {
             let (done, head) = write_all_at(&file.file, head, 0).await;
             reuse_head(head);
             written = done;
+            if sync == FileSync::Check {
+                sync = FileSync::Fsync;
+            }
         }
-        let synced = match written {
-            Ok(()) if sync && !file.synced.get() => fsync(&file.file).await,
-            done => done,
+        let synced = match (written, sync) {
+            (Ok(()), FileSync::Fsync) if !file.synced.get() => fsync(&file.file).await,
+            (Ok(()), FileSync::Check) => writeback_errors(file.file.fd()),
+            (done, _) => done,
         };
         let closed = close(file.file).await;
         let renamed = match synced.and(closed) {
@@ -613,7 +619,7 @@ mod tests {
                 offset += len as u64;
             }
             let synced = file.synced.get();
-            Uring::persist(file, true, &tmp, &new).await.unwrap();
+            Uring::persist(file, FileSync::Fsync, &tmp, &new).await.unwrap();
             synced
         })
         .unwrap();

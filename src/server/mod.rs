@@ -64,8 +64,8 @@ pub(crate) struct Shared {
     per_ip: Mutex<HashMap<IpAddr, usize>>,
     /// The STARTTLS certificate store, when TLS is offered (read once per handshake).
     tls: Option<Arc<crate::tls::CertStore>>,
-    /// The Maildir's `new/` fsync, shared by the shards.
-    dir_sync: Arc<maildir::DirSync>,
+    /// The Maildir's sync (of `new/`, or syncfs), shared by the shards.
+    spool_sync: Arc<maildir::SharedSync>,
 }
 
 /// What a connection holds while it counts against the limits; releases them when dropped.
@@ -472,6 +472,7 @@ pub fn start<D: Driver>(mut config: ServerConfig) -> Result<Running, String> {
             spool: config.spool.display(),
             delivery: config.delivery.as_str(),
             fsync: config.fsync,
+            syncfs: config.syncfs,
         },
         "ringmx starting: backend {}, {} shard(s), pin {}, listening on {}, spool {}, delivery {}, fsync {}",
         D::NAME,
@@ -480,7 +481,11 @@ pub fn start<D: Driver>(mut config: ServerConfig) -> Result<Running, String> {
         listen,
         config.spool.display(),
         config.delivery.as_str(),
-        if config.fsync { "on" } else { "off" },
+        match (config.fsync, config.syncfs) {
+            (false, _) => "off",
+            (true, false) => "on",
+            (true, true) => "syncfs",
+        },
     );
     if let Some(probe) = &jetstream {
         log_info!(
@@ -521,7 +526,7 @@ pub fn start<D: Driver>(mut config: ServerConfig) -> Result<Running, String> {
         connections: AtomicUsize::new(0),
         per_ip: Mutex::new(HashMap::new()),
         tls,
-        dir_sync: Arc::default(),
+        spool_sync: Arc::default(),
     });
     let (phase_tx, phase_rx) = watch::channel(Phase::Running);
     let (done_tx, done_rx) = crossbeam_channel::unbounded::<(usize, io::Result<()>)>();
@@ -701,9 +706,13 @@ fn run_shard<D: Driver>(
         let sink = match config.delivery {
             Delivery::Maildir => AnySink::Maildir(Maildir::<D>::open(
                 &config.spool,
-                config.fsync,
+                match (config.fsync, config.syncfs) {
+                    (false, _) => maildir::Durability::Off,
+                    (true, false) => maildir::Durability::Fsync,
+                    (true, true) => maildir::Durability::SyncFs,
+                },
                 &config.session.hostname,
-                Arc::clone(&shared.dir_sync),
+                Arc::clone(&shared.spool_sync),
                 metrics.clone(),
             )?),
             Delivery::Jetstream => {
@@ -838,7 +847,7 @@ mod tests {
             connections: AtomicUsize::new(0),
             per_ip: Mutex::new(HashMap::new()),
             tls: None,
-            dir_sync: Arc::default(),
+            spool_sync: Arc::default(),
         }
     }
 
