@@ -1507,7 +1507,7 @@ mod tests {
         assert_eq!(get("0"), (false, false));
         assert_eq!(get("1"), (true, false));
         assert_eq!(get("syncfs"), (true, true));
-        for bad in ["", "2", "true", "SYNCFS", "syncfs ", "fs"] {
+        for bad in ["", "2", "true", "SYNCFS", "fs", "syncfs0"] {
             let line = refused("RINGMX_FSYNC", bad);
             assert!(line.ends_with(": expected 0, 1 or syncfs"), "{line}");
         }

@@ -2,7 +2,8 @@
 //! complete and byte-exact in `new/`, nothing partial is in `new/`, and `tmp/` is cleaned at
 //! start.
 //!
-//! Each round starts the real binary (two shards, fsync on), runs several sessions that
+//! Each round starts the real binary (two shards, fsync on: `RINGMX_FSYNC=1` and `syncfs` in
+//! turn), runs several sessions that
 //! pipeline messages with unique bodies in batches, SIGKILLs the server at a seeded random
 //! moment 20–300 ms in, restarts it on the same spool and checks the spool against what the
 //! clients saw: every acknowledged ID is there byte for byte; every file in `new/` is a whole
@@ -171,7 +172,9 @@ fn sigkill_under_pipelined_load_loses_nothing_acknowledged() {
     let started = Instant::now();
     let (mut acked_total, mut unacked_total, mut sent_total, mut stale_total) = (0, 0, 0, 0);
     for round in 1..=rounds {
-        let mut server = Server::start(&[("RINGMX_SHARDS", "2")]);
+        // Every other round makes messages durable with shared syncfs calls.
+        let fsync = if round % 2 == 0 { "syncfs" } else { "1" };
+        let mut server = Server::start(&[("RINGMX_SHARDS", "2"), ("RINGMX_FSYNC", fsync)]);
         let addr = server.addr();
         let seen = Arc::new(Mutex::new(Seen::default()));
         let stop = Arc::new(AtomicBool::new(false));
@@ -191,7 +194,10 @@ fn sigkill_under_pipelined_load_loses_nothing_acknowledged() {
         stale_total += server.tmp_files().len();
         server.restart();
         let seen = seen.lock().unwrap();
-        let what = format!("round {round} (kill after {} ms)", delay.as_millis());
+        let what = format!(
+            "round {round} (RINGMX_FSYNC={fsync}, kill after {} ms)",
+            delay.as_millis()
+        );
         let unacked = check_after_crash(&server, &seen, &what);
         acked_total += seen.acked.len();
         unacked_total += unacked;

@@ -1,7 +1,8 @@
 //! Spool faults never lose or half-store a message (SPEC §4.2 `451 4.3.0`, §4.4).
 //!
 //! An in-process server runs on the fault-injecting driver (`Faulty<Epoll>`, and
-//! `Faulty<Uring>` where io_uring works) whose create, write, fsync, rename and directory fsync
+//! `Faulty<Uring>` where io_uring works), with `RINGMX_FSYNC=1` and `syncfs`, whose create,
+//! write, fsync (or write-back error check), rename, directory fsync and syncfs
 //! fail with ENOSPC or EIO — at random from a seed, or at the n-th call of each operation.
 //! Several sessions, pipelined and lockstep, send messages with unique bodies. For every
 //! message the reply is either `250 ... queued as ID` with the file `ID.host` complete and
@@ -35,6 +36,7 @@ const OPS: [FileOp; faulty::OPS] = [
     FileOp::Rename,
     FileOp::SyncDir,
     FileOp::Exists,
+    FileOp::SyncFs,
 ];
 
 /// `set_plan` is process-global: the in-process cases take turns.
@@ -51,8 +53,17 @@ enum Backend {
     Uring,
 }
 
+/// How messages are made durable: `RINGMX_FSYNC`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Sync {
+    /// `1`: a fsync per file and shared fsyncs of `new/`.
+    Fsync,
+    /// `syncfs`: shared syncfs calls.
+    SyncFs,
+}
+
 /// Starts an in-process server on the faulty driver over `spool`.
-fn start(backend: Backend, spool: &Path, shards: usize) -> Running {
+fn start(backend: Backend, sync: Sync, spool: &Path, shards: usize) -> Running {
     ringmx::log::set_level(ringmx::log::Level::Warn);
     let vars: Vec<(String, String)> = vec![
         ("RINGMX_LISTEN".into(), "127.0.0.1:0".into()),
@@ -60,6 +71,14 @@ fn start(backend: Backend, spool: &Path, shards: usize) -> Running {
         ("RINGMX_SHARDS".into(), shards.to_string()),
         ("RINGMX_PIN".into(), "0".into()),
         ("RINGMX_HOSTNAME".into(), HOSTNAME.into()),
+        (
+            "RINGMX_FSYNC".into(),
+            match sync {
+                Sync::Fsync => "1",
+                Sync::SyncFs => "syncfs",
+            }
+            .into(),
+        ),
     ];
     let config = ringmx::config::from_vars(vars, vec![0], "test.example").expect("config");
     let started = match backend {
@@ -178,6 +197,7 @@ fn check_spool(spool: &Path, results: &[(Vec<u8>, Verdict)], what: &str) -> (usi
 /// checks the invariant. Returns (acknowledged, refused, injected failures).
 fn run_case(
     backend: Backend,
+    sync: Sync,
     plan: Plan,
     shards: usize,
     sessions: usize,
@@ -189,7 +209,7 @@ fn run_case(
         .tempdir()
         .expect("spool");
     faulty::set_plan(Plan::default());
-    let running = start(backend, spool.path(), shards);
+    let running = start(backend, sync, spool.path(), shards);
     let addr = running.addrs[0];
     faulty::set_plan(plan.clone());
     let mut results: Results = std::thread::scope(|scope| {
@@ -272,21 +292,21 @@ fn seeds() -> u64 {
 }
 
 /// Random faults over many seeds: the invariant holds for every message of every seed.
-fn random_faults(backend: Backend) {
+fn random_faults(backend: Backend, sync: Sync) {
     let _guard = PLAN_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let started = Instant::now();
     let (mut acked, mut refused, mut injected) = (0, 0, 0);
     let n = seeds();
     for seed in 1..=n {
         let (plan, shards) = plan_for(seed);
-        let what = format!("{backend:?} seed {seed} {plan:?} shards {shards}");
-        let (a, r, i) = run_case(backend, plan, shards, 4, 6, &what);
+        let what = format!("{backend:?} {sync:?} seed {seed} {plan:?} shards {shards}");
+        let (a, r, i) = run_case(backend, sync, plan, shards, 4, 6, &what);
         acked += a;
         refused += r;
         injected += i;
     }
     println!(
-        "HARDENING faults {backend:?}: {n} seeds, {acked} acknowledged, {refused} refused 451, \
+        "HARDENING faults {backend:?} {sync:?}: {n} seeds, {acked} acknowledged, {refused} refused 451, \
          {injected} injected failures, {:.1} s",
         started.elapsed().as_secs_f64()
     );
@@ -298,21 +318,38 @@ fn random_faults(backend: Backend) {
 
 #[test]
 fn random_faults_epoll() {
-    random_faults(Backend::Epoll);
+    random_faults(Backend::Epoll, Sync::Fsync);
 }
 
 #[test]
 fn random_faults_uring() {
     if uring_works("random_faults_uring") {
-        random_faults(Backend::Uring);
+        random_faults(Backend::Uring, Sync::Fsync);
+    }
+}
+
+#[test]
+fn random_faults_syncfs_epoll() {
+    random_faults(Backend::Epoll, Sync::SyncFs);
+}
+
+#[test]
+fn random_faults_syncfs_uring() {
+    if uring_works("random_faults_syncfs_uring") {
+        random_faults(Backend::Uring, Sync::SyncFs);
     }
 }
 
 /// The n-th call of each operation fails (ENOSPC and EIO): exactly that message gets 451, the
 /// others and a later clean one are stored.
-fn nth_faults(backend: Backend) {
+fn nth_faults(backend: Backend, sync: Sync) {
     let _guard = PLAN_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    for op in OPS {
+    // The operations the mode makes: the directory fsync or the syncfs.
+    let unused = match sync {
+        Sync::Fsync => FileOp::SyncFs,
+        Sync::SyncFs => FileOp::SyncDir,
+    };
+    for op in OPS.into_iter().filter(|&op| op != unused) {
         for n in 1..=3u64 {
             let plan = Plan {
                 seed: 1,
@@ -320,14 +357,14 @@ fn nth_faults(backend: Backend) {
                 nth: Some((op, n)),
                 eio: n % 2 == 0,
             };
-            let what = format!("{backend:?} {op:?} call {n}");
+            let what = format!("{backend:?} {sync:?} {op:?} call {n}");
             // One lockstep session: no group commit merges two messages' fate.
             let spool = tempfile::Builder::new()
                 .prefix("ringmx-faults-nth-")
                 .tempdir()
                 .expect("spool");
             faulty::set_plan(Plan::default());
-            let running = start(backend, spool.path(), 1);
+            let running = start(backend, sync, spool.path(), 1);
             let addr = running.addrs[0];
             faulty::set_plan(plan);
             let bodies: Vec<Vec<u8>> = (0..4).map(|i| sample_body(&what, i, i * 5000)).collect();
@@ -362,13 +399,86 @@ fn nth_faults(backend: Backend) {
 
 #[test]
 fn nth_faults_epoll() {
-    nth_faults(Backend::Epoll);
+    nth_faults(Backend::Epoll, Sync::Fsync);
 }
 
 #[test]
 fn nth_faults_uring() {
     if uring_works("nth_faults_uring") {
-        nth_faults(Backend::Uring);
+        nth_faults(Backend::Uring, Sync::Fsync);
+    }
+}
+
+#[test]
+fn nth_faults_syncfs_epoll() {
+    nth_faults(Backend::Epoll, Sync::SyncFs);
+}
+
+#[test]
+fn nth_faults_syncfs_uring() {
+    if uring_works("nth_faults_syncfs_uring") {
+        nth_faults(Backend::Uring, Sync::SyncFs);
+    }
+}
+
+/// The steps of each message, in order, in a lockstep session with no faults: with
+/// `RINGMX_FSYNC=1` the file is fsync'd before its rename, and `new/` after; with `syncfs` a
+/// syncfs runs after the file's last write and before its rename (whose write-back error
+/// check comes with the rename), and another after the rename.
+fn steps_in_order(backend: Backend, sync: Sync) {
+    let _guard = PLAN_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let what = format!("{backend:?} {sync:?} steps");
+    let spool = tempfile::Builder::new()
+        .prefix("ringmx-faults-steps-")
+        .tempdir()
+        .expect("spool");
+    faulty::set_plan(Plan::default());
+    let running = start(backend, sync, spool.path(), 1);
+    let addr = running.addrs[0];
+    faulty::set_plan(Plan::default());
+    let bodies: Vec<Vec<u8>> = (0..3).map(|i| sample_body(&what, i, 500)).collect();
+    let results = session(addr, bodies, false, &what);
+    let mut log = faulty::log();
+    // A message arrives in one or more reads, each a write.
+    log.dedup_by(|a, b| a == b && *a == FileOp::Write);
+    running.stop();
+    assert!(running.join(), "{what}: a shard failed");
+    assert_eq!(check_spool(spool.path(), &results, &what), (3, 0));
+    // persist makes the file durable (Sync: the fsync, or the write-back error check), then
+    // moves it (Rename, Exists).
+    let one: &[FileOp] = match sync {
+        Sync::Fsync => &[
+            FileOp::Create,
+            FileOp::Write,
+            FileOp::Sync,
+            FileOp::Rename,
+            FileOp::Exists,
+            FileOp::SyncDir,
+        ],
+        Sync::SyncFs => &[
+            FileOp::Create,
+            FileOp::Write,
+            FileOp::SyncFs,
+            FileOp::Sync,
+            FileOp::Rename,
+            FileOp::Exists,
+            FileOp::SyncFs,
+        ],
+    };
+    assert_eq!(log, one.repeat(3), "{what}");
+}
+
+#[test]
+fn steps_in_order_epoll() {
+    steps_in_order(Backend::Epoll, Sync::Fsync);
+    steps_in_order(Backend::Epoll, Sync::SyncFs);
+}
+
+#[test]
+fn steps_in_order_uring() {
+    if uring_works("steps_in_order_uring") {
+        steps_in_order(Backend::Uring, Sync::Fsync);
+        steps_in_order(Backend::Uring, Sync::SyncFs);
     }
 }
 
@@ -492,7 +602,7 @@ fn names_always_taken(backend: Backend) {
         .tempdir()
         .expect("spool");
     faulty::set_plan(Plan::default());
-    let running = start(backend, spool.path(), 1);
+    let running = start(backend, Sync::Fsync, spool.path(), 1);
     let addr = running.addrs[0];
     let mut per_mille = [0u16; faulty::OPS];
     per_mille[FileOp::Exists as usize] = 1000;

@@ -606,7 +606,10 @@ mod tests {
     }
 
     /// A rename's wait for its directory fsync, as a task of its own.
-    fn call(dir: &Arc<SharedSync>, fsync: &Rc<GatedSync>) -> tokio::task::JoinHandle<io::Result<()>> {
+    fn call(
+        dir: &Arc<SharedSync>,
+        fsync: &Rc<GatedSync>,
+    ) -> tokio::task::JoinHandle<io::Result<()>> {
         let (dir, fsync) = (Arc::clone(dir), Rc::clone(fsync));
         tokio::task::spawn_local(async move { dir.after_change(|| fsync.sync()).await })
     }

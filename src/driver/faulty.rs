@@ -66,7 +66,12 @@ struct State {
     plan: Plan,
     rng: XorShift64Star,
     counts: Counts,
+    /// The calls in the order made, up to `LOG_MAX`.
+    log: Vec<FileOp>,
 }
+
+/// Calls kept in the log.
+const LOG_MAX: usize = 100_000;
 
 static STATE: Mutex<Option<State>> = Mutex::new(None);
 
@@ -77,7 +82,18 @@ pub fn set_plan(plan: Plan) {
         plan,
         rng,
         counts: Counts::default(),
+        log: Vec::new(),
     });
+}
+
+/// The calls since the last `set_plan`, in the order they were made (the first `LOG_MAX`):
+/// what a test reads to check the order of a message's steps.
+pub fn log() -> Vec<FileOp> {
+    STATE
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .as_ref()
+        .map_or_else(Vec::new, |s| s.log.clone())
 }
 
 /// The counts since the last `set_plan`.
@@ -97,6 +113,9 @@ fn inject(op: FileOp) -> io::Result<()> {
     };
     let i = op as usize;
     state.counts.calls[i] += 1;
+    if state.log.len() < LOG_MAX {
+        state.log.push(op);
+    }
     let nth = state
         .plan
         .nth

@@ -584,7 +584,7 @@ mod tests {
             }
             let job = Job::Persist {
                 file: file.handle(),
-                sync: true,
+                sync: FileSync::Fsync,
                 from: CPath::new(&tmp).unwrap(),
                 to: CPath::new(&new).unwrap(),
             };

@@ -619,7 +619,9 @@ mod tests {
                 offset += len as u64;
             }
             let synced = file.synced.get();
-            Uring::persist(file, FileSync::Fsync, &tmp, &new).await.unwrap();
+            Uring::persist(file, FileSync::Fsync, &tmp, &new)
+                .await
+                .unwrap();
             synced
         })
         .unwrap();
