@@ -119,8 +119,11 @@ pub trait Driver: Sized + 'static {
     /// (the callers share it: see `maildir::SharedSync`).
     async fn sync_fs(fs: &Arc<OwnedFd>) -> io::Result<()> {
         let fs = Arc::clone(fs);
-        // SAFETY: syncfs(2) on a descriptor the Arc keeps open for the call.
-        let synced = move || check(unsafe { libc::syncfs(fs.as_raw_fd()) });
+        let synced = move || {
+            float_thread();
+            // SAFETY: syncfs(2) on a descriptor the Arc keeps open for the call.
+            check(unsafe { libc::syncfs(fs.as_raw_fd()) })
+        };
         match tokio::task::spawn_blocking(synced).await {
             Ok(result) => result,
             Err(e) => Err(io::Error::other(e)),
@@ -130,6 +133,27 @@ pub trait Driver: Sized + 'static {
     async fn close(file: Self::File) -> io::Result<()>;
     /// Removes a file.
     async fn remove(path: &Path) -> io::Result<()>;
+}
+
+/// Lets the calling thread run on every CPU the process may use (the main thread's set, which is
+/// never pinned), once per thread. A runtime's blocking threads inherit the CPU of the shard
+/// that started them (`RINGMX_PIN`), where a syncfs's write-back work would compete with the
+/// shard's own.
+fn float_thread() {
+    thread_local!(static FLOATING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) });
+    if FLOATING.get() {
+        return;
+    }
+    FLOATING.set(true);
+    // SAFETY: cpu_set_t is plain bits, valid zeroed; the calls read and write only `set`, of
+    // the size given.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        let size = std::mem::size_of::<libc::cpu_set_t>();
+        if libc::sched_getaffinity(libc::getpid(), size, &mut set) == 0 {
+            libc::sched_setaffinity(0, size, &set);
+        }
+    }
 }
 
 /// A libc return value as a result (anything but 0: the thread's errno).
