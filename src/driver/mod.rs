@@ -2,7 +2,8 @@
 //!
 //! Everything the server does to sockets and files goes through `Driver`: accept, read into an
 //! owned buffer, write, peek, shut down a listener, create a file with its head, write a file
-//! from buffers, persist it (fsync, close, move without replacing), fsync a directory, remove. Each
+//! from buffers, persist it (fsync, close, move without replacing), fsync a directory, syncfs a
+//! file system, remove. Each
 //! operation takes its buffer by value and hands it back with the result (tokio-uring's
 //! `BufResult` shape), because an io_uring operation owns its buffer until the kernel is done.
 //! Two implementations exist: `uring` (tokio-uring) and `epoll` (a tokio current-thread runtime,
