@@ -171,9 +171,10 @@ pub const VARIABLES: &[Variable] = &[
                   messages durable with syncfs(2) calls of the spool's file system shared by the \
                   messages that finish together (for a spool on a file system of its own)",
         apply: |s, c| {
-            (c.fsync, c.syncfs) = match s {
-                "syncfs" => (true, true),
-                _ => (flag(s).map_err(|_| "expected 0, 1 or syncfs".to_string())?, false),
+            (c.fsync, c.syncfs) = if s.eq_ignore_ascii_case("syncfs") {
+                (true, true)
+            } else {
+                (flag(s).map_err(|_| "expected 0, 1 or syncfs".to_string())?, false)
             };
             Ok(())
         },
@@ -1507,7 +1508,8 @@ mod tests {
         assert_eq!(get("0"), (false, false));
         assert_eq!(get("1"), (true, false));
         assert_eq!(get("syncfs"), (true, true));
-        for bad in ["", "2", "true", "SYNCFS", "fs", "syncfs0"] {
+        assert_eq!(get("SyncFS"), (true, true));
+        for bad in ["", "2", "true", "fs", "syncfs0", "sync"] {
             let line = refused("RINGMX_FSYNC", bad);
             assert!(line.ends_with(": expected 0, 1 or syncfs"), "{line}");
         }

@@ -140,14 +140,60 @@ fn process_running(pid: u32) -> bool {
 }
 
 /// How the Maildir makes messages durable (`RINGMX_FSYNC`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub enum Durability {
     /// Not at all (`0`, benchmarks only).
     Off,
     /// A fsync per file, and a shared fsync of `new/` (`1`).
     Fsync,
-    /// Shared `syncfs` of the spool's file system, for the files and for the renames (`syncfs`).
-    SyncFs,
+    /// Shared `syncfs` of the file system that holds `new/`, for the files and for the renames
+    /// (`syncfs`), through this descriptor on `new/` (see `syncfs_handle`).
+    SyncFs(Arc<OwnedFd>),
+}
+
+/// The oldest Linux whose syncfs(2) reports write-back errors (5.8) and also the file system's
+/// own sync errors, such as a failed journal commit (5.17): before that, a lost rename could
+/// pass for durable.
+pub const SYNCFS_MIN_KERNEL: (u32, u32) = (5, 17);
+
+/// Major and minor version of a kernel release string (`6.1.0-18-amd64` → 6, 1).
+pub fn kernel_version(release: &str) -> Option<(u32, u32)> {
+    let mut parts = release.split(|c: char| !c.is_ascii_digit());
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts.next()?.parse().ok()?;
+    Some((major, minor))
+}
+
+/// For `RINGMX_FSYNC=syncfs`: one descriptor on `new/` for every shard, after checking that the
+/// kernel (`release`, as uname(2) gives it) reports sync errors to syncfs. `new/` rather than
+/// the spool's root: it is where the messages live (`tmp/` must be on the same file system for
+/// the rename), and it must be readable anyway. One descriptor for the process, because syncfs
+/// tells each open descriptor of a write-back error once: with one per shard, one error would
+/// fail a batch through each of them. Also returns the error of a first syncfs, made here, that
+/// reports what went wrong on the file system before this process (to be logged): otherwise
+/// the first batch of messages would be refused for it.
+pub fn syncfs_handle(
+    root: &Path,
+    release: &str,
+) -> Result<(Arc<OwnedFd>, Option<io::Error>), String> {
+    match kernel_version(release) {
+        Some(version) if version >= SYNCFS_MIN_KERNEL => {}
+        _ => {
+            return Err(format!(
+                "RINGMX_FSYNC=syncfs: needs Linux {}.{} or later, whose syncfs reports write-back \
+                 and journal errors; this kernel is {release} (use RINGMX_FSYNC=1)",
+                SYNCFS_MIN_KERNEL.0, SYNCFS_MIN_KERNEL.1
+            ))
+        }
+    }
+    let new = root.join("new");
+    let fd = std::fs::File::open(&new)
+        .map(OwnedFd::from)
+        .map_err(|e| format!("RINGMX_SPOOL: {}: {e}", new.display()))?;
+    // SAFETY: syncfs(2) on the descriptor just opened, which lives across the call.
+    let earlier =
+        crate::driver::check(unsafe { libc::syncfs(std::os::fd::AsRawFd::as_raw_fd(&fd)) }).err();
+    Ok((Arc::new(fd), earlier))
 }
 
 /// One shard's Maildir: paths, the `new/` directory handle and the shared sync.
@@ -155,8 +201,6 @@ pub struct Maildir<D: Driver> {
     tmp: PathBuf,
     new: PathBuf,
     durability: Durability,
-    /// The spool's root, for `syncfs` (shared with the blocking thread that runs it).
-    root_fd: Arc<OwnedFd>,
     /// `.<pid>.<host>`: what follows the ID in a tmp name.
     tmp_suffix: String,
     /// `.<host>`: what follows the ID in a name in `new/`.
@@ -195,13 +239,11 @@ impl<D: Driver> Maildir<D> {
     ) -> io::Result<Maildir<D>> {
         let new = root.join("new");
         let new_dir = D::open_dir(&new)?;
-        let root_fd = Arc::new(OwnedFd::from(std::fs::File::open(root)?));
         let host = file_host(hostname);
         Ok(Maildir {
             tmp: root.join("tmp"),
             new,
             durability,
-            root_fd,
             tmp_suffix: format!(".{}.{host}", std::process::id()),
             new_suffix: format!(".{host}"),
             new_dir,
@@ -247,7 +289,7 @@ impl<D: Driver> Maildir<D> {
         let sync = match self.durability {
             Durability::Off => FileSync::Skip,
             Durability::Fsync => FileSync::Fsync,
-            Durability::SyncFs => FileSync::Check,
+            Durability::SyncFs(_) => FileSync::Check,
         };
         let started = self
             .metrics
@@ -292,9 +334,9 @@ impl<D: Driver> Maildir<D> {
         self.spool_sync
             .after_change(|| async {
                 let started = self.metrics.as_ref().map(|_| Instant::now());
-                let result = match self.durability {
-                    Durability::SyncFs => D::sync_fs(&self.root_fd).await,
-                    _ => D::sync_dir(&self.new_dir).await,
+                let result = match &self.durability {
+                    Durability::SyncFs(fs) => D::sync_fs(fs).await,
+                    Durability::Off | Durability::Fsync => D::sync_dir(&self.new_dir).await,
                 };
                 if let (Some(metrics), Some(started)) = (&self.metrics, started) {
                     metrics.fsync_latency(started.elapsed());
@@ -445,7 +487,7 @@ impl<D: Driver> Sink for Maildir<D> {
             return buf;
         }
         // With syncfs the file is not synced by itself: its writes wait for a shared syncfs.
-        let sync = last && self.durability == Durability::Fsync;
+        let sync = last && matches!(self.durability, Durability::Fsync);
         let started = self
             .metrics
             .as_ref()
@@ -478,7 +520,7 @@ impl<D: Driver> Sink for Maildir<D> {
                 "spool write failed",
             )));
         }
-        if self.durability == Durability::SyncFs {
+        if matches!(self.durability, Durability::SyncFs(_)) {
             // Every write of the file is done: a syncfs begun from now on makes them durable.
             if let Err(e) = self.shared_sync().await {
                 let _ = D::close(file).await;
@@ -492,7 +534,7 @@ impl<D: Driver> Sink for Maildir<D> {
             .await;
         self.reuse(tmp_path);
         let new_path = published.map_err(DeliveryError::Temporary)?;
-        let synced = if self.durability == Durability::Off {
+        let synced = if matches!(self.durability, Durability::Off) {
             Ok(())
         } else {
             self.shared_sync().await
@@ -515,6 +557,7 @@ impl<D: Driver> Sink for Maildir<D> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::fd::AsRawFd;
     use std::pin::Pin;
     use std::rc::Rc;
 
@@ -562,6 +605,49 @@ mod tests {
         drop(file);
         assert_eq!(prepare(dir.path()).unwrap().removed, 1);
         assert!(!live.exists());
+    }
+
+    #[test]
+    fn kernel_versions_are_read_from_release_strings() {
+        assert_eq!(kernel_version("6.18.44-fc-v657"), Some((6, 18)));
+        assert_eq!(kernel_version("5.17.0"), Some((5, 17)));
+        assert_eq!(kernel_version("6.1.0-18-amd64"), Some((6, 1)));
+        assert_eq!(kernel_version("5.4"), Some((5, 4)));
+        assert_eq!(kernel_version("6"), None);
+        assert_eq!(kernel_version(""), None);
+        assert_eq!(kernel_version("linux"), None);
+    }
+
+    #[test]
+    fn syncfs_is_refused_on_kernels_that_do_not_report_its_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        prepare(dir.path()).unwrap();
+        for old in [
+            "5.16.20",
+            "5.10.0-28-amd64",
+            "4.19.0",
+            "3.10.0-1160.el7.x86_64",
+            "",
+            "x",
+        ] {
+            let e = syncfs_handle(dir.path(), old).unwrap_err();
+            assert!(
+                e.starts_with("RINGMX_FSYNC=syncfs: needs Linux 5.17"),
+                "{e}"
+            );
+            assert!(e.contains(old), "{e}");
+        }
+        for new in ["5.17.0", "6.1.0-18-amd64", "6.18.44-fc-v657", "10.0"] {
+            let (fd, earlier) = syncfs_handle(dir.path(), new).unwrap();
+            assert!(earlier.is_none(), "{earlier:?}");
+            // The descriptor is on new/.
+            let on = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).unwrap();
+            assert_eq!(on, dir.path().join("new").canonicalize().unwrap());
+        }
+        // No new/: a start-up error naming it.
+        let bare = tempfile::tempdir().unwrap();
+        let e = syncfs_handle(bare.path(), "6.1.0").unwrap_err();
+        assert!(e.starts_with("RINGMX_SPOOL: ") && e.contains("new"), "{e}");
     }
 
     #[test]

@@ -67,7 +67,15 @@ struct State {
     rng: XorShift64Star,
     counts: Counts,
     /// The calls in the order made, up to `LOG_MAX`.
-    log: Vec<FileOp>,
+    log: Vec<Call>,
+}
+
+/// A call in the log: the operation, and for `persist`'s `Sync` how it was asked to make the
+/// file durable (a fsync, or only the write-back error check after a syncfs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Call {
+    pub op: FileOp,
+    pub sync: Option<FileSync>,
 }
 
 /// Calls kept in the log.
@@ -88,7 +96,7 @@ pub fn set_plan(plan: Plan) {
 
 /// The calls since the last `set_plan`, in the order they were made (the first `LOG_MAX`):
 /// what a test reads to check the order of a message's steps.
-pub fn log() -> Vec<FileOp> {
+pub fn log() -> Vec<Call> {
     STATE
         .lock()
         .unwrap_or_else(|e| e.into_inner())
@@ -107,6 +115,12 @@ pub fn counts() -> Counts {
 
 /// Decides whether this call of `op` fails, and with which error.
 fn inject(op: FileOp) -> io::Result<()> {
+    inject_call(Call { op, sync: None })
+}
+
+/// `inject` for a call logged with how it syncs.
+fn inject_call(call: Call) -> io::Result<()> {
+    let op = call.op;
     let mut guard = STATE.lock().unwrap_or_else(|e| e.into_inner());
     let Some(state) = guard.as_mut() else {
         return Ok(());
@@ -114,7 +128,7 @@ fn inject(op: FileOp) -> io::Result<()> {
     let i = op as usize;
     state.counts.calls[i] += 1;
     if state.log.len() < LOG_MAX {
-        state.log.push(op);
+        state.log.push(call);
     }
     let nth = state
         .plan
@@ -218,7 +232,11 @@ impl<D: Driver> Driver for Faulty<D> {
     }
 
     async fn persist(file: Self::File, sync: FileSync, from: &Path, to: &Path) -> io::Result<()> {
-        let fault = inject(FileOp::Sync).and_then(|()| inject(FileOp::Rename));
+        let fault = inject_call(Call {
+            op: FileOp::Sync,
+            sync: Some(sync),
+        })
+        .and_then(|()| inject(FileOp::Rename));
         if let Err(e) = fault {
             // The backend fsyncs, closes, then fails to move the file into a directory that
             // does not exist, and cleans up after itself.

@@ -145,16 +145,15 @@ fn float_thread() {
     if FLOATING.get() {
         return;
     }
-    FLOATING.set(true);
     // SAFETY: cpu_set_t is plain bits, valid zeroed; the calls read and write only `set`, of
     // the size given.
-    unsafe {
+    let floating = unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
         let size = std::mem::size_of::<libc::cpu_set_t>();
-        if libc::sched_getaffinity(libc::getpid(), size, &mut set) == 0 {
-            libc::sched_setaffinity(0, size, &set);
-        }
-    }
+        libc::sched_getaffinity(libc::getpid(), size, &mut set) == 0
+            && libc::sched_setaffinity(0, size, &set) == 0
+    };
+    FLOATING.set(floating);
 }
 
 /// A libc return value as a result (anything but 0: the thread's errno).

@@ -523,7 +523,7 @@ impl Collector for Scrape {
         encode_histogram(
             e,
             "ringmx_fsync_seconds",
-            "Time each fsync of the spool took, with the rename into new/ (from the last write when that write carried the fsync).",
+            "Time each fsync of the spool took, with the rename into new/ (from the last write when that write carried the fsync); with RINGMX_FSYNC=syncfs, each shared syncfs.",
             m.histogram(|s| &s.fsync_seconds),
         )?;
         if let Some(spool) = &m.spool {

@@ -66,6 +66,8 @@ pub(crate) struct Shared {
     tls: Option<Arc<crate::tls::CertStore>>,
     /// The Maildir's sync (of `new/`, or syncfs), shared by the shards.
     spool_sync: Arc<maildir::SharedSync>,
+    /// How the Maildir makes messages durable (with syncfs, the one descriptor for it).
+    durability: maildir::Durability,
 }
 
 /// What a connection holds while it counts against the limits; releases them when dropped.
@@ -455,6 +457,21 @@ pub fn start<D: Driver>(mut config: ServerConfig) -> Result<Running, String> {
             Err(e) => return Err(format!("RINGMX_SPOOL: {}: {e}", config.spool.display())),
         }
     }
+    let durability = match (config.fsync, config.syncfs) {
+        (false, _) => maildir::Durability::Off,
+        (true, true) if config.delivery == Delivery::Maildir => {
+            let (fs, earlier) = maildir::syncfs_handle(&config.spool, &kernel_release())?;
+            if let Some(e) = earlier {
+                log_warn!(
+                    "the file system of {} had an unreported write-back error before this start \
+                     (syncfs: {e}); messages from now on are checked afresh",
+                    config.spool.display()
+                );
+            }
+            maildir::Durability::SyncFs(fs)
+        }
+        (true, _) => maildir::Durability::Fsync,
+    };
     let addrs: Vec<SocketAddr> = listeners[0]
         .iter()
         .filter_map(|l| l.local_addr().ok())
@@ -527,6 +544,7 @@ pub fn start<D: Driver>(mut config: ServerConfig) -> Result<Running, String> {
         per_ip: Mutex::new(HashMap::new()),
         tls,
         spool_sync: Arc::default(),
+        durability,
     });
     let (phase_tx, phase_rx) = watch::channel(Phase::Running);
     let (done_tx, done_rx) = crossbeam_channel::unbounded::<(usize, io::Result<()>)>();
@@ -669,6 +687,21 @@ fn bind(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
 }
 
 /// Pins the calling thread to one CPU (failure only costs locality, so it is logged).
+/// The running kernel's release (uname -r); empty if uname fails.
+fn kernel_release() -> String {
+    // SAFETY: utsname is plain bytes, valid zeroed; uname(2) fills it, and its fields are
+    // NUL-terminated within their arrays.
+    unsafe {
+        let mut name: libc::utsname = std::mem::zeroed();
+        if libc::uname(&mut name) != 0 {
+            return String::new();
+        }
+        std::ffi::CStr::from_ptr(name.release.as_ptr())
+            .to_string_lossy()
+            .into_owned()
+    }
+}
+
 fn pin_to_cpu(cpu: usize) {
     // SAFETY: `set` is a plain bit set on the stack, zeroed then filled with CPU_SET for a CPU
     // index the kernel reported as allowed; sched_setaffinity only reads it.
@@ -706,11 +739,7 @@ fn run_shard<D: Driver>(
         let sink = match config.delivery {
             Delivery::Maildir => AnySink::Maildir(Maildir::<D>::open(
                 &config.spool,
-                match (config.fsync, config.syncfs) {
-                    (false, _) => maildir::Durability::Off,
-                    (true, false) => maildir::Durability::Fsync,
-                    (true, true) => maildir::Durability::SyncFs,
-                },
+                shared.durability.clone(),
                 &config.session.hostname,
                 Arc::clone(&shared.spool_sync),
                 metrics.clone(),
@@ -848,6 +877,7 @@ mod tests {
             per_ip: Mutex::new(HashMap::new()),
             tls: None,
             spool_sync: Arc::default(),
+            durability: maildir::Durability::Fsync,
         }
     }
 
