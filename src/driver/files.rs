@@ -23,7 +23,7 @@ use bytes::BytesMut;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use super::reuse::{CPath, Handle};
-use super::{check, writeback_errors, FileSync};
+use super::{check, float_thread, writeback_errors, FileSync};
 use crate::scan::Part;
 
 /// Most file threads a shard starts (the most file operations it has in flight at once).
@@ -252,6 +252,9 @@ impl Drop for Waiting {
 
 /// A file thread: takes jobs until the shard is gone, or until it had none for `IDLE_EXIT`.
 fn work(receiver: Receiver<(Job, Arc<Slot>)>, counts: Arc<Counts>) {
+    // Started by the shard, the thread would run only on the shard's CPU when it is pinned, and
+    // every file operation of the shard would wait for that one CPU.
+    float_thread();
     loop {
         counts.idle.fetch_add(1, Ordering::SeqCst);
         let next = receiver.recv_timeout(IDLE_EXIT);

@@ -140,20 +140,28 @@ pub trait Driver: Sized + 'static {
 /// never pinned), once per thread. A runtime's blocking threads inherit the CPU of the shard
 /// that started them (`RINGMX_PIN`), where a syncfs's write-back work would compete with the
 /// shard's own.
-fn float_thread() {
+pub(crate) fn float_thread() {
     thread_local!(static FLOATING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) });
     if FLOATING.get() {
         return;
     }
-    // SAFETY: cpu_set_t is plain bits, valid zeroed; the calls read and write only `set`, of
-    // the size given.
-    let floating = unsafe {
+    let floating = process_cpus().is_some_and(|set| {
+        // SAFETY: sched_setaffinity(2) of the calling thread reads only `set`, of the size
+        // given.
+        unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0 }
+    });
+    FLOATING.set(floating);
+}
+
+/// The CPUs the process may use: the main thread's set, which is never pinned.
+pub(crate) fn process_cpus() -> Option<libc::cpu_set_t> {
+    // SAFETY: cpu_set_t is plain bits, valid zeroed; sched_getaffinity(2) writes only `set`,
+    // of the size given.
+    unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
         let size = std::mem::size_of::<libc::cpu_set_t>();
-        libc::sched_getaffinity(libc::getpid(), size, &mut set) == 0
-            && libc::sched_setaffinity(0, size, &set) == 0
-    };
-    FLOATING.set(floating);
+        (libc::sched_getaffinity(libc::getpid(), size, &mut set) == 0).then_some(set)
+    }
 }
 
 /// A libc return value as a result (anything but 0: the thread's errno).
@@ -200,4 +208,57 @@ pub(crate) fn peek_fd(fd: RawFd) -> bool {
         )
     };
     n > 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The calling thread's CPUs, as a list.
+    fn cpus_of_this_thread() -> Vec<usize> {
+        // SAFETY: as in `process_cpus`, for the calling thread.
+        let set = unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            assert_eq!(
+                libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set),
+                0
+            );
+            set
+        };
+        (0..libc::CPU_SETSIZE as usize)
+            // SAFETY: reads one bit of a set it owns, `cpu` within its size.
+            .filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) })
+            .collect()
+    }
+
+    /// A thread started by a pinned shard floats back onto every CPU of the process.
+    #[test]
+    fn a_thread_of_a_pinned_shard_floats_onto_the_process_cpus() {
+        let all = std::thread::spawn(cpus_of_this_thread).join().unwrap();
+        let first = all[0];
+        let (pinned, floated) = std::thread::spawn(move || {
+            // SAFETY: plain bits, then sched_setaffinity(2) of this thread with one CPU it may
+            // use.
+            unsafe {
+                let mut set: libc::cpu_set_t = std::mem::zeroed();
+                libc::CPU_SET(first, &mut set);
+                assert_eq!(
+                    libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set),
+                    0
+                );
+            }
+            // What the shard's own threads start with, then what floating gives them.
+            std::thread::spawn(|| {
+                let pinned = cpus_of_this_thread();
+                float_thread();
+                (pinned, cpus_of_this_thread())
+            })
+            .join()
+            .unwrap()
+        })
+        .join()
+        .unwrap();
+        assert_eq!(pinned, vec![first]);
+        assert_eq!(floated, all);
+    }
 }
