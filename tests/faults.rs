@@ -330,12 +330,14 @@ fn random_faults_uring() {
 
 #[test]
 fn random_faults_syncfs_epoll() {
-    random_faults(Backend::Epoll, Sync::SyncFs);
+    if syncfs_works("random_faults_syncfs_epoll") {
+        random_faults(Backend::Epoll, Sync::SyncFs);
+    }
 }
 
 #[test]
 fn random_faults_syncfs_uring() {
-    if uring_works("random_faults_syncfs_uring") {
+    if uring_works("random_faults_syncfs_uring") && syncfs_works("random_faults_syncfs_uring") {
         random_faults(Backend::Uring, Sync::SyncFs);
     }
 }
@@ -411,12 +413,14 @@ fn nth_faults_uring() {
 
 #[test]
 fn nth_faults_syncfs_epoll() {
-    nth_faults(Backend::Epoll, Sync::SyncFs);
+    if syncfs_works("nth_faults_syncfs_epoll") {
+        nth_faults(Backend::Epoll, Sync::SyncFs);
+    }
 }
 
 #[test]
 fn nth_faults_syncfs_uring() {
-    if uring_works("nth_faults_syncfs_uring") {
+    if uring_works("nth_faults_syncfs_uring") && syncfs_works("nth_faults_syncfs_uring") {
         nth_faults(Backend::Uring, Sync::SyncFs);
     }
 }
@@ -477,13 +481,25 @@ fn steps_in_order(backend: Backend, sync: Sync) {
 #[test]
 fn steps_in_order_epoll() {
     steps_in_order(Backend::Epoll, Sync::Fsync);
-    steps_in_order(Backend::Epoll, Sync::SyncFs);
 }
 
 #[test]
 fn steps_in_order_uring() {
     if uring_works("steps_in_order_uring") {
         steps_in_order(Backend::Uring, Sync::Fsync);
+    }
+}
+
+#[test]
+fn steps_in_order_syncfs_epoll() {
+    if syncfs_works("steps_in_order_syncfs_epoll") {
+        steps_in_order(Backend::Epoll, Sync::SyncFs);
+    }
+}
+
+#[test]
+fn steps_in_order_syncfs_uring() {
+    if uring_works("steps_in_order_syncfs_uring") && syncfs_works("steps_in_order_syncfs_uring") {
         steps_in_order(Backend::Uring, Sync::SyncFs);
     }
 }

@@ -214,3 +214,22 @@ impl Driver for Epoll {
         finished(done)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::driver::tests::persist_on_pipe;
+
+    /// `persist` syncs as it is told: Skip syncs nothing, Fsync fsyncs, Check only collects
+    /// write-back errors (sync_file_range).
+    #[test]
+    fn persist_syncs_as_it_is_told() {
+        let run = |sync| persist_on_pipe::<Epoll>(sync, b"", |fd, _| File::new(fd));
+        let errno =
+            |(result, _): (io::Result<()>, bool)| result.err().and_then(|e| e.raw_os_error());
+        let (skipped, moved) = run(FileSync::Skip);
+        assert!(skipped.is_ok() && moved, "{skipped:?}");
+        assert_eq!(errno(run(FileSync::Fsync)), Some(libc::EINVAL));
+        assert_eq!(errno(run(FileSync::Check)), Some(libc::ESPIPE));
+    }
+}

@@ -136,8 +136,8 @@ pub trait Driver: Sized + 'static {
     async fn remove(path: &Path) -> io::Result<()>;
 }
 
-/// Lets the calling thread run on every CPU the process may use (the main thread's set, which is
-/// never pinned), once per thread. A runtime's blocking threads inherit the CPU of the shard
+/// Lets the calling thread run on every CPU the process may use (`process_cpus`), once per
+/// thread. A runtime's blocking threads inherit the CPU of the shard
 /// that started them (`RINGMX_PIN`), where a syncfs's write-back work would compete with the
 /// shard's own.
 pub(crate) fn float_thread() {
@@ -153,14 +153,34 @@ pub(crate) fn float_thread() {
     FLOATING.set(floating);
 }
 
-/// The CPUs the process may use: the main thread's set, which is never pinned.
+/// The CPUs of the thread that started the server, recorded before any shard pins itself.
+static PROCESS_CPUS: std::sync::OnceLock<libc::cpu_set_t> = std::sync::OnceLock::new();
+
+/// Records the calling thread's CPUs as the ones threads of pinned shards float onto (the
+/// server calls it as it starts, before pinning anything; the first call counts).
+pub fn remember_process_cpus() {
+    if let Some(set) = thread_cpus(0) {
+        let _ = PROCESS_CPUS.set(set);
+    }
+}
+
+/// The CPUs the process may use: those recorded by `remember_process_cpus`, else the main
+/// thread's.
 pub(crate) fn process_cpus() -> Option<libc::cpu_set_t> {
+    PROCESS_CPUS.get().copied().or_else(|| {
+        // SAFETY: getpid(2) has no preconditions.
+        thread_cpus(unsafe { libc::getpid() })
+    })
+}
+
+/// The CPUs of thread `tid` (0: the calling thread).
+fn thread_cpus(tid: libc::pid_t) -> Option<libc::cpu_set_t> {
     // SAFETY: cpu_set_t is plain bits, valid zeroed; sched_getaffinity(2) writes only `set`,
     // of the size given.
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
         let size = std::mem::size_of::<libc::cpu_set_t>();
-        (libc::sched_getaffinity(libc::getpid(), size, &mut set) == 0).then_some(set)
+        (libc::sched_getaffinity(tid, size, &mut set) == 0).then_some(set)
     }
 }
 
@@ -211,8 +231,37 @@ pub(crate) fn peek_fd(fd: RawFd) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// `persist` on a pipe, for the backends' tests: a pipe tells the ways of syncing apart, as
+    /// fsync(2) of a pipe fails with EINVAL and sync_file_range(2) with ESPIPE. `from` is a real
+    /// file, so a persist that syncs nothing moves it to `to`. Returns persist's result and
+    /// whether the file moved.
+    pub(crate) fn persist_on_pipe<D: Driver>(
+        sync: FileSync,
+        head: &[u8],
+        wrap: impl FnOnce(OwnedFd, Vec<u8>) -> D::File + 'static,
+    ) -> (io::Result<()>, bool) {
+        use std::os::fd::FromRawFd;
+        let dir = tempfile::tempdir().unwrap();
+        let (from, to) = (dir.path().join("from"), dir.path().join("to"));
+        std::fs::write(&from, b"x").unwrap();
+        let mut fds = [0; 2];
+        // SAFETY: pipe2(2) writes two descriptors into the array, each then owned once.
+        assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+        // SAFETY: both descriptors were just opened by pipe2 and are owned by nothing else.
+        let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        let head = head.to_vec();
+        let (from2, to2) = (from.clone(), to.clone());
+        let result = D::block_on(8, async move {
+            let file = wrap(write, head);
+            D::persist(file, sync, &from2, &to2).await
+        })
+        .unwrap();
+        drop(read);
+        (result, to.exists())
+    }
 
     /// The calling thread's CPUs, as a list.
     fn cpus_of_this_thread() -> Vec<usize> {
@@ -235,6 +284,10 @@ mod tests {
     #[test]
     fn a_thread_of_a_pinned_shard_floats_onto_the_process_cpus() {
         let all = std::thread::spawn(cpus_of_this_thread).join().unwrap();
+        if all.len() < 2 {
+            println!("one CPU: floating cannot be told from pinning here");
+            return;
+        }
         let first = all[0];
         let (pinned, floated) = std::thread::spawn(move || {
             // SAFETY: plain bits, then sched_setaffinity(2) of this thread with one CPU it may

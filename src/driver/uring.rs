@@ -577,6 +577,7 @@ impl Driver for Uring {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::driver::tests::persist_on_pipe;
 
     /// The thread's io-wq limits for blocking work (bounded, unbounded), read back through a
     /// ring of its own: the call with zeros changes nothing and answers the limits in force.
@@ -626,6 +627,22 @@ mod tests {
         })
         .unwrap();
         (std::fs::read(dir.path().join("new-file")).unwrap(), synced)
+    }
+
+    /// `persist` syncs as it is told: Skip syncs nothing, Fsync fsyncs, Check only collects
+    /// write-back errors (sync_file_range), unless the head is still unwritten: then it fsyncs.
+    #[test]
+    fn persist_syncs_as_it_is_told() {
+        let run = |sync, head: &[u8]| {
+            persist_on_pipe::<Uring>(sync, head, |fd, head| SpoolFile::new(File::new(fd), head))
+        };
+        let errno =
+            |(result, _): (io::Result<()>, bool)| result.err().and_then(|e| e.raw_os_error());
+        let (skipped, moved) = run(FileSync::Skip, b"");
+        assert!(skipped.is_ok() && moved, "{skipped:?}");
+        assert_eq!(errno(run(FileSync::Fsync, b"")), Some(libc::EINVAL));
+        assert_eq!(errno(run(FileSync::Check, b"")), Some(libc::ESPIPE));
+        assert_eq!(errno(run(FileSync::Check, b"Head\r\n")), Some(libc::EINVAL));
     }
 
     #[test]

@@ -417,6 +417,7 @@ impl Running {
 /// Binds the listeners, prepares the spool, logs the first line and starts the shards on
 /// driver `D`. Errors are start-up errors, as one line.
 pub fn start<D: Driver>(mut config: ServerConfig) -> Result<Running, String> {
+    crate::driver::remember_process_cpus();
     let listeners = bind_all(&config)?;
     let metrics_listener = match config.metrics_listen {
         Some(addr) => Some(
@@ -463,9 +464,9 @@ pub fn start<D: Driver>(mut config: ServerConfig) -> Result<Running, String> {
             let (fs, earlier) = maildir::syncfs_handle(&config.spool, &kernel_release())?;
             if let Some(e) = earlier {
                 log_warn!(
-                    "the file system of {} had an unreported write-back error before this start \
-                     (syncfs: {e}); messages from now on are checked afresh",
-                    config.spool.display()
+                    "the file system of {} reported an error from before this start (syncfs: \
+                     {e}); a second syncfs succeeded, so messages are checked afresh",
+                    config.spool.join("new").display()
                 );
             }
             maildir::Durability::SyncFs(fs)
@@ -686,15 +687,14 @@ fn bind(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     Ok(socket.into())
 }
 
-/// Pins the calling thread to one CPU (failure only costs locality, so it is logged).
-/// The running kernel's release (uname -r); empty if uname fails.
+/// The running kernel's release (uname -r); `unknown` if uname fails.
 fn kernel_release() -> String {
     // SAFETY: utsname is plain bytes, valid zeroed; uname(2) fills it, and its fields are
     // NUL-terminated within their arrays.
     unsafe {
         let mut name: libc::utsname = std::mem::zeroed();
         if libc::uname(&mut name) != 0 {
-            return String::new();
+            return "unknown".to_string();
         }
         std::ffi::CStr::from_ptr(name.release.as_ptr())
             .to_string_lossy()
@@ -702,6 +702,7 @@ fn kernel_release() -> String {
     }
 }
 
+/// Pins the calling thread to one CPU (failure only costs locality, so it is logged).
 fn pin_to_cpu(cpu: usize) {
     // SAFETY: `set` is a plain bit set on the stack, zeroed then filled with CPU_SET for a CPU
     // index the kernel reported as allowed; sched_setaffinity only reads it.

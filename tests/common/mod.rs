@@ -737,6 +737,22 @@ pub fn skip_or_fail(test: &str, why: &str) {
     eprintln!("SKIP {test}: {why}");
 }
 
+/// Whether this kernel takes `RINGMX_FSYNC=syncfs` (Linux 5.17 or later: see
+/// `maildir::syncfs_handle`); prints a skip line (or fails, under CI) when not.
+pub fn syncfs_works(test: &str) -> bool {
+    use ringmx::delivery::maildir::{kernel_version, SYNCFS_MIN_KERNEL};
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let release = release.trim();
+    if kernel_version(release).is_some_and(|v| v >= SYNCFS_MIN_KERNEL) {
+        return true;
+    }
+    skip_or_fail(
+        test,
+        &format!("RINGMX_FSYNC=syncfs needs Linux 5.17 or later; this kernel is {release:?}"),
+    );
+    false
+}
+
 /// The sender, HELO name and client address of the messages `Client::ehlo` sends on IPv4
 /// loopback with `transaction`, as `check_stored` expects them.
 pub fn expected(sender: &'static str, recipients: &'static [&'static str]) -> Expected<'static> {
