@@ -30,11 +30,12 @@ use std::time::{Duration, Instant};
 const TOLERANCE_REL: f64 = 0.05;
 /// Absolute part of the allowed error, in µs.
 const TOLERANCE_ABS_US: f64 = 50.0;
-/// How many times a validation runs before it fails (the first run plus two retries): on a
+/// How many times a validation runs before it fails (the first run plus four retries): on a
 /// shared 2-vCPU machine the pacer alone misses its 50 µs p99 in a run now and then (another
-/// tenant's burst), with the latencies still within bounds; the bounds themselves are never
-/// widened.
-const ATTEMPTS: usize = 3;
+/// tenant's burst), with the latencies still within bounds, and such a burst once outlasted
+/// three attempts (lateness p99 77-88 µs where it is 25-40 µs otherwise); the bounds
+/// themselves are never widened.
+const ATTEMPTS: usize = 5;
 
 /// Service time of the validation server.
 #[derive(Clone, Copy, Debug)]
@@ -395,7 +396,7 @@ fn validate_once(service: Service, args: &[&str], open_loop: bool) -> Verdict {
 /// Validations run one at a time: two at once would load the machine they measure.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
-/// Validates, retrying once when the first run misses (a noisy moment on a shared machine).
+/// Validates, retrying when a run misses (a noisy moment on a shared machine), up to `ATTEMPTS` runs.
 fn validate(service: Service, args: &[&str], open_loop: bool) {
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     // What is validated is the instrument, not the scheduler: where allowed (root), this thread,
