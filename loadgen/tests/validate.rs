@@ -396,7 +396,8 @@ fn validate_once(service: Service, args: &[&str], open_loop: bool) -> Verdict {
 /// Validations run one at a time: two at once would load the machine they measure.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
-/// Validates, retrying when a run misses (a noisy moment on a shared machine), up to `ATTEMPTS` runs.
+/// Validates, retrying when a run misses (a noisy moment on a shared machine), up to
+/// `ATTEMPTS` runs.
 fn validate(service: Service, args: &[&str], open_loop: bool) {
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     // What is validated is the instrument, not the scheduler: where allowed (root), this thread,

@@ -137,9 +137,9 @@ pub trait Driver: Sized + 'static {
 }
 
 /// Lets the calling thread run on every CPU the process may use (`process_cpus`), once per
-/// thread. A runtime's blocking threads inherit the CPU of the shard
-/// that started them (`RINGMX_PIN`), where a syncfs's write-back work would compete with the
-/// shard's own.
+/// thread. Threads a pinned shard starts (`RINGMX_PIN`), a runtime's blocking threads and the
+/// epoll backend's file threads, inherit its one CPU, where their file work (a syncfs's
+/// write-back, every create, write and fsync) would compete with the shard's own.
 pub(crate) fn float_thread() {
     thread_local!(static FLOATING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) });
     if FLOATING.get() {
