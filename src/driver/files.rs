@@ -14,7 +14,7 @@ use std::future::poll_fn;
 use std::io;
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::FileExt;
-use std::sync::atomic::{fence, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicIsize, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Poll, Waker};
 use std::time::Duration;
@@ -99,11 +99,15 @@ struct Files {
     pending: Vec<Arc<Slot>>,
 }
 
-/// How many file threads a shard has, and how many of them wait for a job.
+/// How many file threads a shard has, and how many are free for another job.
 #[derive(Default)]
 struct Counts {
     threads: AtomicUsize,
-    idle: AtomicUsize,
+    /// Threads free for a job (waiting, or done and on their way back to the queue) less the
+    /// jobs queued that no thread is counted for yet; below zero when jobs wait for a thread.
+    /// One number, changed by one atomic step on each side, so that a submitter never counts
+    /// a thread that just took another job as free, nor the other way round.
+    spare: AtomicIsize,
 }
 
 thread_local! {
@@ -159,14 +163,13 @@ impl Files {
         }
     }
 
-    /// Starts a thread, after a job was queued, when every waiting one already has a job
-    /// queued for it and the limit allows. Checked after the send, against a thread that
-    /// ends for idleness at the same moment: either that thread sees the job, or this sees it
-    /// gone (see `work`).
+    /// Counts a job just queued against the free threads, and starts a thread when none was
+    /// free and the limit allows (past the limit, the job waits for the first thread done).
+    /// Counted after the send, against a thread that ends for idleness at the same moment:
+    /// either that thread sees this job counted and stays, or this sees it gone (see `work`).
     fn ensure_thread(&mut self) {
-        fence(Ordering::SeqCst);
         let counts = &self.counts;
-        if self.jobs.len() <= counts.idle.load(Ordering::SeqCst)
+        if counts.spare.fetch_sub(1, Ordering::SeqCst) > 0
             || counts.threads.load(Ordering::SeqCst) >= MAX_THREADS
         {
             return;
@@ -197,7 +200,9 @@ pub async fn run(job: Job) -> Done {
             // No thread could be started (a resource limit): the shard does the queued work
             // itself rather than wait for ever.
             while let Ok((job, slot)) = files.receiver.try_recv() {
-                deliver(slot, execute(job));
+                let done = execute(job);
+                files.counts.spare.fetch_add(1, Ordering::SeqCst);
+                deliver(slot, done);
             }
         }
         slot
@@ -255,26 +260,35 @@ fn work(receiver: Receiver<(Job, Arc<Slot>)>, counts: Arc<Counts>) {
     // Started by the shard, the thread would run only on the shard's CPU when it is pinned, and
     // every file operation of the shard would wait for that one CPU.
     float_thread();
+    counts.spare.fetch_add(1, Ordering::SeqCst);
     loop {
-        counts.idle.fetch_add(1, Ordering::SeqCst);
-        let next = receiver.recv_timeout(IDLE_EXIT);
-        counts.idle.fetch_sub(1, Ordering::SeqCst);
-        let (job, slot) = match next {
+        let (job, slot) = match receiver.recv_timeout(IDLE_EXIT) {
+            // Taking a job changes nothing: its submitter counted it against this thread.
             Ok(next) => next,
             Err(RecvTimeoutError::Disconnected) => break,
             Err(RecvTimeoutError::Timeout) => {
-                // Leave, unless a job came in meanwhile: a submitter that counted this thread
-                // as waiting before it stopped waiting started no other (`ensure_thread`).
-                counts.threads.fetch_sub(1, Ordering::SeqCst);
-                fence(Ordering::SeqCst);
-                if receiver.is_empty() {
+                // Leave only while more threads are free than jobs are queued: a job queued
+                // and counted meanwhile keeps this thread, which then takes it; one queued and
+                // not yet counted finds this thread gone and starts another.
+                let left = counts
+                    .spare
+                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |spare| {
+                        (spare > 0).then(|| spare - 1)
+                    })
+                    .is_ok();
+                if left {
+                    counts.threads.fetch_sub(1, Ordering::SeqCst);
                     return;
                 }
-                counts.threads.fetch_add(1, Ordering::SeqCst);
                 continue;
             }
         };
-        deliver(slot, execute(job));
+        let done = execute(job);
+        // Free again before the result wakes its task, whose next job (a session's next
+        // step) then finds this thread on its way back to the queue instead of starting
+        // another.
+        counts.spare.fetch_add(1, Ordering::SeqCst);
+        deliver(slot, done);
     }
     counts.threads.fetch_sub(1, Ordering::SeqCst);
 }
@@ -669,6 +683,31 @@ mod tests {
                 ));
                 std::thread::sleep(IDLE_EXIT - Duration::from_millis(2));
             }
+        });
+    }
+
+    #[test]
+    fn one_job_at_a_time_keeps_to_one_thread() {
+        // The submitter polls without waiting to be woken, so it sees each result the moment
+        // it is handed over and queues the next job at once, while the thread that did the
+        // last one may still be on its way back to the queue: that thread must count as free.
+        block_on(async {
+            let dir = tempfile::tempdir().unwrap();
+            let file =
+                super::super::reuse::File::new(std::fs::File::open(dir.path()).unwrap().into());
+            for _ in 0..2000 {
+                let mut job = std::pin::pin!(run(Job::Sync {
+                    file: file.handle()
+                }));
+                let done = loop {
+                    if let Poll::Ready(done) = futures_poll_once(job.as_mut()).await {
+                        break done;
+                    }
+                    std::hint::spin_loop();
+                };
+                assert!(matches!(done, Done::Finished(Ok(()), None, None)));
+            }
+            assert_eq!(threads(), 1);
         });
     }
 
