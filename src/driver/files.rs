@@ -269,7 +269,10 @@ fn work(receiver: Receiver<(Job, Arc<Slot>)>, counts: Arc<Counts>) {
             Err(RecvTimeoutError::Timeout) => {
                 // Leave only while more threads are free than jobs are queued: a job queued
                 // and counted meanwhile keeps this thread, which then takes it; one queued and
-                // not yet counted finds this thread gone and starts another.
+                // not yet counted finds this thread gone and starts another, or, when none can
+                // be started, sees no thread left and is done by `run` itself (the thread
+                // count drops first for that).
+                counts.threads.fetch_sub(1, Ordering::SeqCst);
                 let left = counts
                     .spare
                     .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |spare| {
@@ -277,9 +280,9 @@ fn work(receiver: Receiver<(Job, Arc<Slot>)>, counts: Arc<Counts>) {
                     })
                     .is_ok();
                 if left {
-                    counts.threads.fetch_sub(1, Ordering::SeqCst);
                     return;
                 }
+                counts.threads.fetch_add(1, Ordering::SeqCst);
                 continue;
             }
         };

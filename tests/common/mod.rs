@@ -335,6 +335,27 @@ pub fn read_files(dir: &Path) -> Vec<(String, Vec<u8>)> {
     files
 }
 
+/// A TCP port on 127.0.0.1 that nothing listens on now (bound and released; the caller binds it
+/// again at once), never one this process was given before: two ports asked for in a row
+/// (a peer's client and monitoring ports) could otherwise be the same one, which the kernel
+/// hands out again as soon as it is released.
+pub fn free_port() -> u16 {
+    static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    // Held until a new port turns up, so that the kernel does not offer them again meanwhile.
+    let mut held = Vec::new();
+    for _ in 0..1000 {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+        let port = listener.local_addr().expect("local address").port();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+        held.push(listener);
+    }
+    panic!("no new ephemeral port in 1000 tries");
+}
+
 /// Calls `done` every few milliseconds until it is true or `timeout` passes.
 pub fn poll(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;

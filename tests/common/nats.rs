@@ -7,7 +7,7 @@
 //! line saying so, except under `CI=true`, where it fails.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -34,11 +34,11 @@ pub fn nats_server(test: &str) -> Option<PathBuf> {
     path
 }
 
-/// A port nothing listens on right now.
-pub fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    listener.local_addr().expect("local address").port()
-}
+pub use super::free_port;
+
+/// How many times a node (or a cluster) is set up afresh on new ports when one exits before it
+/// is ready (a port taken by another process between its choice and the node's bind).
+const START_ATTEMPTS: usize = 3;
 
 /// One nats-server process and what it needs to be started again the same way.
 pub struct NatsNode {
@@ -70,9 +70,20 @@ impl NatsNode {
                 .tempdir()
                 .expect("temporary directory"),
         );
-        let mut node = NatsNode::configure(binary, "n1", dir, options, None);
-        node.launch();
-        node
+        for attempt in 1..=START_ATTEMPTS {
+            let mut node = NatsNode::configure(binary, "n1", Arc::clone(&dir), options, None);
+            node.spawn();
+            if node.ready_or_exited() {
+                return node;
+            }
+            let _ = std::fs::remove_dir_all(&node.store);
+            assert!(
+                attempt < START_ATTEMPTS,
+                "nats-server exited before it was ready, {START_ATTEMPTS} times; last log:\n{}",
+                node.log_text()
+            );
+        }
+        unreachable!("the last attempt returns or fails")
     }
 
     /// Writes the node's configuration file; `cluster` = (its cluster port, every node's).
@@ -142,10 +153,25 @@ impl NatsNode {
         self.child = Some(child);
     }
 
-    /// Starts the process and waits until its health check passes.
-    fn launch(&mut self) {
-        self.spawn();
-        self.wait_ready();
+    /// Waits until `/healthz` answers 200 (true) or the process has exited (false; a port of
+    /// its was taken); a node neither ready nor gone within `READY_TIMEOUT` fails the test.
+    fn ready_or_exited(&mut self) -> bool {
+        let mut exited = false;
+        let ready = poll(READY_TIMEOUT, || {
+            exited = !self.running();
+            exited || self.healthy()
+        });
+        if exited {
+            self.child = None;
+            return false;
+        }
+        assert!(
+            ready,
+            "nats-server {} not ready within {READY_TIMEOUT:?}; log:\n{}",
+            self.name,
+            self.log_text()
+        );
+        true
     }
 
     /// Waits until `/healthz` answers 200 (JetStream up and, in a cluster, current).
@@ -271,25 +297,43 @@ impl NatsCluster {
                 .tempdir()
                 .expect("temporary directory"),
         );
-        let cluster_ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
-        let mut nodes: Vec<NatsNode> = (0..n)
-            .map(|i| {
-                NatsNode::configure(
-                    binary,
-                    &format!("n{}", i + 1),
-                    Arc::clone(&dir),
-                    &NodeOptions::default(),
-                    Some((cluster_ports[i], &cluster_ports)),
-                )
-            })
-            .collect();
-        for node in &mut nodes {
-            node.spawn();
+        for attempt in 1..=START_ATTEMPTS {
+            let cluster_ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+            let mut nodes: Vec<NatsNode> = (0..n)
+                .map(|i| {
+                    NatsNode::configure(
+                        binary,
+                        &format!("n{}", i + 1),
+                        Arc::clone(&dir),
+                        &NodeOptions::default(),
+                        Some((cluster_ports[i], &cluster_ports)),
+                    )
+                })
+                .collect();
+            for node in &mut nodes {
+                node.spawn();
+            }
+            let mut all_ready = true;
+            for node in &mut nodes {
+                all_ready &= node.ready_or_exited();
+            }
+            if all_ready {
+                return NatsCluster { nodes };
+            }
+            let log: Vec<String> = nodes.iter().map(NatsNode::log_text).collect();
+            // The nodes still running are killed as they drop; their stores are started over.
+            drop(nodes);
+            for i in 0..n {
+                let _ = std::fs::remove_dir_all(dir.path().join(format!("n{}-store", i + 1)));
+            }
+            assert!(
+                attempt < START_ATTEMPTS,
+                "a node of the cluster exited before it was ready, {START_ATTEMPTS} times; \
+                 logs:\n{}",
+                log.join("\n----\n")
+            );
         }
-        for node in &nodes {
-            node.wait_ready();
-        }
-        NatsCluster { nodes }
+        unreachable!("the last attempt returns or fails")
     }
 
     /// Every node's client URL, comma-separated (what `RINGMX_NATS_URL` takes).

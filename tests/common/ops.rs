@@ -6,7 +6,7 @@
 //! never a pass.
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -36,13 +36,7 @@ pub fn peer(program: &str, package: &str, test: &str) -> Option<PathBuf> {
     found
 }
 
-/// A free TCP port on 127.0.0.1 (bound and released; the caller binds it again at once).
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
+pub use super::free_port;
 
 /// An HTTP response as read from the wire.
 #[derive(Debug)]
