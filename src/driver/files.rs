@@ -559,6 +559,7 @@ mod tests {
     fn block_on<F: std::future::Future>(future: F) -> F::Output {
         let _files = Scope::enter();
         tokio::runtime::Builder::new_current_thread()
+            .enable_time()
             .build()
             .unwrap()
             .block_on(future)
@@ -653,6 +654,54 @@ mod tests {
                 .threads
                 .load(Ordering::SeqCst)
         })
+    }
+
+    /// This shard's count of free threads less queued jobs.
+    fn spare() -> isize {
+        FILES.with(|files| {
+            let files = files.borrow();
+            files.as_ref().unwrap().counts.spare.load(Ordering::SeqCst)
+        })
+    }
+
+    #[test]
+    fn bursts_around_the_idle_exit_strand_no_job_and_the_counts_return_to_zero() {
+        block_on(async {
+            let dir = tempfile::tempdir().unwrap();
+            let file =
+                super::super::reuse::File::new(std::fs::File::open(dir.path()).unwrap().into());
+            // Bursts of 1 to 24 jobs at once, with pauses just under, at and just over the
+            // time a thread waits before it leaves: threads leave while jobs arrive.
+            let mut seed = 0x2545_f491_u32;
+            for round in 0..40 {
+                seed ^= seed << 13;
+                seed ^= seed >> 17;
+                seed ^= seed << 5;
+                let burst = 1 + (seed % 24) as usize;
+                let jobs = (0..burst).map(|_| {
+                    run(Job::Sync {
+                        file: file.handle(),
+                    })
+                });
+                let done = tokio::time::timeout(Duration::from_secs(10), futures_join(jobs))
+                    .await
+                    .unwrap_or_else(|_| panic!("round {round}: a job of {burst} was stranded"));
+                assert!(done
+                    .iter()
+                    .all(|d| matches!(d, Done::Finished(Ok(()), None, None))));
+                assert!(threads() <= MAX_THREADS);
+                let pause = IDLE_EXIT + Duration::from_millis(u64::from(seed % 7))
+                    - Duration::from_millis(3);
+                std::thread::sleep(pause);
+            }
+            // Once every thread has left, no job is queued and none is free: the count is
+            // back at zero, or it drifted on the way.
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            while threads() > 0 && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            assert_eq!((threads(), spare()), (0, 0));
+        });
     }
 
     #[test]
