@@ -313,14 +313,22 @@ impl NatsCluster {
             for node in &mut nodes {
                 node.spawn();
             }
-            let mut all_ready = true;
-            for node in &mut nodes {
-                all_ready &= node.ready_or_exited();
-            }
-            if all_ready {
+            // A node that exited (a port taken) leaves the others without a quorum: look for
+            // one at every turn rather than wait for health checks that cannot pass.
+            let mut exited = false;
+            let ready = poll(READY_TIMEOUT, || {
+                exited = nodes.iter_mut().any(|node| !node.running());
+                exited || nodes.iter().all(NatsNode::healthy)
+            });
+            let log: Vec<String> = nodes.iter().map(NatsNode::log_text).collect();
+            if !exited {
+                assert!(
+                    ready,
+                    "the cluster was not ready within {READY_TIMEOUT:?}; logs:\n{}",
+                    log.join("\n----\n")
+                );
                 return NatsCluster { nodes };
             }
-            let log: Vec<String> = nodes.iter().map(NatsNode::log_text).collect();
             // The nodes still running are killed as they drop; their stores are started over.
             drop(nodes);
             for i in 0..n {
