@@ -102,9 +102,12 @@ fn restart_with_the_clock_set_back_keeps_every_message() {
     let first_run_last = sent.keys().map(|id| micros(id)).max().expect("IDs");
     for s in 0..3 {
         let ids = pipelined_session(server.addr(), SENDER, RCPTS, bodies(&format!("b{s}"), 200));
+        // The first session runs inside the first run's times. Later ones may run past them
+        // when this run is slower than the first (a busy machine), which proves nothing
+        // about the shim.
         let earliest = ids.keys().map(|id| micros(id)).min().expect("IDs");
         assert!(
-            earliest < first_run_last,
+            s > 0 || earliest < first_run_last,
             "the clock shim did not set the clock back ({earliest} >= {first_run_last})"
         );
         for (id, body) in ids {
