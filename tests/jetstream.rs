@@ -810,7 +810,7 @@ fn a_stalled_nats_server_gets_451_within_the_deadline_not_a_hang() {
     let first = queue_id(&reply).unwrap_or_else(|| panic!("{reply}"));
     // The server stops answering but keeps its sockets open: the connection looks alive, so
     // only the deadline ends the wait (the client's read timeout, 10 s, would catch a hang).
-    node.signal(libc::SIGSTOP);
+    node.stall();
     for n in 1..4 {
         let (reply, _) = send(n);
         assert!(reply.starts_with("451 4.3.0"), "{reply}");

@@ -264,6 +264,27 @@ impl NatsNode {
         assert_eq!(rc, 0, "kill {signal}: {}", std::io::Error::last_os_error());
     }
 
+    /// Stops the process (SIGSTOP) and waits until every one of its threads has stopped: the
+    /// signal takes effect only once a thread of it runs, which on a busy machine can be
+    /// milliseconds after kill(2) returned, while its other threads still answer.
+    pub fn stall(&self) {
+        self.signal(libc::SIGSTOP);
+        let pid = self.child.as_ref().expect("node running").id();
+        let stopped = poll(Duration::from_secs(10), || {
+            let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+                return false;
+            };
+            tasks.flatten().all(|task| {
+                // The state is the first field after the parenthesised command name.
+                std::fs::read_to_string(task.path().join("stat")).is_ok_and(|stat| {
+                    stat.rsplit_once(')')
+                        .is_some_and(|(_, rest)| rest.trim_start().starts_with('T'))
+                })
+            })
+        });
+        assert!(stopped, "nats-server {} did not stop on SIGSTOP", self.name);
+    }
+
     /// Whether the process is running.
     pub fn running(&mut self) -> bool {
         self.child
