@@ -56,12 +56,7 @@ fn main() -> std::io::Result<()> {
     let mut free: Vec<usize> = Vec::new();
     let mut done: Vec<(u64, i32, u32)> = Vec::with_capacity(1024);
     eprintln!("loop_floor listening on {listen}");
-    push(
-        &mut ring,
-        opcode::AcceptMulti::new(types::Fd(listener.as_raw_fd()))
-            .build()
-            .user_data(ACCEPT),
-    );
+    push(&mut ring, accept(&listener));
     loop {
         ring.submit_and_wait(1)?;
         done.clear();
@@ -91,12 +86,7 @@ fn main() -> std::io::Result<()> {
                     conns[slot] = Some(conn);
                 }
                 if !cqueue::more(flags) {
-                    push(
-                        &mut ring,
-                        opcode::AcceptMulti::new(types::Fd(listener.as_raw_fd()))
-                            .build()
-                            .user_data(ACCEPT),
-                    );
+                    push(&mut ring, accept(&listener));
                 }
                 continue;
             }
@@ -149,6 +139,13 @@ fn feed(conn: &mut Conn, now: Instant, ids: &mut IdGenerator) -> bool {
     conn.buf.copy_within(pos..conn.len, 0);
     conn.len -= pos;
     open && conn.len < BUFFER
+}
+
+/// The multishot accept on `listener` (armed again whenever the kernel ends it).
+fn accept(listener: &TcpListener) -> squeue::Entry {
+    opcode::AcceptMulti::new(types::Fd(listener.as_raw_fd()))
+        .build()
+        .user_data(ACCEPT)
 }
 
 /// The next receive of `conn`, into the free end of its buffer.
